@@ -1,0 +1,37 @@
+"""Errors that reach users: one line naming the file, the place in it and what was expected."""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class InputError(Exception):
+    """Bad user input (a file, an option); the CLI prints it on one line and exits non-zero."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | PathLike | None = None,
+        line: int | None = None,
+        section: str | None = None,
+    ):
+        self.message = message
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.section = section
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = self.path
+            if self.line is not None:
+                where += f":{self.line}"
+            if self.section is not None:
+                where += f" [ {self.section} ]"
+            where += ": "
+        return where + self.message
+
+
+class GromacsError(RuntimeError):
+    """A GROMACS program failed; the message quotes GROMACS' own explanation."""

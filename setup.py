@@ -1,0 +1,30 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="gmx-deepbackmap",
+    version="0.1.0",
+    description="Deep generative backmapping (DeepBackmap) of coarse-grained GROMACS systems",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    # topologies/ (force fields, molecules, mappings, .mdp templates) installs as
+    # gmx_deepbackmap.topologies, so the bundled files travel with the package.
+    packages=find_packages(include=["gmx_deepbackmap", "gmx_deepbackmap.*"]) + ["gmx_deepbackmap.topologies"],
+    package_dir={"gmx_deepbackmap.topologies": "topologies"},
+    package_data={"gmx_deepbackmap": ["models/*.pt"], "gmx_deepbackmap.topologies": ["*/*", "*.md"]},
+    python_requires=">=3.10",
+    install_requires=[
+        # 2.13.0 is the CPU build CI has on disk; any torch >= 2.2 (CUDA included) works.
+        "torch>=2.2,<=2.13.0",
+        "numpy>=1.24",
+        "parmed>=4.2",
+        "MDAnalysis>=2.7",
+        "click>=8.1",
+        "tqdm>=4.66",
+        "pyedr>=0.8",
+        "matplotlib>=3.7",
+    ],
+    extras_require={"test": ["pytest>=7", "ruff"], "gmxapi": ["gmxapi==0.4.2"]},
+    entry_points={"console_scripts": ["gmx-dbm=gmx_deepbackmap.cli:main"]},
+)
