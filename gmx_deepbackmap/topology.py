@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 

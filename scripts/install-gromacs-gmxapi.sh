@@ -14,16 +14,17 @@ prefix=${1:-${GMXDBM_GROMACS_PREFIX:-$HOME/.cache/gmx-deepbackmap/gromacs-2022.5
 version=2022.5
 stamp="$prefix/.gmx-deepbackmap-build-complete"
 python=${PYTHON:-python3}
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 if [ ! -f "$stamp" ]; then
     echo "Building GROMACS $version with gmxapi into $prefix"
     export DEBIAN_FRONTEND=noninteractive
     if ! grep -rqs "^Types:.*deb-src" /etc/apt/sources.list.d/ && ! grep -qs "^deb-src" /etc/apt/sources.list; then
         printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-            > /etc/apt/sources.list.d/gmx-deepbackmap-src.sources
-        apt-get update -qq
+            | $sudo tee /etc/apt/sources.list.d/gmx-deepbackmap-src.sources >/dev/null
+        $sudo apt-get update -qq
     fi
-    apt-get install -y -qq cmake ninja-build libfftw3-dev libopenmpi-dev dpkg-dev >/dev/null
+    $sudo apt-get install -y -qq cmake ninja-build libfftw3-dev libopenmpi-dev dpkg-dev >/dev/null
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     (cd "$work" && apt-get source --download-only -qq gromacs="$version"-2)
