@@ -49,6 +49,7 @@ class SystemPlan:
     bead_type: np.ndarray  # (M,) bead-type index
     bead_reference: np.ndarray  # (M,) bead orienting the local frame
     bead_molecule: np.ndarray  # (M,)
+    bead_bonds: np.ndarray  # (n, 2) CG bonds between beads
     bead_rank: np.ndarray  # (M,)
     step_bead: np.ndarray  # (S,) bead of each step
     step_heavy: np.ndarray  # (S,) bool: heavy-atom phase
@@ -128,6 +129,7 @@ def plan_system(topology: Topology, mapping: Mapping, layout: FeatureLayout | No
         bead_type=np.array([bead_type_of[t] for t in mapping.bead_types]),
         bead_reference=mapping.frame_reference,
         bead_molecule=mapping.bead_molecule,
+        bead_bonds=mapping.bead_bonds,
         bead_rank=bead_rank,
         step_bead=np.array([b for b, _, _ in steps]),
         step_heavy=np.array([h for _, h, _ in steps]),
@@ -216,6 +218,7 @@ def _pad(rows) -> torch.Tensor:
 class Batch:
     """Inputs of the networks for B items of up to L steps, in the items' local frames (nm)."""
 
+    steps: torch.Tensor  # (B,) index into the plan's steps
     particles: torch.Tensor  # (B, P, 3) environment atoms, then beads
     channels: torch.Tensor  # (B, L, P) channel of each particle as seen by step l, -1 absent
     sequence_channels: torch.Tensor  # (B, L, L) channel of sequence atom k seen by step l (k < l)
@@ -294,6 +297,7 @@ def gather(
 
     seq_local = (positions[seq.clamp(min=0)] - centre[:, None, :]) @ rotation.transpose(1, 2)
     return Batch(
+        steps=steps,
         particles=torch.cat([env_local, bead_local], dim=1),
         channels=torch.from_numpy(np.concatenate([env_channels, bead_channels], axis=2)),
         sequence_channels=torch.from_numpy(seq_channels),

@@ -1,0 +1,515 @@
+"""Training DeepBackmap: a conditional WGAN-GP over voxelised local environments, with the
+force-field prior (method.md section 5). Explicit loop, nanoGPT style: one function per phase.
+
+One iteration: `n_critic` critic updates, each on a fresh batch, then one generator update.
+A batch holds items (one bead's atom sequence in a forward or Gibbs context, in the bead's local
+frame turned by a random angle about z) from one training snapshot. Sequences are recurrent:
+the density generated for atom l joins the environment of atom l + 1.
+
+Checkpoints hold everything to continue exactly (weights, optimiser states, RNG states, step);
+the model file (`model.save_model`) holds what inference needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .environment import (
+    FORWARD,
+    GIBBS,
+    Batch,
+    Neighbourhood,
+    SystemPlan,
+    gather,
+    near_owners,
+    neighbourhood,
+    plan_system,
+)
+from .errors import InputError
+from .mapping import read_mapping
+from .model import new_model, plain_data, save_model
+from .networks import Critic, Generator, NetworkConfig, gradient_penalty
+from .prior import LocalPrior
+from .structure import atomic_output, read_frames
+from .topology import read_topology
+from .voxels import Grid, coordinates_to_density, density_to_coordinates, voxelise
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults are the paper's where it gives them (method.md)."""
+
+    aa: list[str] = field(default_factory=list)  # AA structures: files, directories or globs
+    cg: list[str] = field(default_factory=list)  # matching CG structures (paired by name); empty: map
+    topology: str = ""
+    mapping: list[str] = field(default_factory=list)  # empty: bundled mappings
+    output: str = "model.pt"
+    workdir: str = "train-run"  # checkpoint.pt and log.csv
+    grid_size: int = 8
+    grid_length: float = 1.2  # nm, edge of the local cube (2 r_cut)
+    sigma: float = 0.1  # nm, Gaussian width of a particle
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    steps: int = 38660
+    batch_size: int = 36
+    n_critic: int = 5
+    lambda_gp: float = 0.1
+    lambda_phi: float = 0.01  # weight of the energy prior once ramped up
+    prior_ramp: tuple[int, int] = (6000, 10000)  # steps over which lambda_phi goes 0 -> lambda_phi
+    learning_rate: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    gibbs_fraction: float = 0.5  # share of items in the Gibbs context (all other atoms present)
+    end_weight: float = 3.0  # oversampling of chain-end beads
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.grid_size, self.grid_length, self.sigma)
+
+    @property
+    def half_extent(self) -> float:
+        """Particles farther than this from the bead along any local axis do not reach the grid."""
+        return self.grid_length / 2 + 2 * self.sigma
+
+    def lambda_phi_at(self, step: int) -> float:
+        start, end = self.prior_ramp
+        return self.lambda_phi * min(max((step - start) / max(end - start, 1), 0.0), 1.0)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        network = NetworkConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in data.pop("network", {}).items()})
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"unknown training options: {', '.join(sorted(unknown))}")
+        for key in ("prior_ramp", "betas"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(network=network, **data)
+
+
+def read_config(path: str | os.PathLike) -> TrainConfig:
+    """A training config from a TOML file (keys as in `TrainConfig`, network keys under [network])."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError("config file not found", path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"invalid TOML ({exc})", path) from None
+    config = TrainConfig.from_dict(data)
+    base = Path(path).parent  # paths in the file are relative to it
+    config.aa = [str(base / p) for p in config.aa]
+    config.cg = [str(base / p) for p in config.cg]
+    config.mapping = [str(base / p) for p in config.mapping]
+    for key in ("topology", "output", "workdir"):
+        value = getattr(config, key)
+        if value:
+            setattr(config, key, str(base / value))
+    return config
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Snapshot:
+    """One training configuration on the device: atoms near their owner beads, CG, box."""
+
+    positions: torch.Tensor
+    cg: torch.Tensor
+    box: torch.Tensor
+    hood: Neighbourhood
+
+
+class TrainingSet:
+    """Snapshots of one system and the sampling of batch items from them."""
+
+    def __init__(self, plan: SystemPlan, snapshots: list[Snapshot], end_weight: float):
+        self.plan = plan
+        self.snapshots = snapshots
+        weights = np.where(chain_end_beads(plan)[plan.step_bead], end_weight, 1.0)
+        self.step_weights = torch.as_tensor(weights / weights.sum())
+
+    def sample(self, n: int, gibbs_fraction: float, gen: torch.Generator):
+        """Random (snapshot, steps, contexts, angles) of n items."""
+        snapshot = int(torch.randint(len(self.snapshots), (1,), generator=gen))
+        steps = torch.multinomial(self.step_weights, n, replacement=True, generator=gen)
+        context = torch.where(torch.rand(n, generator=gen, dtype=torch.float64) < gibbs_fraction, GIBBS, FORWARD)
+        angle = torch.rand(n, generator=gen, dtype=torch.float64) * 2 * math.pi
+        return snapshot, steps, context, angle
+
+
+def chain_end_beads(plan: SystemPlan) -> np.ndarray:
+    """Beads with fewer CG bonds than most beads of their type: chain ends and the like."""
+    degree = np.zeros(len(plan.bead_type), dtype=np.int64)
+    np.add.at(degree, plan.bead_bonds.reshape(-1), 1)
+    typical = {t: np.bincount(degree[plan.bead_type == t]).argmax() for t in np.unique(plan.bead_type)}
+    return degree < np.array([typical[t] for t in plan.bead_type])
+
+
+def load_training_set(config: TrainConfig, plan: SystemPlan, mapping) -> TrainingSet:
+    """Read the AA (and CG) training structures and precompute their neighbourhoods."""
+    aa_files = expand_paths(config.aa, "aa")
+    cg_files = pair_cg_files(aa_files, expand_paths(config.cg, "cg")) if config.cg else None
+    snapshots = []
+    for i, path in enumerate(aa_files):
+        for frame in read_frames(path, n_atoms=plan.n_atoms):
+            if cg_files is None:
+                cg = mapping.cg_positions(frame.positions, frame.box)
+            else:
+                cg = read_frames(cg_files[i], n_atoms=len(plan.bead_type))[0].positions
+            positions = near_owners(plan, frame.positions, cg, frame.box)
+            hood = neighbourhood(plan, cg, frame.box, reach(config))
+            snapshots.append(Snapshot(torch.as_tensor(positions), torch.as_tensor(cg),
+                                      torch.as_tensor(frame.box), hood))
+    return TrainingSet(plan, snapshots, config.end_weight)
+
+
+def reach(config: TrainConfig) -> float:
+    """Bead-bead distance within which a bead's atoms can enter another bead's cube."""
+    return math.sqrt(3) * config.half_extent + 0.4
+
+
+def expand_paths(patterns: list[str], what: str) -> list[Path]:
+    """Files named by paths, directories (their .gro files) or glob patterns, sorted."""
+    files: list[Path] = []
+    for pattern in patterns:
+        p = Path(pattern)
+        if p.is_dir():
+            files += sorted(p.glob("*.gro"))
+        elif any(c in pattern for c in "*?["):
+            files += sorted(Path(p.anchor or ".").glob(str(p.relative_to(p.anchor)) if p.anchor else pattern))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"{what} training structure not found", p)
+    if not files:
+        raise InputError(f"no {what} training structures in {', '.join(patterns)}")
+    return files
+
+
+def pair_cg_files(aa: list[Path], cg: list[Path]) -> list[Path]:
+    by_name = {p.name: p for p in cg}
+    missing = [p.name for p in aa if p.name not in by_name]
+    if missing:
+        raise InputError(f"no CG structure with the name of AA structure(s) {', '.join(missing[:3])}")
+    return [by_name[p.name] for p in aa]
+
+
+# --------------------------------------------------------------------------- model pieces
+
+
+def environment_densities(batch: Batch, n_channels: int, grid: Grid) -> torch.Tensor:
+    """Voxelised static environment of every step: (B, L, C, D, D, D)."""
+    b, n_steps, p = batch.channels.shape
+    particles = batch.particles[:, None].expand(b, n_steps, p, 3).reshape(b * n_steps, p, 3)
+    dens = voxelise(particles.to(torch.float32), batch.channels.reshape(b * n_steps, p), n_channels, grid)
+    return dens.view(b, n_steps, n_channels, *dens.shape[2:])
+
+
+def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid, n_types: int,
+            noise_dim: int, sequence: torch.Tensor | None = None):
+    """Place the atoms of each sequence one after the other.
+
+    With `sequence` None the generator's own densities join the environment (generation);
+    otherwise the given densities (B, L, D, D, D) do (the real sequence, for the critic).
+    Returns per-step environments (B, L, C, D, D, D), densities (B, L, D, D, D) and coordinates (B, L, 3).
+    """
+    b, n_steps = batch.step_mask.shape
+    one_hot = torch.nn.functional.one_hot
+    types = one_hot(batch.atom_types, n_types).to(static)
+    envs, dens = [], []
+    for step in range(n_steps):
+        env = static[:, step]
+        if step:
+            placed = torch.stack(dens, 1) if sequence is None else sequence[:, :step]
+            channel = batch.sequence_channels[:, step, :step]  # (B, step)
+            weights = one_hot(channel.clamp(min=0), static.shape[2]).to(static) * (channel >= 0)[..., None]
+            env = env + torch.einsum("bkc,bkxyz->bcxyz", weights, placed)
+        envs.append(env)
+        if sequence is None:
+            z = torch.randn(b, noise_dim, device=static.device, dtype=static.dtype)
+            dens.append(generator(env, z, types[:, step])[:, 0])
+        else:
+            dens.append(sequence[:, step])
+    density = torch.stack(dens, 1)
+    return torch.stack(envs, 1), density, density_to_coordinates(density, grid)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The network inputs of a batch on the training device (float32 positions)."""
+    moved = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    for name in ("particles", "target"):
+        moved[name] = moved[name].to(device, torch.float32)
+    for name in ("channels", "sequence_channels", "atom_types", "step_mask"):
+        moved[name] = moved[name].to(device)
+    return Batch(**moved)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Trainer:
+    """Networks, optimisers, data and the step counter of one training run."""
+
+    config: TrainConfig
+    data: TrainingSet
+    prior: LocalPrior
+    generator: torch.nn.Module
+    critic: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_c: torch.optim.Optimizer
+    sampler: torch.Generator
+    device: torch.device
+    step: int = 0
+
+    @property
+    def n_types(self) -> int:
+        return self.config.network.n_atom_types
+
+    def next_batch(self) -> tuple[Batch, torch.Tensor]:
+        cfg = self.config
+        snap_i, steps, context, angle = self.data.sample(cfg.batch_size, cfg.gibbs_fraction, self.sampler)
+        snap = self.data.snapshots[snap_i]
+        cpu_batch = gather(self.data.plan, snap.hood, snap.positions, snap.cg, snap.box, steps, context, angle,
+                           cfg.half_extent)
+        batch = to_device(cpu_batch, self.device)
+        static = environment_densities(batch, self.data.plan.layout.n_channels, cfg.grid)
+        return batch, static
+
+    def critic_step(self) -> dict[str, float]:
+        cfg, grid = self.config, self.config.grid
+        batch, static = self.next_batch()
+        m = batch.step_mask
+        types = torch.nn.functional.one_hot(batch.atom_types[m], self.n_types).float()
+        real = coordinates_to_density(batch.target, grid)
+        env_real, _, _ = rollout(self.generator, static, batch, grid, self.n_types, cfg.network.noise_dim, real)
+        with torch.no_grad():
+            env_fake, fake, _ = rollout(self.generator, static, batch, grid, self.n_types, cfg.network.noise_dim)
+        real_in, fake_in = (real[m][:, None], env_real[m]), (fake[m][:, None], env_fake[m])
+        wasserstein = self.critic(*real_in, types).mean() - self.critic(*fake_in, types).mean()
+        penalty = gradient_penalty(self.critic, real_in, fake_in, types, lambda_gp=cfg.lambda_gp)
+        loss = -wasserstein + penalty
+        self.opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_gradients(self.critic)
+        self.opt_c.step()
+        return {"critic_loss": loss.item(), "wasserstein": wasserstein.item(), "gradient_penalty": penalty.item()}
+
+    def generator_step(self) -> dict[str, float]:
+        cfg, grid = self.config, self.config.grid
+        batch, static = self.next_batch()
+        m = batch.step_mask
+        types = torch.nn.functional.one_hot(batch.atom_types[m], self.n_types).float()
+        env_fake, fake, coords = rollout(self.generator, static, batch, grid, self.n_types, cfg.network.noise_dim)
+        adversarial = -self.critic(fake[m][:, None], env_fake[m], types).mean()
+        phi, terms = self.prior_loss(batch, coords)
+        lam = cfg.lambda_phi_at(self.step)
+        loss = adversarial + lam * phi if lam > 0 else adversarial
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_gradients(self.generator)
+        self.opt_g.step()
+        return {"generator_loss": loss.item(), "adversarial": adversarial.item(), "prior": phi.item(),
+                "lambda_phi": lam, **{f"dE_{k}": v for k, v in terms.items()}}
+
+    def prior_loss(self, batch: Batch, coords: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Phi: sum over terms of |E(reference) - E(generated)|, plus the centre-of-mass distance."""
+        cpu = coords.to("cpu", torch.float64)
+        target = batch.target.to("cpu", torch.float64)
+        with torch.no_grad():
+            reference = self.prior.energies(batch, target)
+        generated = self.prior.energies(batch, cpu)
+        diffs = {k: (generated[k] - reference[k]).abs().mean() for k in generated}
+        com = (self.prior.centre_of_mass(batch, cpu) - self.prior.centre_of_mass(batch, target)).norm(dim=-1)
+        phi = sum(diffs.values()) + com.mean()
+        return phi.to(coords.device, torch.float32), {k: v.item() for k, v in diffs.items()}
+
+    def train_step(self) -> dict[str, float]:
+        for _ in range(self.config.n_critic):
+            critic_log = self.critic_step()
+        log = {**critic_log, **self.generator_step()}
+        self.step += 1
+        return log
+
+    # ----------------------------------------------------------------------- checkpoints
+
+    def checkpoint(self) -> dict:
+        return {
+            "step": self.step,
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_c": self.opt_c.state_dict(),
+            "rng": _gather_rng(self.sampler),
+            "config": plain_data(self.config.to_dict()),
+        }
+
+    def restore(self, state: dict) -> None:
+        self.step = state["step"]
+        self.generator.load_state_dict(state["generator"])
+        self.critic.load_state_dict(state["critic"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_c.load_state_dict(state["opt_c"])
+        torch_state, sampler_state = state["rng"][_rank()]
+        torch.set_rng_state(torch_state)
+        self.sampler.set_state(sampler_state)
+
+
+def _average_gradients(module: torch.nn.Module) -> None:
+    """Data parallelism, explicitly: average gradients over processes (works with the double
+    backward of the gradient penalty, which DistributedDataParallel's hooks do not)."""
+    if not torch.distributed.is_initialized():
+        return
+    world = torch.distributed.get_world_size()
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _gather_rng(sampler: torch.Generator) -> list:
+    """RNG states of every process (so a resumed run continues exactly)."""
+    state = (torch.get_rng_state(), sampler.get_state())
+    if not torch.distributed.is_initialized():
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
+    """Train (or resume from `workdir/checkpoint.pt`) and write the model file; returns its path.
+
+    Under `torchrun` every process trains on its own batches and gradients are averaged (gloo
+    on CPU, NCCL on CUDA); process 0 writes checkpoints, the log and the model. SIGTERM (as sent
+    by batch schedulers before pre-emption) saves a checkpoint and stops cleanly.
+    """
+    device = _init_distributed(config.device)
+    rank = _rank()
+    topology = read_topology(config.topology)
+    mapping = read_mapping(config.mapping or None, topology)
+    plan = plan_system(topology, mapping)
+    config.network = dataclasses.replace(
+        config.network, n_atom_types=len(plan.layout.atom_types), n_env_channels=plan.layout.n_channels,
+        grid_size=config.grid_size)
+    data = load_training_set(config, plan, mapping)
+
+    torch.manual_seed(config.seed)  # identical initial weights in every process
+    generator, critic = Generator(config.network).to(device), Critic(config.network).to(device)
+    trainer = Trainer(
+        config=config, data=data, prior=LocalPrior(topology, plan), generator=generator, critic=critic,
+        opt_g=torch.optim.Adam(generator.parameters(), config.learning_rate, betas=config.betas),
+        opt_c=torch.optim.Adam(critic.parameters(), config.learning_rate, betas=config.betas),
+        sampler=torch.Generator().manual_seed(config.seed + 7919 * rank), device=device,
+    )
+    torch.manual_seed(config.seed + 104729 * (rank + 1))  # noise: different in every process
+    workdir = Path(config.workdir)
+    checkpoint = workdir / "checkpoint.pt"
+    if checkpoint.is_file():
+        trainer.restore(torch.load(checkpoint, map_location=device, weights_only=True))
+    stop = _stop_on_sigterm()
+    log = TrainingLog(workdir / "log.csv") if rank == 0 else None
+    bar = _progress(progress and rank == 0, trainer.step, config.steps)
+    while trainer.step < config.steps and not stop["now"]:
+        row = trainer.train_step()
+        bar.update(1)
+        if trainer.step % config.log_every == 0 or trainer.step == config.steps:
+            bar.set_postfix(critic=f"{row['critic_loss']:.3g}", W=f"{row['wasserstein']:.3g}",
+                            prior=f"{row['prior']:.3g}", refresh=False)
+            if log:
+                log.write(trainer.step, row)
+        if trainer.step % config.checkpoint_every == 0:
+            _save_checkpoint(trainer, checkpoint)
+    bar.close()
+    _save_checkpoint(trainer, checkpoint)
+    if stop["now"]:
+        print(f"Stopped by SIGTERM at step {trainer.step}; rerun the same command to resume.")
+    if rank == 0 and trainer.step >= config.steps:
+        model = new_model(generator, config.network, config.grid, config.half_extent, plan, topology, mapping,
+                          config.to_dict())
+        save_model(model, config.output, overwrite=overwrite)
+    return Path(config.output)
+
+
+class TrainingLog:
+    """Appends one CSV row per logged step (resumed runs continue the same file)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] | None = None
+        if path.is_file():
+            with path.open() as f:
+                self.columns = next(csv.reader(f), None)
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        values = {"step": step, "time": round(time.time(), 3), **row}
+        new = self.columns is None
+        if new:
+            self.columns = list(values)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(values)
+
+
+def _save_checkpoint(trainer: Trainer, path: Path) -> None:
+    state = trainer.checkpoint()  # collective: every process takes part
+    if _rank() == 0:
+        with atomic_output(path, overwrite=True) as tmp:
+            torch.save(state, tmp)
+
+
+def _init_distributed(device: str) -> torch.device:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device available")
+    return torch.device(device)
+
+
+def _stop_on_sigterm() -> dict[str, bool]:
+    stop = {"now": False}
+
+    def handler(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _progress(enabled: bool, initial: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="it", dynamic_ncols=True)
