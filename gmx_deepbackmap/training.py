@@ -437,7 +437,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     stop = _stop_on_sigterm()
     log = TrainingLog(workdir / "log.csv") if rank == 0 else None
     bar = _progress(progress and rank == 0, trainer.step, config.steps)
-    while trainer.step < config.steps and not stop["now"]:
+    while trainer.step < config.steps and not _agreed(stop["now"]):
         row = trainer.train_step()
         bar.update(1)
         if trainer.step % config.log_every == 0 or trainer.step == config.steps:
@@ -449,7 +449,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
             _save_checkpoint(trainer, checkpoint)
     bar.close()
     _save_checkpoint(trainer, checkpoint)
-    if stop["now"]:
+    if trainer.step < config.steps:
         print(f"Stopped by SIGTERM at step {trainer.step}; rerun the same command to resume.")
     if rank == 0 and trainer.step >= config.steps:
         model = new_model(generator, config.network, config.grid, config.half_extent, plan, topology, mapping,
@@ -497,6 +497,15 @@ def _init_distributed(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device available")
     return torch.device(device)
+
+
+def _agreed(flag: bool) -> bool:
+    """True if any process says so: every process must leave the loop at the same step."""
+    if not torch.distributed.is_initialized():
+        return flag
+    value = torch.tensor([float(flag)])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _stop_on_sigterm() -> dict[str, bool]:

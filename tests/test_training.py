@@ -1,0 +1,175 @@
+"""Training: environments, tiny end-to-end runs, exact resume, torchrun, SIGTERM."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gmx_deepbackmap.bundled import bundled_path
+from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, neighbourhood, plan_system
+from gmx_deepbackmap.mapping import read_mapping
+from gmx_deepbackmap.model import load_model
+from gmx_deepbackmap.networks import NetworkConfig
+from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
+from gmx_deepbackmap.structure import read_frames
+from gmx_deepbackmap.topology import read_topology
+from gmx_deepbackmap.training import TrainConfig, read_config, reach, train
+
+TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps" / "train_t568"
+TINY = "\n".join([
+    'aa = ["{aa}"]', 'cg = ["{cg}"]', 'topology = "{top}"', "steps = {steps}", "batch_size = 4",
+    "n_critic = 2", "prior_ramp = [0, 2]", "checkpoint_every = 1", "log_every = 1", "seed = 3",
+    "[network]", "width = 4", "noise_dim = 4", "",
+])
+
+
+@pytest.fixture(scope="module")
+def sps_system():
+    topology = read_topology(bundled_path("sps/topol.top"))
+    mapping = read_mapping(None, topology)
+    return topology, mapping, plan_system(topology, mapping)
+
+
+def write_config(tmp_path: Path, steps: int) -> Path:
+    path = tmp_path / "train.toml"
+    path.write_text(TINY.format(aa=TRAIN / "aa" / "90.gro", cg=TRAIN / "cg" / "90.gro",
+                                top=bundled_path("sps/topol.top"), steps=steps))
+    return path
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_reconstruction_order_of_a_chain(sps_system):
+    _, _, plan = sps_system
+    chain = plan.plans["PS1"]
+    assert chain.bead_order[:4] == (0, 1, 2, 3)  # B1 S1 B2 S2: depth-first along the chain
+    first, ring = chain.steps[0], chain.steps[1]
+    assert (first.phase, first.atoms) == (HEAVY, (1, 4))  # C2 then the CH carbon C5
+    assert ring.atoms[0] == 5 and len(ring.atoms) == 6  # the ring starts at ipso C6, bonded to C5
+    assert all(s.phase == HYDROGEN for s in chain.steps[20:])
+    assert chain.relation[5, 4] == BOND and chain.relation[5, 5] == EXCLUDED
+
+
+@pytest.fixture(scope="module")
+def snapshot(sps_system):
+    _, mapping, plan = sps_system
+    frame = read_frames(TRAIN / "aa" / "90.gro")[0]
+    cg = mapping.cg_positions(frame.positions, frame.box)
+    return frame, cg
+
+
+def environments(plan, frame, cg, angle, shift=np.zeros(3)):
+    positions = near_owners(plan, frame.positions + shift, cg + shift, frame.box)
+    hood = neighbourhood(plan, cg + shift, frame.box, reach(TrainConfig()))
+    steps = torch.tensor([0, 1, 25, 700, 1439])
+    context = torch.tensor([FORWARD, GIBBS, GIBBS, FORWARD, GIBBS])
+    return gather(plan, hood, torch.as_tensor(positions), torch.as_tensor(cg + shift), torch.as_tensor(frame.box),
+                  steps, context, torch.full((5,), float(angle), dtype=torch.float64), TrainConfig().half_extent)
+
+
+def sorted_particles(batch):
+    """Particles with their channels as seen by the first step, in a canonical order."""
+    rows = []
+    for b in range(len(batch.particles)):
+        keep = batch.channels[b, 0] >= 0
+        p = torch.cat([batch.particles[b][keep], batch.channels[b, 0][keep, None].double()], 1)
+        rows.append(p[torch.argsort(p[:, 0] * 1e6 + p[:, 1] * 1e3 + p[:, 2])])
+    return rows
+
+
+def test_environment_invariant_to_translation(sps_system, snapshot):
+    _, _, plan = sps_system
+    frame, cg = snapshot
+    a = sorted_particles(environments(plan, frame, cg, 0.3))
+    b = sorted_particles(environments(plan, frame, cg, 0.3, shift=np.array([0.37, -1.1, 2.9])))
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+
+
+def test_rotation_about_the_frame_axis_is_the_free_angle(sps_system, snapshot):
+    """A rotation of the frame's angle turns the environment about z by the same angle."""
+    _, _, plan = sps_system
+    frame, cg = snapshot
+    a, b = environments(plan, frame, cg, 0.0), environments(plan, frame, cg, 0.7)
+    c, s = math.cos(0.7), math.sin(0.7)
+    turn = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    # the same atoms (inside both cubes) have local coordinates related by the turn about z
+    for i in range(len(a.particles)):
+        ids_a, ids_b = a.env_atoms[i].tolist(), b.env_atoms[i].tolist()
+        common = [x for x in ids_a if x >= 0 and x in ids_b]
+        pa = a.particles[i][[ids_a.index(x) for x in common]]
+        pb = b.particles[i][[ids_b.index(x) for x in common]]
+        torch.testing.assert_close(pb, pa @ turn, atol=1e-9, rtol=0)
+        torch.testing.assert_close(b.target[i], a.target[i] @ turn, atol=1e-9, rtol=0)
+
+
+def test_tiny_training_writes_reloads_and_continues(tmp_path):
+    config = read_config(write_config(tmp_path, steps=2))
+    config.output, config.workdir = str(tmp_path / "model.pt"), str(tmp_path / "run")
+    train(config, progress=False)
+    model = load_model(tmp_path / "model.pt")
+    assert model.molecules["PS1"]["n_atoms"] == 162 and model.layout.atom_types == ("C", "C_AR", "H", "H_AR")
+    data = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert data["training"]["steps"] == 2 and data["network"]["width"] == 4
+    config.steps = 3
+    train(config, progress=False, overwrite=True)
+    assert [row["step"] for row in read_log(tmp_path / "run" / "log.csv")] == ["1", "2", "3"]
+    continued = torch.load(tmp_path / "model.pt", weights_only=True)["generator"]
+    assert any(not torch.equal(continued[k], v) for k, v in data["generator"].items())
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = read_config(write_config(tmp_path, steps=3))
+    straight.workdir, straight.output = str(tmp_path / "a"), str(tmp_path / "a.pt")
+    train(straight, progress=False)
+    interrupted = read_config(write_config(tmp_path, steps=1))
+    interrupted.workdir, interrupted.output = str(tmp_path / "b"), str(tmp_path / "b.pt")
+    train(interrupted, progress=False)
+    interrupted.steps = 3
+    train(interrupted, progress=False)
+    drop = {"time"}
+    rows_a = [{k: v for k, v in r.items() if k not in drop} for r in read_log(tmp_path / "a" / "log.csv")]
+    rows_b = [{k: v for k, v in r.items() if k not in drop} for r in read_log(tmp_path / "b" / "log.csv")]
+    assert rows_a == rows_b
+
+
+def torchrun(config: Path, workdir: Path, output: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+         "-m", "gmx_deepbackmap.cli", "train", "--config", str(config), "--workdir", str(workdir),
+         "-o", str(output), "--no-progress"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_torchrun_two_processes_sigterm_and_resume(tmp_path):
+    config = write_config(tmp_path, steps=6)
+    run = torchrun(config, tmp_path / "run", tmp_path / "model.pt")
+    log = tmp_path / "run" / "log.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and run.poll() is None and not (log.is_file() and len(read_log(log)) >= 2):
+        time.sleep(0.5)
+    assert run.poll() is None, run.stdout.read()
+    run.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+    out, _ = run.communicate(timeout=300)
+    assert "Stopped by SIGTERM" in out, out
+    stopped_at = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"]
+    assert 2 <= stopped_at < 6 and not (tmp_path / "model.pt").exists()
+    run = torchrun(config, tmp_path / "run", tmp_path / "model.pt")
+    out, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, out
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 6
+    assert load_model(tmp_path / "model.pt").training["steps"] == 6
