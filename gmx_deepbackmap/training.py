@@ -68,6 +68,9 @@ class TrainConfig:
     learning_rate: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
     gibbs_fraction: float = 0.5  # share of items in the Gibbs context (all other atoms present)
+    recurrent: bool = True  # generated atoms join the next step's environment (false: teacher forcing)
+    channels_last: bool = False  # channels_last_3d memory format for the convolutions
+    autocast_bf16: bool = False  # bfloat16 autocast for the networks
     end_weight: float = 3.0  # oversampling of chain-end beads
     seed: int = 0
     device: str = "cpu"
@@ -177,15 +180,16 @@ def load_training_set(config: TrainConfig, plan: SystemPlan, mapping) -> Trainin
             else:
                 cg = read_frames(cg_files[i], n_atoms=len(plan.bead_type))[0].positions
             positions = near_owners(plan, frame.positions, cg, frame.box)
-            hood = neighbourhood(plan, cg, frame.box, reach(config))
+            hood = neighbourhood(plan, cg, frame.box, reach(config.half_extent))
             snapshots.append(Snapshot(torch.as_tensor(positions), torch.as_tensor(cg),
                                       torch.as_tensor(frame.box), hood))
     return TrainingSet(plan, snapshots, config.end_weight)
 
 
-def reach(config: TrainConfig) -> float:
-    """Bead-bead distance within which a bead's atoms can enter another bead's cube."""
-    return math.sqrt(3) * config.half_extent + 0.4
+def reach(half_extent: float) -> float:
+    """Bead-bead distance within which a bead's atoms can enter another bead's cube of half edge
+    `half_extent` (the model's, or `TrainConfig.half_extent`)."""
+    return math.sqrt(3) * half_extent + 0.4
 
 
 def expand_paths(patterns: list[str], what: str) -> list[Path]:
@@ -296,19 +300,45 @@ class Trainer:
         static = environment_densities(batch, self.data.plan.layout.n_channels, cfg.grid)
         return batch, static
 
-    def critic_step(self) -> dict[str, float]:
-        cfg, grid = self.config, self.config.grid
-        batch, static = self.next_batch()
-        m = batch.step_mask
-        types = torch.nn.functional.one_hot(batch.atom_types[m], self.n_types).float()
+    def fake_and_real(self, batch: Batch, static: torch.Tensor):
+        """Critic inputs of the real and the generated sequences (valid steps only) and the
+        generated local coordinates (B, L, 3).
+
+        Recurrent (the paper): each generated atom joins the environment of the next one.
+        Teacher-forced (`recurrent = false`): every step sees the real earlier atoms, so all steps
+        of all sequences go through the generator in one batch.
+        """
+        cfg, grid, m = self.config, self.config.grid, batch.step_mask
         real = coordinates_to_density(batch.target, grid)
         env_real, _, _ = rollout(self.generator, static, batch, grid, self.n_types, cfg.network.noise_dim, real)
-        with torch.no_grad():
-            env_fake, fake, _ = rollout(self.generator, static, batch, grid, self.n_types, cfg.network.noise_dim)
-        real_in, fake_in = (real[m][:, None], env_real[m]), (fake[m][:, None], env_fake[m])
-        wasserstein = self.critic(*real_in, types).mean() - self.critic(*fake_in, types).mean()
-        penalty = gradient_penalty(self.critic, real_in, fake_in, types, lambda_gp=cfg.lambda_gp)
-        loss = -wasserstein + penalty
+        types = torch.nn.functional.one_hot(batch.atom_types[m], self.n_types).to(static)
+        if cfg.recurrent:
+            env_fake, fake, coords = rollout(self.generator, static, batch, grid, self.n_types, cfg.network.noise_dim)
+            env_fake, fake = env_fake[m], fake[m]
+        else:
+            env_fake = env_real[m]
+            z = torch.randn(len(env_fake), cfg.network.noise_dim, device=static.device)
+            fake = self.generator(self.layout(env_fake), z, types)[:, 0]
+            coords = batch.target.new_zeros(batch.target.shape).masked_scatter(
+                m[..., None], density_to_coordinates(fake, grid))
+        real_in = (real[m][:, None], self.layout(env_real[m]))
+        fake_in = (fake[:, None], self.layout(env_fake))
+        return real_in, fake_in, types, coords
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.config.channels_last else x
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast_bf16)
+
+    def critic_step(self) -> dict[str, float]:
+        batch, static = self.next_batch()
+        with self.autocast():
+            with torch.no_grad():
+                real_in, fake_in, types, _ = self.fake_and_real(batch, static)
+            wasserstein = self.critic(*real_in, types).mean() - self.critic(*fake_in, types).mean()
+            penalty = gradient_penalty(self.critic, real_in, fake_in, types, lambda_gp=self.config.lambda_gp)
+        loss = (-wasserstein + penalty).float()
         self.opt_c.zero_grad(set_to_none=True)
         loss.backward()
         _average_gradients(self.critic)
@@ -316,14 +346,12 @@ class Trainer:
         return {"critic_loss": loss.item(), "wasserstein": wasserstein.item(), "gradient_penalty": penalty.item()}
 
     def generator_step(self) -> dict[str, float]:
-        cfg, grid = self.config, self.config.grid
         batch, static = self.next_batch()
-        m = batch.step_mask
-        types = torch.nn.functional.one_hot(batch.atom_types[m], self.n_types).float()
-        env_fake, fake, coords = rollout(self.generator, static, batch, grid, self.n_types, cfg.network.noise_dim)
-        adversarial = -self.critic(fake[m][:, None], env_fake[m], types).mean()
-        phi, terms = self.prior_loss(batch, coords)
-        lam = cfg.lambda_phi_at(self.step)
+        with self.autocast():
+            _, fake_in, types, coords = self.fake_and_real(batch, static)
+            adversarial = -self.critic(*fake_in, types).mean().float()
+        phi, terms = self.prior_loss(batch, coords.float())
+        lam = self.config.lambda_phi_at(self.step)
         loss = adversarial + lam * phi if lam > 0 else adversarial
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
