@@ -1,14 +1,16 @@
 """The one force field of the package: GROMACS energies of a topology in PyTorch.
 
 `ForceField` evaluates per-term energies of batches of coordinates, differentiably, on CPU or
-CUDA, in float32 or float64. It serves the training prior and the sampler (many small local
-evaluations through `ForceField.subset`) and `gmx-dbm energy` (whole frames).
+CUDA, in float32 or float64: whole frames (`gmx-dbm energy`) and, through `ForceField.subset`,
+many small local environments (the sampler). `bonded_row_energies` and `lj_row_energies` apply
+the same functional forms to batches whose items each have their own terms (the training prior).
 
 The functional forms are those of `gmx mdrun` with the Verlet cut-off scheme:
 
-- bonded terms (bonds, angles funct 1, proper dihedrals funct 1/9, harmonic impropers funct 2,
-  periodic impropers funct 4, `[ pairs ]`) use minimum-image displacements, so molecules may be
-  broken across the box; dihedrals follow the IUPAC sign convention (trans = 180 degrees);
+- bonded terms (bonds, angles funct 1, proper dihedrals funct 1/9, harmonic impropers funct 2
+  with xi - xi0 wrapped into [-pi, pi), periodic impropers funct 4, `[ pairs ]`) use
+  minimum-image displacements, so molecules may be broken across the box; dihedrals follow the
+  IUPAC sign convention (cis 0, trans 180 degrees) as GROMACS does;
 - Lennard-Jones within the cut-off, shifted to zero at the cut-off (`potential-shift`);
 - reaction-field Coulomb, `f q_i q_j (1/r + k_rf r^2 - c_rf)` within the cut-off. Like the Verlet
   scheme, every *excluded* pair within the cut-off contributes `f q_i q_j (k_rf r^2 - c_rf)` and
@@ -48,13 +50,12 @@ GMX_TERM_NAMES = {
     "coulomb14": "Coulomb-14",
 }
 LJ_MODIFIERS = ("potential-shift", "none")
-_BONDED = {  # term -> (topology attribute, parameter columns given in degrees)
-    "bond": ("bonds", ()),
-    "angle": ("angles", (0,)),
-    "proper": ("propers", (0,)),
-    "improper": ("impropers", (0,)),
-    "periodic_improper": ("periodic_impropers", (0,)),
-    "pair14": ("pairs", ()),
+BONDED_TERMS = {  # term -> Topology attribute
+    "bond": "bonds",
+    "angle": "angles",
+    "proper": "propers",
+    "improper": "impropers",
+    "periodic_improper": "periodic_impropers",
 }
 _NEIGHBOUR_SKIN = 1e-3  # nm: the grid search runs in float32; the exact cut-off is applied after it
 
@@ -90,22 +91,43 @@ class ForceField:
         self.lj_shift = lj_modifier == "potential-shift"
 
         self.terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for name, (attribute, degree_columns) in _BONDED.items():
+        for name, attribute in BONDED_TERMS.items():
             terms = getattr(topology, attribute)
-            params = terms.params.copy()
-            params[:, list(degree_columns)] = np.radians(params[:, list(degree_columns)])
-            if name == "pair14":  # append the scaled charge product for Coulomb-14
-                i, j = terms.indices.T
-                qq = topology.fudge_qq * self.f_elec * topology.charges[i] * topology.charges[j]
-                params = np.column_stack([params, qq])
-            self.terms[name] = (self._long(terms.indices), self._real(params))
+            self.terms[name] = (self._long(terms.indices), _radians(name, self._real(terms.params)))
+        i, j = topology.pairs.indices.T  # 1-4 pairs: c6, c12 and the scaled f q_i q_j
+        qq = topology.fudge_qq * self.f_elec * topology.charges[i] * topology.charges[j]
+        self.terms["pair14"] = (self._long(topology.pairs.indices),
+                                self._real(np.column_stack([topology.pairs.params, qq])))
         self.charges = self._real(topology.charges)
         self.type_index = self._long(topology.type_index)
         self.c6, self.c12 = self._real(topology.c6), self._real(topology.c12)
         self.exclusions = self._long(topology.exclusions)
         self._exclusion_keys = np.sort(topology.exclusions[:, 0] * self.n_atoms + topology.exclusions[:, 1])
         self.self_energy = -0.5 * self.f_elec * self.c_rf * float(np.square(topology.charges).sum())
-        self.local_pairs: tuple[torch.Tensor, ...] | None = None  # fixed pair list of a subset
+        self.local_pairs: tuple[torch.Tensor, ...] | None = None  # the dense pair block of a subset
+        self._plan_vectors()
+
+    def _plan_vectors(self) -> None:
+        """Every displacement that bonded terms, 1-4 pairs and exclusions use, as unique atom
+        pairs (so one minimum-image call serves them all), and for each user its (index, sign)
+        into them, one per successive atom pair of its terms."""
+        requests = {name: [(idx[:, k], idx[:, k + 1]) for k in range(idx.shape[1] - 1)]
+                    for name, (idx, _) in self.terms.items()}
+        requests["exclusions"] = [(self.exclusions[:, 0], self.exclusions[:, 1])]
+        flat = [pair for pairs in requests.values() for pair in pairs]
+        first = torch.cat([a for a, _ in flat]).cpu().numpy()
+        second = torch.cat([b for _, b in flat]).cpu().numpy()
+        keys = np.minimum(first, second) * self.n_atoms + np.maximum(first, second)
+        unique, inverse = np.unique(keys, return_inverse=True)
+        sign = np.where(first < second, 1.0, -1.0)[:, None]
+        self._vector_atoms = (self._long(unique // self.n_atoms), self._long(unique % self.n_atoms))
+        self._vector_use, start = {}, 0
+        for name, pairs in requests.items():
+            self._vector_use[name] = []
+            for a, _ in pairs:
+                rows = slice(start, start + len(a))
+                self._vector_use[name].append((self._long(inverse[rows]), self._real(sign[rows])))
+                start += len(a)
 
     def _real(self, array) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array, dtype=np.float64), device=self.device).to(self.dtype)
@@ -115,21 +137,22 @@ class ForceField:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ForceField:
         """A copy on another device and/or with another floating-point precision."""
-        other = copy.copy(self)
-        other.device = torch.device(device) if device is not None else self.device
-        other.dtype = dtype or self.dtype
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
 
         def move(value):
             if isinstance(value, torch.Tensor):
-                return value.to(other.device, other.dtype if value.is_floating_point() else None)
-            if isinstance(value, tuple):
-                return tuple(move(v) for v in value)
+                return value.to(device, dtype if value.is_floating_point() else None)
+            if isinstance(value, (tuple, list)):
+                return type(value)(move(v) for v in value)
             if isinstance(value, dict):
                 return {k: move(v) for k, v in value.items()}
             return value
 
+        other = copy.copy(self)
         for name, value in vars(self).items():
             setattr(other, name, move(value))
+        other.device, other.dtype = device, dtype
         return other
 
     # ------------------------------------------------------------------ local environments
@@ -146,7 +169,7 @@ class ForceField:
         bonded partners, the subset's potential changes exactly as the whole system's when only
         active atoms move.
 
-        Speed: with `box=None` no periodic images are searched (about half the cost). That is
+        Speed: with `box=None` no periodic images are searched (several times faster). That is
         exact for coordinates made whole around a centre c (`c + minimum_image(x - c, box)`) when
         every local atom lies within `box_widths(box).min() - cutoff` of c.
         """
@@ -178,6 +201,7 @@ class ForceField:
         other.self_energy = -0.5 * self.f_elec * self.c_rf * float(np.square(charges[is_active]).sum())
         other._exclusion_keys = None
         other.local_pairs = self._subset_pairs(atoms, is_active)
+        other._plan_vectors()
         return other
 
     def _subset_pairs(self, atoms: np.ndarray, is_active: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -196,8 +220,8 @@ class ForceField:
         """c6, c12, f q_i q_j and the LJ value at the cut-off (the potential shift) of pairs."""
         ti, tj = self.type_index[i], self.type_index[j]
         c6, c12 = self.c6[ti, tj], self.c12[ti, tj]
-        rc6 = self.cutoff**-6 if self.lj_shift else 0.0
-        return c6, c12, self.f_elec * self.charges[i] * self.charges[j], (c12 * rc6 - c6) * rc6
+        qq = self.f_elec * self.charges[i] * self.charges[j]
+        return c6, c12, qq, _lj_at_cutoff(c6, c12, self.cutoff, self.lj_shift)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -216,39 +240,25 @@ class ForceField:
             box = torch.as_tensor(box, dtype=self.dtype, device=self.device)
         elif self.local_pairs is None:
             raise ValueError("a whole-system evaluation needs the box")
-        out = self._bonded(x, box)
-        out["lj"], out["coulomb"] = self._nonbonded(x, box)
-        out["coulomb"] = out["coulomb"] + self._excluded_rf(x, box) + self.self_energy
+        displacements = _displacement(x, *self._vector_atoms, box)  # (B, unique pairs, 3)
+
+        def vectors(user: str) -> list[torch.Tensor]:
+            return [displacements.index_select(1, rows) * sign for rows, sign in self._vector_use[user]]
+
+        out = {}
+        for name in BONDED_TERMS:
+            out[name] = _bonded_energy(name, _geometry(vectors(name)), self.terms[name][1]).sum(-1)
+        params = self.terms["pair14"][1]
+        r2 = _square(vectors("pair14")[0])
+        out["lj14"] = _lj(r2, params[:, 0], params[:, 1], 0.0).sum(-1)
+        out["coulomb14"] = (params[:, 2] * r2.rsqrt()).sum(-1)
+        out["lj"], coulomb = self._nonbonded(x, box)
+        out["coulomb"] = coulomb + self._excluded_rf(_square(vectors("exclusions")[0])) + self.self_energy
+        out = {name: out[name] for name in TERMS}
         return out if batched else {k: v[0] for k, v in out.items()}
 
-    def _bonded(self, x: torch.Tensor, box) -> dict[str, torch.Tensor]:
-        bond_idx, bond = self.terms["bond"]
-        r = _square(_displacement(x, bond_idx[:, 0], bond_idx[:, 1], box)).sqrt()
-        out = {"bond": (0.5 * bond[:, 1] * (r - bond[:, 0]).square()).sum(-1)}
-
-        angle_idx, angle = self.terms["angle"]
-        theta = _angle(x, angle_idx, box)
-        out["angle"] = (0.5 * angle[:, 1] * (theta - angle[:, 0]).square()).sum(-1)
-
-        for name in ("proper", "periodic_improper"):
-            idx, p = self.terms[name]
-            phi = _dihedral(x, idx, box)
-            out[name] = (p[:, 1] * (1 + torch.cos(p[:, 2] * phi - p[:, 0]))).sum(-1)
-
-        idx, p = self.terms["improper"]
-        dxi = _dihedral(x, idx, box) - p[:, 0]
-        dxi = dxi - 2 * math.pi * torch.floor((dxi + math.pi) / (2 * math.pi))  # into [-pi, pi)
-        out["improper"] = (0.5 * p[:, 1] * dxi.square()).sum(-1)
-
-        idx, p = self.terms["pair14"]
-        r2 = _square(_displacement(x, idx[:, 0], idx[:, 1], box))
-        inv6 = r2.reciprocal() ** 3
-        out["lj14"] = (p[:, 1] * inv6 * inv6 - p[:, 0] * inv6).sum(-1)
-        out["coulomb14"] = (p[:, 2] * r2.rsqrt()).sum(-1)
-        return out
-
     def _nonbonded(self, x: torch.Tensor, box) -> tuple[torch.Tensor, torch.Tensor]:
-        """LJ and reaction-field Coulomb of non-excluded pairs within the cut-off."""
+        """LJ and reaction-field Coulomb (B,) of non-excluded pairs within the cut-off."""
         if self.local_pairs is not None:
             active, pad, *params = self.local_pairs
             d = x[:, None] - x.index_select(1, active)[:, :, None]  # (B, A, n, 3)
@@ -272,31 +282,67 @@ class ForceField:
         return pairs[:, 0], pairs[:, 1], self._real(shifts[keep])
 
     def _pair_energies(self, r2, c6, c12, qq, lj_shift) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed LJ and RF Coulomb of pairs at squared distances r2; pairs beyond the cut-off
-        count zero (their values stay finite, so gradients do too)."""
+        """Summed LJ and RF Coulomb (B,) of pairs at squared distances r2 (B, ...)."""
         inside = r2 < self.cutoff**2
-        inv6 = r2.reciprocal() ** 3
-        lj = (c12 * inv6 - c6) * inv6 - lj_shift
         coulomb = qq * (r2.rsqrt() + self.k_rf * r2 - self.c_rf)
         zero = torch.zeros((), dtype=r2.dtype, device=r2.device)
-        return (torch.where(inside, lj, zero).flatten(1).sum(-1),
+        return (torch.where(inside, _lj(r2, c6, c12, lj_shift), zero).flatten(1).sum(-1),
                 torch.where(inside, coulomb, zero).flatten(1).sum(-1))
 
-    def _excluded_rf(self, x: torch.Tensor, box) -> torch.Tensor:
-        """Reaction-field correction of excluded pairs within the cut-off (Verlet scheme)."""
+    def _excluded_rf(self, r2: torch.Tensor) -> torch.Tensor:
+        """Reaction-field correction of excluded pairs at squared distances r2 (B, E) within the
+        cut-off (Verlet scheme)."""
         i, j = self.exclusions[:, 0], self.exclusions[:, 1]
-        r2 = _square(_displacement(x, i, j, box))
         qq = self.f_elec * self.charges[i] * self.charges[j]
         energy = qq * (self.k_rf * r2 - self.c_rf)
         return torch.where(r2 < self.cutoff**2, energy, torch.zeros_like(energy)).sum(-1)
 
 
-def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Which keys occur in an ascending array."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(keys), dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[at] == keys
+# ---------------------------------------------------------------------- functional forms
+
+
+def _radians(name: str, params: torch.Tensor) -> torch.Tensor:
+    """Bonded parameters with the angle column (theta0, phi_s or xi0: column 0) in radians."""
+    if name == "bond":
+        return params
+    return torch.cat([torch.deg2rad(params[..., :1]), params[..., 1:]], dim=-1)
+
+
+def _bonded_energy(name: str, value: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Energy of each bonded term from its geometry (bond length, angle or dihedral in radians)
+    and its parameters (angles in radians)."""
+    if name in ("bond", "angle"):
+        return 0.5 * params[..., 1] * (value - params[..., 0]).square()
+    if name == "improper":
+        dxi = value - params[..., 0]
+        dxi = dxi - 2 * math.pi * torch.floor((dxi + math.pi) / (2 * math.pi))  # into [-pi, pi)
+        return 0.5 * params[..., 1] * dxi.square()
+    return params[..., 1] * (1 + torch.cos(params[..., 2] * value - params[..., 0]))  # proper, funct 4
+
+
+def _geometry(bond_vectors: list[torch.Tensor]) -> torch.Tensor:
+    """Bond length, angle or dihedral (radians) from the 1, 2 or 3 vectors b_k = x_(k+1) - x_k
+    along a term's atoms; atan2 forms stay accurate and differentiable near 0 and pi."""
+    if len(bond_vectors) == 1:
+        return _square(bond_vectors[0]).sqrt()
+    if len(bond_vectors) == 2:
+        b1, b2 = bond_vectors
+        return torch.atan2(_square(torch.linalg.cross(b1, b2)).sqrt(), -_dot(b1, b2))
+    b1, b2, b3 = bond_vectors  # IUPAC/GROMACS sign convention
+    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+    return torch.atan2(_square(b2).sqrt() * _dot(b1, n2), _dot(n1, n2))
+
+
+def _lj(r2: torch.Tensor, c6: torch.Tensor, c12: torch.Tensor, shift) -> torch.Tensor:
+    """Lennard-Jones c12/r^12 - c6/r^6 - shift at squared distances r2."""
+    inv6 = r2.reciprocal() ** 3
+    return (c12 * inv6 - c6) * inv6 - shift
+
+
+def _lj_at_cutoff(c6: torch.Tensor, c12: torch.Tensor, cutoff: float, shift: bool) -> torch.Tensor:
+    """The constant that potential-shift subtracts (zero without the modifier)."""
+    rc6 = cutoff**-6 if shift else 0.0
+    return (c12 * rc6 - c6) * rc6
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -323,20 +369,31 @@ def _minimum_image(d: torch.Tensor, box) -> torch.Tensor:
     return minimum_image(d, box)
 
 
-def _angle(x: torch.Tensor, idx: torch.Tensor, box) -> torch.Tensor:
-    """Angle i-j-k in radians (atan2 form: accurate and differentiable near 0 and pi)."""
-    a = _displacement(x, idx[:, 1], idx[:, 0], box)
-    b = _displacement(x, idx[:, 1], idx[:, 2], box)
-    return torch.atan2(_square(torch.linalg.cross(a, b)).sqrt(), _dot(a, b))
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Which keys occur in an ascending array."""
+    if len(sorted_keys) == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
 
 
-def _dihedral(x: torch.Tensor, idx: torch.Tensor, box) -> torch.Tensor:
-    """Dihedral i-j-k-l in radians, IUPAC/GROMACS sign convention (cis 0, trans pi)."""
-    b1 = _displacement(x, idx[:, 0], idx[:, 1], box)
-    b2 = _displacement(x, idx[:, 1], idx[:, 2], box)
-    b3 = _displacement(x, idx[:, 2], idx[:, 3], box)
-    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-    return torch.atan2(_square(b2).sqrt() * _dot(b1, n2), _dot(n1, n2))
+# ---------------------------------------------------------------------- per-row terms (prior, sampler)
+
+
+def bonded_row_energies(name: str, x: torch.Tensor, idx: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Energies (B, T) of bonded terms with per-item atom indices idx (B, T, k) into x (B, P, 3)
+    and parameters (B, T, p) in topology units (degrees); no periodic images (local frames)."""
+    batch = torch.arange(len(x), device=x.device)[:, None]
+    points = [x[batch, idx[..., a]] for a in range(idx.shape[-1])]
+    bond_vectors = [b - a for a, b in zip(points[:-1], points[1:])]
+    return _bonded_energy(name, _geometry(bond_vectors), _radians(name, params))
+
+
+def lj_row_energies(r2: torch.Tensor, c6: torch.Tensor, c12: torch.Tensor, cutoff: float,
+                    shift: bool = True) -> torch.Tensor:
+    """Lennard-Jones energies of pairs at squared distances r2, zero beyond the cut-off."""
+    lj = _lj(r2, c6, c12, _lj_at_cutoff(c6, c12, cutoff, shift))
+    return torch.where(r2 < cutoff**2, lj, torch.zeros_like(lj))
 
 
 # ---------------------------------------------------------------------- whole frames (gmx-dbm energy)
@@ -373,7 +430,7 @@ def frame_energies(
 
 
 def write_energy_csv(path: str | os.PathLike, rows: list[dict[str, float]], overwrite: bool = False) -> Path:
-    """Write per-frame energies as CSV (frame, time, terms, potential), atomically."""
+    """Write per-frame energies as CSV (frame, time in ps, terms and potential in kJ/mol), atomically."""
     from .structure import atomic_output
 
     with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as handle:
@@ -381,7 +438,8 @@ def write_energy_csv(path: str | os.PathLike, rows: list[dict[str, float]], over
         writer.writerow(["frame", "time", *TERMS, "potential"])
         for row in rows:
             terms = [row[k] for k in TERMS]
-            writer.writerow([row["frame"], f"{row['time']:g}", *(f"{v:.6f}" for v in terms), f"{sum(terms):.6f}"])
+            energies = [f"{v:.6f}" for v in (*terms, sum(terms))]
+            writer.writerow([row["frame"], f"{row['time']:g}", *energies])
     return Path(path)
 
 
@@ -393,41 +451,3 @@ def energy_summary(rows: list[dict[str, float]]) -> str:
     potential = np.mean([sum(r[k] for k in TERMS) for r in rows])
     lines.append(f"{'Potential':<20}{potential:>16.3f}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------- per-row terms (prior, sampler)
-
-
-def bonded_row_energies(name: str, x: torch.Tensor, idx: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Energies (B, T) of bonded terms with per-item atom indices idx (B, T, k) into x (B, P, 3)
-    and parameters (B, T, p) in topology units (degrees); no periodic images (local frames)."""
-    batch = torch.arange(len(x), device=x.device)[:, None]
-    points = [x[batch, idx[..., a]] for a in range(idx.shape[-1])]
-    if name == "bond":
-        r = (points[1] - points[0]).norm(dim=-1)
-        return 0.5 * params[..., 1] * (r - params[..., 0]).square()
-    if name == "angle":
-        a, b = points[0] - points[1], points[2] - points[1]
-        theta = torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1))
-        return 0.5 * params[..., 1] * (theta - torch.deg2rad(params[..., 0])).square()
-    b1, b2, b3 = points[1] - points[0], points[2] - points[1], points[3] - points[2]
-    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-    phi = torch.atan2(b2.norm(dim=-1) * (b1 * n2).sum(-1), (n1 * n2).sum(-1))
-    if name == "improper":
-        dxi = phi - torch.deg2rad(params[..., 0])
-        dxi = dxi - 2 * math.pi * torch.floor((dxi + math.pi) / (2 * math.pi))
-        return 0.5 * params[..., 1] * dxi.square()
-    return params[..., 1] * (1 + torch.cos(params[..., 2] * phi - torch.deg2rad(params[..., 0])))
-
-
-def lj_row_energies(r2: torch.Tensor, c6: torch.Tensor, c12: torch.Tensor, cutoff: float,
-                    shift: bool = True) -> torch.Tensor:
-    """Lennard-Jones energies of pairs at squared distances r2, zero beyond the cut-off."""
-    inside = r2 < cutoff**2
-    r2 = torch.where(inside, r2, torch.ones_like(r2))
-    inv6 = r2.reciprocal() ** 3
-    lj = c12 * inv6 * inv6 - c6 * inv6
-    if shift:
-        rc6 = cutoff**-6
-        lj = lj - (c12 * rc6 * rc6 - c6 * rc6)
-    return torch.where(inside, lj, torch.zeros_like(lj))
