@@ -1,8 +1,8 @@
 """GROMACS from Python: one `Engine` interface, two back ends.
 
 - "gmxapi": the gmxapi Python package (`gmxapi.commandline_operation` for grompp, `gmxapi.mdrun`
-  for mdrun, the matching `gmx` from `gmxapi.commandline.cli_executable()`). Default when
-  `import gmxapi` works.
+  in a child interpreter for mdrun, the matching `gmx` from `gmxapi.commandline.cli_executable()`).
+  Default when `import gmxapi` works.
 - "cli": the `gmx` command line in subprocesses; the executable is $GMXDBM_GMX or `gmx` on PATH.
 
 `get_engine()` picks one (argument, else $GMXDBM_ENGINE, else gmxapi when importable, else cli).
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,6 +65,8 @@ class Engine(abc.ABC):
         maxwarn: int = 0,
     ) -> Path:
         """Write the run input `tpr` (the processed `.mdp` goes next to it as `<stem>.mdout.mdp`)."""
+        mdp, structure, topology = Path(mdp), Path(structure), Path(topology)
+        index = None if index is None else Path(index)
         inputs = [mdp, structure, topology] + ([index] if index is not None else [])
         for path in inputs:
             if not Path(path).is_file():
@@ -146,7 +150,12 @@ class CliEngine(Engine):
 
 
 class GmxapiEngine(Engine):
-    """The gmxapi Python package: commandline_operation for tools, the mdrun operation for mdrun."""
+    """The gmxapi Python package: commandline_operation for tools, the mdrun operation for mdrun.
+
+    mdrun runs in a child interpreter: in-process, a GROMACS fatal error ends the calling Python
+    (the library exits, and gmxapi has sent the message to the run's stderr.txt), so it could not
+    become a GromacsError.
+    """
 
     name = "gmxapi"
 
@@ -171,14 +180,26 @@ class GmxapiEngine(Engine):
 
     def _mdrun(self, args: dict[str, str], workdir: Path) -> Path:
         tpr = args.pop("-s")
-        with _chdir(workdir):  # gmxapi.mdrun works in a new folder below the current directory
-            md = self._gmxapi.mdrun(self._gmxapi.read_tpr(tpr), runtime_args=args)
-            try:
-                rundir = Path(md.output.directory.result())
-            except Exception as exc:  # gmxapi wraps library failures in several exception types
-                texts = [str(exc)] + [p.read_text(errors="replace") for p in _gromacs_texts(workdir)]
-                raise gromacs_error("gmx mdrun (gmxapi)", "\n".join(texts), None) from exc
-        return rundir
+        # gmxapi.mdrun works in a new folder below the current directory (workdir).
+        proc = subprocess.run(
+            [sys.executable, "-c", _GMXAPI_MDRUN, tpr, json.dumps(args)],
+            cwd=workdir, capture_output=True, text=True, errors="replace",
+        )
+        if proc.returncode != 0:
+            texts = [p.read_text(errors="replace") for p in _gromacs_texts(workdir)]
+            raise gromacs_error("gmx mdrun (gmxapi)", "\n".join([*texts, proc.stdout, proc.stderr]),
+                                proc.returncode)
+        return Path(proc.stdout.strip().splitlines()[-1])
+
+
+# Child-interpreter body of GmxapiEngine._mdrun: argv = tpr, runtime arguments (JSON); prints the
+# folder that holds the outputs.
+_GMXAPI_MDRUN = """
+import json, sys
+import gmxapi
+md = gmxapi.mdrun(gmxapi.read_tpr(sys.argv[1]), runtime_args=json.loads(sys.argv[2]))
+print(md.output.directory.result())
+"""
 
 
 def get_engine(name: str | None = None) -> Engine:
