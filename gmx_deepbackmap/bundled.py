@@ -35,6 +35,16 @@ def mdp_key(key: str) -> str:
     return key.strip().lower().replace("-", "").replace("_", "")
 
 
+def read_mdp(path: str | os.PathLike) -> dict[str, str]:
+    """Settings of an `.mdp` file by normalised key (see `mdp_key`)."""
+    settings = {}
+    for line in Path(path).read_text().splitlines():
+        name, _, value = line.split(";", 1)[0].partition("=")
+        if _:
+            settings[mdp_key(name)] = value.strip()
+    return settings
+
+
 def _mdp_value(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"

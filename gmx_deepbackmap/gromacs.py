@@ -279,6 +279,23 @@ def minimise(
     return Path(out_gro)
 
 
+def run_md(
+    structure: PathLike,
+    topology: PathLike,
+    mdp: PathLike,
+    workdir: PathLike,
+    engine: Engine | None = None,
+    maxwarn: int = 0,
+    threads: int | None = None,
+) -> MdrunOutputs:
+    """grompp and mdrun of an MD run in `workdir` (new or empty); the outputs stay there."""
+    engine = engine or get_engine()
+    work = Path(workdir).absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    tpr = engine.grompp(mdp, structure, topology, work / "md.tpr", maxwarn=maxwarn)
+    return engine.mdrun(tpr, work / "mdrun", threads=threads)
+
+
 # --------------------------------------------------------------------------- errors
 
 _RULE = re.compile(r"^-{40,}[ \t]*$", re.MULTILINE)

@@ -1,0 +1,188 @@
+"""`gmx-dbm validate-md`: how MD behaves when it starts from backmapped structures.
+
+From every structure of every labelled set: NPT MD in the reference ensemble (bundled template,
+velocities from Maxwell-Boltzmann at T, no heat-up), recording the potential energy and its
+terms. A structure sampled from the right distribution starts where MD from the reference starts
+and stays there; a structure that is not equilibrated relaxes first (method.md section 7).
+
+Runs are resumable: each run's folder gets `energies.csv` and then `done` when it finished, and
+finished runs are not repeated. Outputs: `potential.png` (mean and spread over frames, one curve
+per set), `summary.json` and `summary.csv` (energies at 0, 10 and 100 ps; time to steady state).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bundled import bundled_path, read_mdp, write_mdp
+from .errors import InputError
+from .gromacs import Engine, get_engine, read_edr, run_md
+from .structure import atomic_output, iter_frames, load_universe, write_frames
+from .topology import read_topology
+
+REPORT_TIMES = (0.0, 10.0, 100.0)  # ps
+TERMS = ("Potential", "Bond", "Angle", "Proper Dih.", "Improper Dih.", "LJ (SR)", "Coulomb (SR)")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The energies over time of one MD run."""
+
+    label: str
+    frame: int
+    time: np.ndarray  # ps
+    energies: dict[str, np.ndarray]  # kJ/mol by GROMACS term name
+
+
+def validate_md(
+    structure: str | os.PathLike,
+    topology: str | os.PathLike,
+    sets: dict[str, str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    temperature: float,
+    time: float = 100.0,
+    frames: slice = slice(None),
+    mdp: str | os.PathLike | None = None,
+    energy_interval: float = 0.1,
+    seed: int = 1,
+    engine: str | Engine | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """MD from each frame of each set; returns the summary (also written to `output`)."""
+    from tqdm import tqdm
+
+    top = read_topology(topology)
+    template = Path(mdp) if mdp else bundled_path("sps/md-npt.mdp")
+    engine = engine if isinstance(engine, Engine) else get_engine(engine)
+    out = Path(output)
+    jobs = [(label, i, frame) for label, path in sets.items()
+            for i, frame in _frames(structure, path, frames, top.n_atoms)]
+    if not jobs:
+        raise InputError("no frames selected in any set")
+    runs = []
+    for label, i, frame in tqdm(jobs, desc="MD runs", unit="run", disable=not progress):
+        rundir = out / "runs" / label / f"frame{i:05d}"
+        if not (rundir / "done").is_file():
+            _run(rundir, frame, top, topology, template, engine, threads, temperature=temperature, time=time,
+                 energy_interval=energy_interval, seed=seed + i)
+        runs.append(_load_run(rundir, label, i))
+    summary = summarise(runs)
+    write_summary(summary, out)
+    plot_potential(runs, out / "potential.png")
+    return summary
+
+
+def _frames(structure, path, frames: slice, n_atoms: int):
+    universe = load_universe(structure, path)
+    if len(universe.atoms) != n_atoms:
+        raise InputError(f"{len(universe.atoms)} atoms, but the topology describes {n_atoms}", path)
+    indices = range(len(universe.trajectory))[frames]
+    return zip(indices, iter_frames(universe, frames))
+
+
+def _run(rundir: Path, frame, top, topology, template: Path, engine: Engine, threads, *, temperature: float,
+         time: float, energy_interval: float, seed: int) -> None:
+    """One MD run from scratch in `rundir` (a half-finished one is started again)."""
+    if rundir.exists():
+        for item in sorted(rundir.rglob("*"), reverse=True):
+            item.rmdir() if item.is_dir() else item.unlink()
+    rundir.mkdir(parents=True)
+    start = rundir / "start.gro"
+    write_frames(start, top.atom_names, top.residue_names, top.residue_numbers, [frame])
+    dt = float(read_mdp(template).get("dt") or 0.001)  # GROMACS' default
+    mdp = write_mdp(template, rundir / "md.mdp", ref_t=temperature, gen_temp=temperature, gen_seed=seed,
+                    nsteps=int(round(time / dt)), nstenergy=max(1, int(round(energy_interval / dt))),
+                    nstcalcenergy=max(1, int(round(energy_interval / dt))))
+    outputs = run_md(start, topology, mdp, rundir / "gromacs", engine=engine, maxwarn=1, threads=threads)
+    energies = read_edr(outputs.edr)
+    with atomic_output(rundir / "energies.csv", overwrite=True) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        names = ["Time", *[t for t in TERMS if t in energies]]
+        writer.writerow(names)
+        writer.writerows(np.column_stack([energies[n] for n in names]).tolist())
+    (rundir / "done").touch()
+
+
+def _load_run(rundir: Path, label: str, frame: int) -> Run:
+    with (rundir / "energies.csv").open() as f:
+        rows = list(csv.reader(f))
+    data = np.array(rows[1:], dtype=np.float64)
+    columns = {name: data[:, i] for i, name in enumerate(rows[0])}
+    return Run(label, frame, columns.pop("Time"), columns)
+
+
+def steady_time(time: np.ndarray, energy: np.ndarray, tail: float = 0.25) -> float:
+    """First time after which the energy stays within 2 sd of its final plateau.
+
+    The plateau is the mean over the last `tail` of the run, its sd the spread there; the
+    curve is a running mean over 1 % of the run, so single thermal fluctuations do not count.
+    """
+    n = len(energy)
+    window = max(1, n // 100)
+    smooth = np.convolve(energy, np.ones(window) / window, mode="same")
+    plateau = energy[int(n * (1 - tail)):]
+    outside = np.abs(smooth - plateau.mean()) > 2 * plateau.std() + 1e-9
+    last = np.flatnonzero(outside[: n - window // 2])
+    return float(time[last[-1] + 1]) if len(last) else float(time[0])
+
+
+def summarise(runs: list[Run]) -> dict:
+    """Per set: mean and sd over frames of each term at the report times, and the steady time."""
+    summary: dict = {}
+    for label in dict.fromkeys(r.label for r in runs):
+        mine = [r for r in runs if r.label == label]
+        entry = {"frames": [r.frame for r in mine]}
+        for t in REPORT_TIMES:
+            if t > min(r.time[-1] for r in mine) + 1e-6:
+                continue
+            at = {term: [float(np.interp(t, r.time, r.energies[term])) for r in mine] for term in mine[0].energies}
+            entry[f"{t:g} ps"] = {term: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for term, v in at.items()}
+        mean_curve = np.mean([np.interp(mine[0].time, r.time, r.energies["Potential"]) for r in mine], axis=0)
+        entry["steady_after_ps"] = steady_time(mine[0].time, mean_curve)
+        summary[label] = entry
+    return summary
+
+
+def write_summary(summary: dict, out: Path) -> None:
+    with atomic_output(out / "summary.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_output(out / "summary.csv", overwrite=True) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["set", "time_ps", "term", "mean_kJ_mol", "sd_kJ_mol"])
+        for label, entry in summary.items():
+            for key, terms in entry.items():
+                if key.endswith(" ps") and isinstance(terms, dict):
+                    for term, v in terms.items():
+                        writer.writerow([label, key[:-3], term, f"{v['mean']:.2f}", f"{v['sd']:.2f}"])
+            writer.writerow([label, "steady_after", "Potential", f"{entry['steady_after_ps']:.2f}", ""])
+
+
+def plot_potential(runs: list[Run], path: Path) -> None:
+    """Potential energy against time: mean over frames and its spread, one curve per set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for label in dict.fromkeys(r.label for r in runs):
+        mine = [r for r in runs if r.label == label]
+        t = mine[0].time
+        curves = np.array([np.interp(t, r.time, r.energies["Potential"]) for r in mine])
+        mean, sd = curves.mean(0), curves.std(0)
+        (line,) = ax.plot(t, mean, label=f"{label} ({len(mine)} frames)")
+        ax.fill_between(t, mean - sd, mean + sd, color=line.get_color(), alpha=0.25, linewidth=0)
+    ax.set_xlabel("time (ps)")
+    ax.set_ylabel("potential energy (kJ/mol)")
+    ax.legend()
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)
