@@ -89,5 +89,206 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
     click.echo(f"Model: {path}")
 
 
+@main.command("backmap")
+@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
+              help="CG structure (.gro, .pdb): one bead per line, in mapping order; with -f, it names the beads.")
+@click.option("-f", "trajectory", type=click.Path(dir_okay=False), help="CG trajectory (.xtc, .trr).")
+@click.option("-p", "topology", type=click.Path(dir_okay=False),
+              help="Atomistic topology (.top) of the system to build. Default: the bundled sPS one (36 PS1).")
+@click.option("-m", "mapping", multiple=True, type=click.Path(dir_okay=False),
+              help="Mapping file(s) (topologies/MAPPING.md); unmapped molecule types use the bundled one.")
+@click.option("--model", default="sps-568", show_default=True, metavar="NAME|PATH",
+              help="Model: a bundled model's name or a model file (.pt) from `gmx-dbm train`.")
+@click.option("-o", "output", required=True, type=click.Path(dir_okay=False),
+              help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several.")
+@click.option("--frames", default=None, help="Frames to backmap, b:e:s (Python slice, 0-based).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed; each frame's result depends only on it and the frame's index.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--gibbs-sweeps", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Gibbs sweeps after the forward pass (each re-places every atom seeing all others).")
+@click.option("--orientations", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Turns about each bead's frame axis tried per placement; the lowest-energy one is kept.")
+@click.option("--no-constrain", is_flag=True,
+              help="Keep generated bond lengths (default: project them onto the topology's b0, as in an "
+                   "ensemble run with constraints = all-bonds).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (batch jobs).")
+@overwrite_option
+def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
+                    orientations, no_constrain, no_progress, overwrite):
+    """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
+
+    Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps; no energy
+    minimisation. Output atoms follow the topology (names, residues, order); molecules are whole
+    and the CG box is kept.
+    """
+    from .bundled import bundled_path
+    from .sampler import backmap
+    from .structure import parse_frames
+
+    n = backmap(structure, topology or bundled_path("sps/topol.top"), output, trajectory=trajectory,
+                mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
+                gibbs_sweeps=gibbs_sweeps, orientations=orientations, constrain=not no_constrain,
+                overwrite=overwrite, progress=not no_progress)
+    click.echo(f"Backmapped {n} frame{'s' if n != 1 else ''} to {output}")
+
+
+@main.command("energy")
+@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
+              help="Atomistic structure (.gro, .pdb); with -f, it names the trajectory's atoms.")
+@click.option("-f", "trajectory", type=click.Path(dir_okay=False), help="Atomistic trajectory (.xtc, .trr).")
+@click.option("-p", "topology", required=True, type=click.Path(dir_okay=False),
+              help="Atomistic topology (.top).")
+@click.option("-o", "output", default="energies.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="CSV: frame, time (ps), then each term and the potential in kJ/mol.")
+@click.option("--frames", default=None, help="Frames to evaluate, b:e:s (Python slice, 0-based).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (batch jobs).")
+@overwrite_option
+def energy_command(structure, trajectory, topology, output, frames, device, no_progress, overwrite):
+    """Force-field energies per frame and term, as `gmx mdrun -rerun` reports them.
+
+    Reaction field (epsilon_rf 2.5), 1.0 nm cut-offs, potential-shifted LJ, no dispersion
+    correction: the settings of the sPS reference data (bundled sps/rerun.mdp).
+    """
+    from .energies import energy_summary, frame_energies, write_energy_csv
+    from .structure import parse_frames
+
+    rows = frame_energies(structure, topology, trajectory, parse_frames(frames), device,
+                          progress=not no_progress)
+    if not rows:
+        raise InputError(f"--frames {frames}: no frames selected")
+    write_energy_csv(output, rows, overwrite)
+    click.echo(energy_summary(rows))
+    click.echo(f"Energies of {len(rows)} frame{'s' if len(rows) != 1 else ''} written to {output}")
+
+
+@main.command("compare")
+@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
+              help="Atomistic structure (.gro, .pdb) naming the atoms of every trajectory.")
+@click.option("-p", "topology", required=True, type=click.Path(dir_okay=False), help="Atomistic topology (.top).")
+@click.option("--ref", "reference", required=True, type=click.Path(dir_okay=False),
+              help="Reference frames (.xtc, .trr).")
+@click.option("--label", "labels", required=True, multiple=True, metavar="NAME=TRAJ",
+              help="A set to compare with the reference, e.g. dbm=backmapped.xtc; repeat for more sets.")
+@click.option("-o", "output", required=True, type=click.Path(file_okay=False),
+              help="Report folder: report.json, report.md and PNG figures.")
+@click.option("--frames", default=None, help="Frames of every set, b:e:s (Python slice, 0-based).")
+@click.option("--observables", type=click.Path(dir_okay=False),
+              help="Observables table (TOML, see topologies/sps/observables.toml); default: the bundled one "
+                   "of the topology's molecule types.")
+@click.option("--no-rerun", is_flag=True, help="Skip the per-term energies from `gmx mdrun -rerun`.")
+@click.option("--mdp", type=click.Path(dir_okay=False),
+              help="Settings of the energy rerun; default: the bundled sPS rerun.mdp.")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes for the frame analysis; default: one per core.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (batch jobs).")
+@overwrite_option
+def compare_command(structure, topology, reference, labels, output, frames, observables, no_rerun, mdp, workers,
+                    no_progress, overwrite):
+    """Compare sets of atomistic frames with reference frames (method.md section 7).
+
+    Bonded distributions, per-molecule LJ energy, carbon pair distances, GROMACS energies per term,
+    bond lengths, clashes, ring planarity and chirality; scores (Jensen-Shannon divergence,
+    1-Wasserstein distance) against the reference.
+    """
+    from .analysis import compare
+    from .structure import parse_frames
+
+    sets = {}
+    for item in labels:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or name in sets:
+            raise click.BadParameter(f"'{item}': expected a new NAME=TRAJ", param_hint="--label")
+        sets[name] = path
+    report = compare(structure, topology, reference, sets, output, parse_frames(frames), observables,
+                     rerun=not no_rerun, mdp=mdp, workers=workers, overwrite=overwrite, progress=not no_progress)
+    click.echo(f"Compared {len(sets)} set{'s' if len(sets) != 1 else ''} with {report['reference']['frames']} "
+               f"reference frames; report in {output}")
+
+
+@main.command("validate-md")
+@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
+              help="Atomistic structure naming the atoms of the sets' trajectories (.gro).")
+@click.option("-p", "topology", required=True, type=click.Path(dir_okay=False), help="Atomistic topology (.top).")
+@click.option("--label", "labels", multiple=True, required=True, metavar="NAME=FILE",
+              help="A set of starting structures (.xtc/.trr/.gro); repeat for several sets on the same frames.")
+@click.option("--temperature", type=float, required=True, help="Temperature (K) of velocities and thermostat.")
+@click.option("--time", "time_ps", type=float, default=100.0, show_default=True, help="Length of each run (ps).")
+@click.option("--frames", default=None, help="Frames of each set, b:e:s (Python slice, 0-based).")
+@click.option("--mdp", type=click.Path(dir_okay=False), help="MD template (default: bundled sps/md-npt.mdp).")
+@click.option("--seed", type=int, default=1, show_default=True, help="Velocity seed of the first frame (+1 per frame).")
+@click.option("--engine", type=click.Choice(["gmxapi", "cli"]), help="GROMACS back end (default: gmxapi if importable).")
+@click.option("--nt", "threads", type=int, help="OpenMP threads per mdrun.")
+@click.option("-o", "output", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if present).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (batch jobs).")
+def validate_md_command(structure, topology, labels, temperature, time_ps, frames, mdp, seed, engine, threads, output,
+                        no_progress):
+    """NPT MD from every structure of every set; potential energy over time, plot and summary.
+
+    Finished runs in -o are not repeated, so an interrupted call resumes where it stopped.
+    """
+    from .structure import parse_frames
+    from .validation import validate_md
+
+    summary = validate_md(structure, topology, parse_labels(labels), output, temperature=temperature, time=time_ps,
+                          frames=parse_frames(frames), mdp=mdp, seed=seed, engine=engine, threads=threads,
+                          progress=not no_progress)
+    for label, entry in summary.items():
+        click.echo(f"{label}: steady after {entry['steady_after_ps']:.1f} ps")
+    click.echo(f"Plot and summary in {output}")
+
+
+def parse_labels(labels) -> dict[str, str]:
+    """`NAME=FILE` options to a dict, with a clear error for anything else."""
+    sets = {}
+    for item in labels:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"'{item}': expected NAME=FILE", param_hint="--label")
+        if name in sets:
+            raise click.BadParameter(f"label '{name}' given twice", param_hint="--label")
+        sets[name] = path
+    return sets
+
+
+@main.command("baseline")
+@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
+              help="CG structure (.gro, .pdb): one bead per line, in mapping order; with -f, it names the beads.")
+@click.option("-f", "trajectory", type=click.Path(dir_okay=False), help="CG trajectory (.xtc, .trr).")
+@click.option("-p", "topology", type=click.Path(dir_okay=False),
+              help="Atomistic topology (.top) of the system to build. Default: the bundled sPS one (36 PS1).")
+@click.option("-m", "mapping", multiple=True, type=click.Path(dir_okay=False),
+              help="Mapping file(s) with [ modifiers ] (topologies/MAPPING.md); unmapped molecule types use the "
+                   "bundled one.")
+@click.option("-o", "output", required=True, type=click.Path(dir_okay=False),
+              help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several.")
+@click.option("--frames", default=None, help="Frames to backmap, b:e:s (Python slice, 0-based).")
+@click.option("--no-em", is_flag=True, help="Stop after placement and modifiers (no energy minimisation).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random displacement; each frame's result depends only on it and the frame's index.")
+@click.option("--displacement", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Random displacement of every placed atom, nm (standard deviation per coordinate); 0: none.")
+@click.option("--engine", type=click.Choice(["gmxapi", "cli"]), default=None,
+              help="GROMACS back end. Default: $GMXDBM_ENGINE, else gmxapi when importable, else cli.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (batch jobs).")
+@overwrite_option
+def baseline_command(structure, trajectory, topology, mapping, output, frames, no_em, seed, displacement, engine,
+                     no_progress, overwrite):
+    """Backmap CG frames with the geometric baseline (Wassenaar et al. 2014, "backward").
+
+    Every atom at the weighted average of its beads plus a random displacement, then the mapping's
+    geometric modifiers (cis, trans, out, chiral), then GROMACS steepest descent: 200 steps without
+    non-bonded interactions, 5,000 with everything on. Prints the wall time per frame.
+    """
+    from .baseline import baseline
+    from .bundled import bundled_path
+    from .structure import parse_frames
+
+    n = baseline(structure, topology or bundled_path("sps/topol.top"), output, trajectory=trajectory,
+                 mapping=list(mapping) or None, frames=parse_frames(frames), seed=seed, displacement=displacement,
+                 minimise=not no_em, engine=engine, overwrite=overwrite, progress=not no_progress)
+    click.echo(f"Backmapped {n} frame{'s' if n != 1 else ''} with the baseline to {output}")
+
+
 if __name__ == "__main__":  # python -m gmx_deepbackmap.cli (e.g. under torchrun)
     main()

@@ -73,7 +73,7 @@ def snapshot(sps_system):
 
 def environments(plan, frame, cg, angle, shift=np.zeros(3)):
     positions = near_owners(plan, frame.positions + shift, cg + shift, frame.box)
-    hood = neighbourhood(plan, cg + shift, frame.box, reach(TrainConfig()))
+    hood = neighbourhood(plan, cg + shift, frame.box, reach(TrainConfig().half_extent))
     steps = torch.tensor([0, 1, 25, 700, 1439])
     context = torch.tensor([FORWARD, GIBBS, GIBBS, FORWARD, GIBBS])
     return gather(plan, hood, torch.as_tensor(positions), torch.as_tensor(cg + shift), torch.as_tensor(frame.box),

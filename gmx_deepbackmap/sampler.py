@@ -1,0 +1,407 @@
+"""Backmapping: atomistic structures sampled from CG frames with a trained generator
+(method.md sections 2 and 8).
+
+One frame: a forward pass (heavy atoms, then hydrogens; rank by rank along every molecule's bead
+order, all molecules in one batch per rank), then Gibbs sweeps that re-place every step seeing all
+other atoms. In a Gibbs sweep, beads whose neighbourhoods overlap are never re-placed in the same
+batch: the beads are coloured so that no two neighbours share a colour, and one colour is one
+batch (chromatic Gibbs). Every item is generated under K turns about its frame axis, all in the
+same batch, and the turn with the lowest local force-field energy is kept. Where the reference
+ensemble has constrained bonds, generated bond lengths are projected onto their constraints after
+every batch (only the atoms just placed move) and once more over the whole frame at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .environment import FORWARD, GIBBS, Batch, Neighbourhood, SystemPlan, gather, neighbourhood, plan_system
+from .errors import InputError
+from .mapping import _check_output_format, _residue_numbers, read_mapping
+from .model import DeepBackmapModel, load_model, resolve_model
+from .pbc import image_shifts, minimum_image
+from .prior import LocalPrior
+from .structure import Frame, check_atom_count, iter_frames, load_universe, write_frames
+from .topology import Topology, read_topology
+from .training import environment_densities, reach, rollout, to_device
+
+DEFAULT_ORIENTATIONS = 6
+DEFAULT_GIBBS_SWEEPS = 2
+MAX_ITEMS = 512  # items (orientations included) per network call: bounds memory, not results
+SHAKE_TOLERANCE = 1e-5  # relative bond-length deviation at which the projection stops (GROMACS shake-tol: 1e-4)
+SHAKE_ITERATIONS = 200
+
+
+# --------------------------------------------------------------------------- bond constraints
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Bond lengths held fixed, edge-coloured: no two bonds of one colour share an atom."""
+
+    pairs: torch.Tensor  # (n, 2) atom indices
+    lengths: torch.Tensor  # (n,) nm
+    colours: torch.Tensor  # (n,)
+    inverse_mass: torch.Tensor  # (N,) 1/amu; 0 for massless particles (they never move)
+
+    @classmethod
+    def from_bonds(cls, pairs: np.ndarray, lengths: np.ndarray, masses: np.ndarray) -> Constraints:
+        """Bonds `pairs` (n, 2) held at `lengths` (n,) nm, between atoms of `masses` (N,) amu."""
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        masses = np.asarray(masses, dtype=np.float64)
+        inverse = np.divide(1.0, masses, out=np.zeros_like(masses), where=masses > 0)
+        return cls(torch.from_numpy(pairs), torch.as_tensor(lengths, dtype=torch.float64),
+                   torch.from_numpy(_edge_colours(pairs, len(masses))), torch.from_numpy(inverse))
+
+
+def bond_constraints(topology: Topology) -> Constraints:
+    """Every bond (at its b0) and every `[ constraints ]` entry of the topology as a constraint."""
+    return Constraints.from_bonds(np.concatenate([topology.bonds.indices, topology.constraints.indices]),
+                                  np.concatenate([topology.bonds.params[:, 0], topology.constraints.params[:, 0]]),
+                                  topology.masses)
+
+
+def _edge_colours(pairs: np.ndarray, n_atoms: int) -> np.ndarray:
+    """Greedy edge colouring: each bond takes the lowest colour free at both of its atoms."""
+    used: list[set[int]] = [set() for _ in range(n_atoms)]
+    colours = np.empty(len(pairs), dtype=np.int64)
+    for k, (i, j) in enumerate(pairs.tolist()):
+        taken = used[i] | used[j]
+        c = next(c for c in range(len(taken) + 1) if c not in taken)
+        colours[k] = c
+        used[i].add(c)
+        used[j].add(c)
+    return colours
+
+
+def project_bonds(
+    positions: torch.Tensor,
+    box: torch.Tensor,
+    constraints: Constraints,
+    active: torch.Tensor | None = None,
+    mobile: torch.Tensor | None = None,
+    tolerance: float = SHAKE_TOLERANCE,
+    iterations: int = SHAKE_ITERATIONS,
+) -> torch.Tensor:
+    """Positions (N, 3) with the `active` bonds (bool (n,), default all) at their lengths.
+
+    SHAKE-like Gauss-Seidel: one colour of bonds at a time (no shared atoms, so one vectorised
+    update per colour), each bond corrected along its current direction and shared between its
+    atoms by inverse mass; atoms outside `mobile` (bool (N,)) have infinite mass. Bonds across the
+    periodic boundary are handled by minimum image. Returns a new tensor.
+    """
+    c = constraints
+    weight = c.inverse_mass.to(positions) * (1.0 if mobile is None else mobile.to(positions))
+    keep = weight[c.pairs].sum(1) > 0
+    if active is not None:
+        keep &= active
+    i, j = c.pairs[keep, 0], c.pairs[keep, 1]
+    x = positions.clone()
+    if not len(i):
+        return x
+    length, wi, wj = c.lengths[keep].to(x), weight[i], weight[j]
+    shift = image_shifts(x[j] - x[i], box.to(x))
+    colours = c.colours[keep]
+    groups = [torch.nonzero(colours == k)[:, 0] for k in torch.unique(colours)]
+    groups = [(i[g], j[g], shift[g], length[g, None], wi[g, None], wj[g, None]) for g in groups]
+    for _ in range(iterations):
+        for gi, gj, gs, gl, gwi, gwj in groups:
+            d = x[gj] - x[gi] + gs
+            r = d.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            step = (r - gl) / (gwi + gwj) * d / r
+            x[gi] += gwi * step
+            x[gj] -= gwj * step
+        if (((x[j] - x[i] + shift).norm(dim=-1) - length).abs() / length).max() <= tolerance:
+            break
+    return x
+
+
+# --------------------------------------------------------------------------- whole molecules
+
+
+def unwrap_levels(topology: Topology) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(atoms, their parents) per breadth-first level of every molecule's bond graph.
+
+    Each molecule is walked from its first atom; atoms it cannot reach (fragments without bonds to
+    the rest) hang from the first atom. Parents always lie one level up.
+    """
+    local = {name: _bfs_parents(m.n_atoms, m.bonds) for name, m in topology.molecule_types.items()}
+    atoms, parents, levels = [], [], []
+    for name, start in topology.molecules:
+        parent, level = local[name]
+        child = np.flatnonzero(level > 0)
+        atoms.append(child + start)
+        parents.append(parent[child] + start)
+        levels.append(level[child])
+    atoms_all, parents_all, levels_all = (np.concatenate(a) for a in (atoms, parents, levels))
+    return [(torch.from_numpy(atoms_all[levels_all == k]), torch.from_numpy(parents_all[levels_all == k]))
+            for k in range(1, int(levels_all.max(initial=0)) + 1)]
+
+
+def _bfs_parents(n_atoms: int, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    neighbours: list[list[int]] = [[] for _ in range(n_atoms)]
+    for a, b in np.asarray(bonds, dtype=np.int64).reshape(-1, 2).tolist():
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    parent = np.full(n_atoms, -1, dtype=np.int64)
+    level = np.full(n_atoms, -1, dtype=np.int64)
+    for root in range(n_atoms):
+        if level[root] >= 0:
+            continue
+        parent[root], level[root] = (0, 1) if root else (-1, 0)
+        frontier = [root]
+        while frontier:
+            nxt = []
+            for a in frontier:
+                for b in neighbours[a]:
+                    if level[b] < 0:
+                        parent[b], level[b] = a, level[a] + 1
+                        nxt.append(b)
+            frontier = nxt
+    return parent, level
+
+
+def make_whole(positions: torch.Tensor, box: torch.Tensor,
+               levels: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Every atom moved to the image nearest its parent, level by level: molecules unbroken."""
+    x = positions.clone()
+    b = box.to(x)
+    for atoms, parents in levels:
+        x[atoms] = x[parents] + minimum_image(x[atoms] - x[parents], b)
+    return x
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def forward_schedule(plan: SystemPlan) -> list[np.ndarray]:
+    """Step batches of the forward pass: heavy phase, then hydrogens; in each, rank by rank."""
+    rank = plan.bead_rank[plan.step_bead]
+    return [np.flatnonzero((plan.step_heavy == heavy) & (rank == k))
+            for heavy in (True, False) for k in np.unique(rank[plan.step_heavy == heavy])]
+
+
+def gibbs_schedule(plan: SystemPlan, neighbours: torch.Tensor) -> list[np.ndarray]:
+    """Step batches of one Gibbs sweep: heavy phase, then hydrogens.
+
+    In each phase, steps of one length are coloured among themselves (`bead_colours` on the bead
+    neighbourhood graph) and one colour is one batch: no batch pads short steps to long ones.
+    """
+    batches = []
+    for heavy in (True, False):
+        phase = np.flatnonzero(plan.step_heavy == heavy)
+        for length in np.unique(plan.step_length[phase]):
+            steps = phase[plan.step_length[phase] == length]
+            colour = bead_colours(neighbours, plan.step_bead[steps])
+            batches += [steps[colour == k] for k in np.unique(colour)]
+    return batches
+
+
+def bead_colours(neighbours: torch.Tensor, beads: np.ndarray) -> np.ndarray:
+    """Colours of `beads` such that no two of them that are neighbours (rows of `neighbours`,
+    -1 padded) share one: greedy, largest degree first. Beads of one colour never see each
+    other's atoms, so they are conditionally independent given the rest (chromatic Gibbs)."""
+    member = np.zeros(len(neighbours), dtype=bool)
+    member[beads] = True
+    rows = neighbours.numpy()[beads]
+    rows = np.where((rows >= 0) & member[rows.clip(min=0)], rows, -1)
+    colour = np.full(len(member), -1, dtype=np.int64)
+    for k in np.argsort(-(rows >= 0).sum(1), kind="stable"):
+        taken = colour[rows[k][rows[k] >= 0]]
+        free = np.ones(len(beads) + 1, dtype=bool)
+        free[taken[taken >= 0]] = False
+        colour[beads[k]] = int(np.argmax(free))
+    return colour[beads]
+
+
+# --------------------------------------------------------------------------- one frame
+
+
+@dataclass
+class _FrameState:
+    """What every placement batch of one frame reads and writes."""
+
+    model: DeepBackmapModel
+    plan: SystemPlan
+    prior: LocalPrior
+    hood: Neighbourhood
+    cg: torch.Tensor
+    box: torch.Tensor
+    positions: torch.Tensor  # (N, 3) float64, every atom near its owner bead
+    placed: torch.Tensor  # (N,) bool
+    constraints: Constraints | None
+    angles: torch.Generator
+    device: torch.device
+    orientations: int
+
+
+def _place(state: _FrameState, steps: np.ndarray, context: int) -> None:
+    """Generate the steps under K turns each, keep the lowest-energy turn, write it to the frame."""
+    model, plan, k = state.model, state.plan, state.orientations
+    n = len(steps)
+    items = torch.from_numpy(steps).repeat_interleave(k)
+    offset = torch.rand(n, 1, generator=state.angles, dtype=torch.float64) * 2 * math.pi
+    angle = (offset + torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)).reshape(-1)
+    batch = _trim(gather(plan, state.hood, state.positions, state.cg, state.box, items,
+                         torch.full((n * k,), context), angle, model.half_extent))
+    on_device = to_device(batch, state.device)
+    static = environment_densities(on_device, plan.layout.n_channels, model.grid)
+    _, _, coords = rollout(model.generator, static, on_device, model.grid, model.network.n_atom_types,
+                           model.network.noise_dim)
+    local = coords.to("cpu", torch.float64)
+    energy = sum(state.prior.energies(batch, local).values())
+    chosen = torch.arange(n) * k + energy.view(n, k).argmin(1)
+    atoms = batch.sequence_atoms[chosen]
+    present = atoms >= 0
+    state.positions[atoms[present]] = batch.to_box_frame(local)[chosen][present]
+    state.placed[atoms[present]] = True
+    if state.constraints is not None:
+        _constrain_placed(state, atoms[present], bool(plan.step_heavy[steps[0]]))
+
+
+def _constrain_placed(state: _FrameState, atoms: torch.Tensor, heavy_phase: bool) -> None:
+    """Project the bonds of the atoms just placed to placed partners; only those atoms move.
+
+    In the heavy phase bonds to hydrogens are left alone: the hydrogens are not yet placed, or
+    (Gibbs) stale until their own phase re-places them.
+    """
+    c, placed = state.constraints, state.placed
+    mobile = torch.zeros_like(placed)
+    mobile[atoms] = True
+    usable = placed & torch.from_numpy(state.plan.atom_heavy) if heavy_phase else placed
+    active = usable[c.pairs].all(1) & mobile[c.pairs].any(1)
+    state.positions = project_bonds(state.positions, state.box, c, active, mobile)
+
+
+def _trim(batch: Batch) -> Batch:
+    """The batch without the step columns no item uses (gather pads to the longest step of all)."""
+    n = int(batch.step_mask.sum(1).max())
+    return dataclasses.replace(
+        batch, channels=batch.channels[:, :n], sequence_channels=batch.sequence_channels[:, :n, :n],
+        atom_types=batch.atom_types[:, :n], step_mask=batch.step_mask[:, :n], target=batch.target[:, :n],
+        sequence_atoms=batch.sequence_atoms[:, :n])
+
+
+def _chunks(steps: np.ndarray, orientations: int) -> list[np.ndarray]:
+    size = max(MAX_ITEMS // orientations, 1)
+    return [steps[i:i + size] for i in range(0, len(steps), size)]
+
+
+def backmap_frame(
+    model: DeepBackmapModel,
+    plan: SystemPlan,
+    prior: LocalPrior,
+    cg: np.ndarray,
+    box: np.ndarray,
+    *,
+    gibbs_sweeps: int = DEFAULT_GIBBS_SWEEPS,
+    orientations: int = DEFAULT_ORIENTATIONS,
+    generator: torch.Generator | int = 0,
+    device: str | torch.device = "cpu",
+    constraints: Constraints | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> np.ndarray:
+    """Atom positions (N, 3) nm sampled for one CG frame (cg (M, 3) nm, box rows (3, 3) nm).
+
+    `plan` must be built with the model's feature layout. `generator` (or a seed) fixes every random
+    choice: the same seed gives the same structure; the global RNG state is left untouched.
+    `constraints` (see `bond_constraints`): bond lengths projected onto them, None: left as
+    generated. `progress` is called with the number of atoms placed after every batch. Atoms lie
+    near their owner beads, so molecules may be broken across the box (see `make_whole`).
+    """
+    if orientations < 1 or gibbs_sweeps < 0:
+        raise InputError(f"need orientations >= 1 and gibbs_sweeps >= 0 (got {orientations}, {gibbs_sweeps})")
+    gen = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(int(generator))
+    device = torch.device(device)
+    if device.type == "cpu":
+        model.generator.to(memory_format=torch.channels_last_3d)  # 3D convolutions 1.3-1.6x faster on CPU
+    cg_t, box_t = torch.as_tensor(cg, dtype=torch.float64), torch.as_tensor(box, dtype=torch.float64)
+    hood = neighbourhood(plan, cg, box, reach(model.half_extent))
+    state = _FrameState(model, plan, prior, hood, cg_t, box_t, cg_t[torch.from_numpy(plan.atom_owner)].clone(),
+                        torch.zeros(plan.n_atoms, dtype=torch.bool), constraints, gen, device, orientations)
+    sweep = gibbs_schedule(plan, hood.beads)
+    schedule = [(s, FORWARD) for s in forward_schedule(plan)] + [(s, GIBBS) for s in sweep] * gibbs_sweeps
+    noise_seed = int(torch.randint(2**62, (1,), generator=gen))
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        torch.manual_seed(noise_seed)
+        for steps, context in schedule:
+            for chunk in _chunks(steps, orientations):
+                _place(state, chunk, context)
+                if progress is not None:
+                    progress(int(plan.step_length[chunk].sum()))
+    if constraints is not None:
+        state.positions = project_bonds(state.positions, box_t, constraints)
+    return state.positions.numpy()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def frame_seed(seed: int, frame: int) -> int:
+    """The seed of one frame: depends on the run's seed and the frame's index only, so a frame
+    comes out the same whichever other frames are selected."""
+    return int(np.random.SeedSequence([seed, frame]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def backmap(
+    structure: str | os.PathLike,
+    topology: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    trajectory: str | os.PathLike | None = None,
+    mapping: str | os.PathLike | list | tuple | None = None,
+    model: str | os.PathLike = "sps-568",
+    frames: slice = slice(None),
+    seed: int = 0,
+    device: str = "cpu",
+    gibbs_sweeps: int = DEFAULT_GIBBS_SWEEPS,
+    orientations: int = DEFAULT_ORIENTATIONS,
+    constrain: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """Backmap CG frames (a structure, or a trajectory with it) and write the atomistic frames
+    (topology atom names and order, molecules whole, CG box kept); returns the number of frames."""
+    from tqdm import tqdm
+
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device available")
+    net = load_model(model, device)
+    top = read_topology(topology)
+    cg_map = read_mapping(mapping or None, top)
+    net.check_system(top, cg_map, resolve_model(model))
+    universe = load_universe(structure, trajectory)
+    check_atom_count(universe, cg_map.n_beads, trajectory or structure, f"the CG mapping of the topology {topology}")
+    n_frames = len(universe.trajectory[frames])
+    if n_frames == 0:
+        raise InputError(f"no frames selected ({frames.start}:{frames.stop}:{frames.step})", trajectory or structure)
+    _check_output_format(output, n_frames)
+
+    plan = plan_system(top, cg_map, net.layout)
+    prior = LocalPrior(top, plan)
+    constraints = bond_constraints(top) if constrain else None
+    levels = unwrap_levels(top)
+    per_frame = int(plan.step_length.sum()) * (1 + gibbs_sweeps)
+    disable = None if progress else True  # None: tqdm shows bars on terminals only
+    written = []
+    with tqdm(total=n_frames, unit="frame", desc="backmap", disable=disable) as frames_bar:
+        for cg in iter_frames(universe, frames):
+            if not (np.diag(cg.box) > 0).all():
+                raise InputError(f"frame {cg.step} has no periodic box", trajectory or structure)
+            with tqdm(total=per_frame, unit="atom", desc=f"frame {cg.step}", leave=False, disable=disable) as bar:
+                x = backmap_frame(net, plan, prior, cg.positions, cg.box, gibbs_sweeps=gibbs_sweeps,
+                                  orientations=orientations, generator=frame_seed(seed, cg.step), device=device,
+                                  constraints=constraints, progress=bar.update)
+            whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), levels).numpy()
+            written.append(Frame(whole, cg.box, cg.time, cg.step))
+            frames_bar.update(1)
+    write_frames(output, top.atom_names, top.residue_names, _residue_numbers(top), written, overwrite)
+    return n_frames

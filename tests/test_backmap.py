@@ -1,0 +1,209 @@
+"""Backmapping: `gmx-dbm backmap` end to end with a tiny random-weight model on two sPS chains,
+determinism, trajectories, clear errors, and the bond-constraint projection."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gmx_deepbackmap.bundled import bundled_path
+from gmx_deepbackmap.cli import main
+from gmx_deepbackmap.environment import plan_system
+from gmx_deepbackmap.mapping import read_mapping
+from gmx_deepbackmap.model import MODELS_DIR, new_model, save_model
+from gmx_deepbackmap.networks import Generator, NetworkConfig
+from gmx_deepbackmap.pbc import minimum_image
+from gmx_deepbackmap.sampler import Constraints, bond_constraints, project_bonds
+from gmx_deepbackmap.structure import Frame, read_frames, write_frames
+from gmx_deepbackmap.topology import read_topology
+from gmx_deepbackmap.voxels import Grid
+
+CHAINS, BEADS_PER_CHAIN, ATOMS_PER_CHAIN = 2, 20, 162
+FAST = ["--gibbs-sweeps", "1", "--orientations", "2", "--no-progress"]  # keeps every run to a few seconds
+
+
+def write_system(folder: Path, sps_data: Path, rename: tuple[str, str] | None = None) -> tuple[Path, Path]:
+    """A topology of two PS1 chains (the bundled force field) and the PS1 mapping, in `folder`;
+    `rename` = (old, new) renames one atom in both (a molecule the other model does not know)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(bundled_path("sps/posres.itp"), folder / "posres.itp")
+    itp, ps1_map = bundled_path("sps/topol_PS1.itp").read_text(), bundled_path("sps/PS1.map").read_text()
+    if rename:
+        itp, ps1_map = (re.sub(rf"\b{rename[0]}\b", rename[1], text) for text in (itp, ps1_map))
+    (folder / "topol_PS1.itp").write_text(itp)
+    (folder / "PS1.map").write_text(ps1_map)
+    top = bundled_path("sps/topol.top").read_text()
+    (folder / "topol.top").write_text(re.sub(r"^PS1\s+\d+\s*$", f"PS1    {CHAINS}", top, flags=re.MULTILINE))
+    return folder / "topol.top", folder / "PS1.map"
+
+
+def write_model(path: Path, top: Path, mapping: Path) -> Path:
+    """A random-weight model (tiny network) for the system of `top` and `mapping`."""
+    topology = read_topology(top)
+    cg_map = read_mapping(mapping, topology)
+    plan = plan_system(topology, cg_map)
+    torch.manual_seed(0)
+    network = NetworkConfig(width=4, noise_dim=4, n_atom_types=len(plan.layout.atom_types),
+                            n_env_channels=plan.layout.n_channels)
+    grid = Grid()
+    model = new_model(Generator(network), network, grid, grid.length / 2 + 2 * grid.sigma, plan, topology, cg_map,
+                      {})
+    return save_model(model, path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Batches here are tiny: one thread beats several, by far on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, sps_data) -> dict[str, Path]:
+    """Two PS1 chains: topology, mapping, CG structure (the first 40 beads of cg.gro, original box),
+    a two-frame CG trajectory and a tiny model."""
+    folder = tmp_path_factory.mktemp("backmap")
+    top, mapping = write_system(folder, sps_data)
+    lines = (sps_data / "cg.gro").read_text().splitlines()
+    n = CHAINS * BEADS_PER_CHAIN
+    gro = folder / "cg.gro"
+    gro.write_text("\n".join([lines[0], str(n), *lines[2:2 + n], lines[-1]]) + "\n")
+    frame = read_frames(gro)[0]
+    second = Frame(frame.positions + 0.05, frame.box, time=10.0, step=1)
+    names = [line[10:15].strip() for line in lines[2:2 + n]]
+    xtc = folder / "cg.xtc"
+    write_frames(xtc, names, ["PS1"] * n, np.repeat(np.arange(1, CHAINS + 1), BEADS_PER_CHAIN), [frame, second])
+    return {"top": top, "map": mapping, "gro": gro, "xtc": xtc, "model": write_model(folder / "tiny.pt", top, mapping)}
+
+
+def run(system: dict[str, Path], output: Path, *extra: str, structure: Path | None = None):
+    args = ["backmap", "-s", str(structure or system["gro"]), "-p", str(system["top"]), "-m", str(system["map"]),
+            "--model", str(system["model"]), "-o", str(output), *FAST, *extra]
+    return CliRunner().invoke(main, args)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def backmapped(system, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "aa.gro"
+    result = run(system, out, "--seed", "5")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_backmap_writes_the_topology_atoms_whole_in_the_cg_box(backmapped, system, sps_data):
+    ours = backmapped.read_text().splitlines()
+    reference = (sps_data / "aa.gro").read_text().splitlines()
+    n = CHAINS * ATOMS_PER_CHAIN
+    assert int(ours[1]) == n
+    assert [line[:20] for line in ours[2:2 + n]] == [line[:20] for line in reference[2:2 + n]]  # resnr, names, nr
+    assert np.allclose(read_frames(backmapped)[0].box, read_frames(system["gro"])[0].box, atol=1e-5)
+    x = read_frames(backmapped)[0].positions
+    bonds = bond_constraints(read_topology(system["top"]))
+    lengths = np.linalg.norm(x[bonds.pairs[:, 1]] - x[bonds.pairs[:, 0]], axis=1)  # no minimum image: whole
+    assert np.abs(lengths - bonds.lengths.numpy()).max() < 0.002  # constrained, up to .gro precision
+
+
+def test_same_seed_same_structure_other_seed_other_structure(backmapped, system, tmp_path):
+    again, other = tmp_path / "again.gro", tmp_path / "other.gro"
+    assert run(system, again, "--seed", "5").exit_code == 0
+    assert run(system, other, "--seed", "6").exit_code == 0
+    first = read_frames(backmapped)[0].positions
+    assert np.array_equal(first, read_frames(again)[0].positions)
+    assert np.abs(first - read_frames(other)[0].positions).max() > 0.01
+
+
+def test_trajectory_output_and_frame_selection(system, tmp_path):
+    from MDAnalysis.coordinates.XTC import XTCReader
+
+    both, last = tmp_path / "aa.xtc", tmp_path / "last.xtc"
+    result = run(system, both, "-f", str(system["xtc"]))
+    assert result.exit_code == 0, result.output
+    assert "Backmapped 2 frames" in result.output
+    assert run(system, last, "-f", str(system["xtc"]), "--frames", "1:").exit_code == 0
+    frames, single = ([ts.copy() for ts in XTCReader(str(path))] for path in (both, last))
+    assert len(frames) == 2 and len(single) == 1 and frames[0].n_atoms == CHAINS * ATOMS_PER_CHAIN
+    assert frames[1].time == pytest.approx(10.0)
+    assert np.array_equal(frames[1].positions, single[0].positions)  # a frame's seed is its own
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_cg_structure_with_the_wrong_bead_count(system, tmp_path):
+    lines = system["gro"].read_text().splitlines()
+    short = tmp_path / "short.gro"
+    short.write_text("\n".join([lines[0], "39", *lines[2:-2], lines[-1]]) + "\n")
+    result = run(system, tmp_path / "aa.gro", structure=short)
+    assert_one_line_error(result, str(short), "39 atoms", "describes 40")
+    assert not (tmp_path / "aa.gro").exists()
+
+
+def test_model_of_another_molecule_is_refused(system, tmp_path, sps_data):
+    top, mapping = write_system(tmp_path / "renamed", sps_data, rename=("H161", "HT"))
+    other = write_model(tmp_path / "other.pt", top, mapping)
+    result = run({**system, "model": other}, tmp_path / "aa.gro")
+    assert_one_line_error(result, str(other), "'PS1' differs from the one the model was trained on")
+
+
+def test_missing_model_file(system, tmp_path):
+    result = run({**system, "model": tmp_path / "nowhere.pt"}, tmp_path / "aa.gro")
+    assert_one_line_error(result, "model", "nowhere.pt", "not found")
+
+
+def test_default_model_missing_is_named(system, tmp_path):
+    if (MODELS_DIR / "sps-568.pt").is_file():
+        pytest.skip("the bundled model exists")
+    result = CliRunner().invoke(main, ["backmap", "-s", str(system["gro"]), "-o", str(tmp_path / "aa.gro")])
+    assert_one_line_error(result, "model 'sps-568' not found")
+
+
+# --------------------------------------------------------------------------- constraints
+
+
+def bond_rms(x: torch.Tensor, box: torch.Tensor, c: Constraints) -> float:
+    d = minimum_image(x[c.pairs[:, 1]] - x[c.pairs[:, 0]], box)
+    return float((d.norm(dim=-1) - c.lengths).square().mean().sqrt())
+
+
+def test_projection_puts_a_distorted_chain_back_on_its_bond_lengths(one_chain):
+    """A whole sPS chain (rings: closed bond cycles) with 0.02 nm noise, half of it across the box
+    edge; only the atoms allowed to move do."""
+    gro, top = one_chain
+    constraints = bond_constraints(read_topology(top))
+    frame = read_frames(gro)[0]
+    box = torch.as_tensor(frame.box)
+    x = torch.as_tensor(frame.positions) + 0.02 * torch.randn(len(frame.positions), 3,
+                                                             generator=torch.Generator().manual_seed(1),
+                                                             dtype=torch.float64)
+    x = torch.where(torch.arange(len(x))[:, None] % 2 == 0, x + box[0], x)  # bonds across the boundary
+    before = bond_rms(x, box, constraints)
+    after = bond_rms(project_bonds(x, box, constraints), box, constraints)
+    print(f"bond RMS deviation: {before:.4f} nm before, {after:.2e} nm after")
+    assert before > 0.01 and after < 2e-6  # stops at 1e-5 of the shortest length
+
+    mobile = torch.zeros(len(x), dtype=torch.bool)
+    mobile[40:80] = True
+    moved = project_bonds(x, box, constraints, mobile=mobile)
+    assert torch.equal(moved[~mobile], x[~mobile])
+    inside = mobile[constraints.pairs].all(1)
+    assert bond_rms(moved, box, Constraints(constraints.pairs[inside], constraints.lengths[inside],
+                                            constraints.colours[inside], constraints.inverse_mass)) < 2e-6
