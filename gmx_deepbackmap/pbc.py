@@ -57,22 +57,46 @@ def image_shifts(d: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         return minimum_image(d, box) - d
 
 
+def reduced_cell(box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An equivalent, nearly rectangular cell of the same lattice and the rotation into it.
+
+    Returns lower-triangular box rows (3, 3) of a Lagrange-reduced basis and the rotation Q
+    (3, 3) that takes positions into that cell's frame (x @ Q). Grid searches need this for the
+    strongly sheared sPS boxes (they refuse a 1.0 nm cut-off in some of them) and run faster in
+    it.
+    """
+    basis = np.array(box, dtype=np.float64)
+    changed = True
+    while changed:  # each change shortens a vector of a discrete lattice, so this ends
+        changed = False
+        for i, j in ((i, j) for i in range(3) for j in range(3) if i != j):
+            k = np.round(basis[i] @ basis[j] / (basis[j] @ basis[j]))
+            if k != 0:
+                basis[i] -= k * basis[j]
+                changed = True
+    if np.linalg.det(basis) < 0:
+        basis[2] = -basis[2]
+    q, r = np.linalg.qr(basis.T)  # basis = r.T @ q.T, so basis @ q = r.T (lower-triangular)
+    signs = np.sign(np.diag(r))
+    return (r * signs[:, None]).T, q * signs
+
+
 def neighbour_pairs(positions: np.ndarray, box: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """All atom pairs i < j closer than `cutoff` (nm) under periodic boundaries.
 
     Returns the pairs (P, 2) and, per pair, the lattice shift (P, 3) in nm such that
-    `x[j] - x[i] + shift` is the minimum-image displacement. The grid search is MDAnalysis'
-    (triclinic aware); the shifts come from `minimum_image`.
+    `x[j] - x[i] + shift` is the minimum-image displacement. The grid search is MDAnalysis',
+    run in the `reduced_cell` of the box; the shifts come from `minimum_image`.
     """
     from MDAnalysis.lib.distances import self_capped_distance
 
     from .structure import dimensions_from_box
 
-    pos = np.ascontiguousarray(positions, dtype=np.float32) * 10.0
-    pairs = self_capped_distance(pos, cutoff * 10.0, box=dimensions_from_box(box).astype(np.float32),
-                                 return_distances=False)
+    cell, rotation = reduced_cell(box)
+    x = np.asarray(positions, dtype=np.float64) @ rotation
+    pairs = self_capped_distance((x * 10.0).astype(np.float32), cutoff * 10.0,
+                                 box=dimensions_from_box(cell).astype(np.float32), return_distances=False)
     pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
-    x = torch.as_tensor(positions, dtype=torch.float64)
-    b = torch.as_tensor(box, dtype=torch.float64)
-    d = x[pairs[:, 1]] - x[pairs[:, 0]]
-    return pairs, image_shifts(d, b).numpy()
+    xt = torch.as_tensor(x)
+    d = xt[pairs[:, 1]] - xt[pairs[:, 0]]
+    return pairs, image_shifts(d, torch.as_tensor(cell)).numpy() @ rotation.T

@@ -222,11 +222,28 @@ def pair_cg_files(aa: list[Path], cg: list[Path]) -> list[Path]:
 
 
 def environment_densities(batch: Batch, n_channels: int, grid: Grid) -> torch.Tensor:
-    """Voxelised static environment of every step: (B, L, C, D, D, D)."""
+    """Voxelised static environment of every step: (B, L, C, D, D, D).
+
+    Most particles keep their channel through a sequence (only close intramolecular partners
+    change relation), so the first step's densities are computed once and later steps only move
+    the particles whose channel changed. Padded steps keep the first step's densities.
+    """
     b, n_steps, p = batch.channels.shape
-    particles = batch.particles[:, None].expand(b, n_steps, p, 3).reshape(b * n_steps, p, 3)
-    dens = voxelise(particles.to(torch.float32), batch.channels.reshape(b * n_steps, p), n_channels, grid)
-    return dens.view(b, n_steps, n_channels, *dens.shape[2:])
+    particles = batch.particles.to(torch.float32)
+    first = voxelise(particles, batch.channels[:, 0], n_channels, grid)
+    changed = ((batch.channels != batch.channels[:, :1]) & batch.step_mask[..., None]).reshape(b * n_steps, p)
+    width = int(changed.sum(1).max()) if changed.numel() else 0
+    out = first[:, None].expand(b, n_steps, *first.shape[1:])
+    if width == 0:
+        return out.contiguous()
+    order = torch.argsort((~changed).to(torch.int8), dim=1, stable=True)[:, :width]
+    keep = torch.gather(changed, 1, order)
+    rows = torch.arange(b, device=particles.device).repeat_interleave(n_steps)[:, None]
+    moved = particles[rows, order]
+    new = torch.where(keep, torch.gather(batch.channels.reshape(b * n_steps, p), 1, order), -1)
+    old = torch.where(keep, batch.channels[rows, 0, order], -1)
+    correction = voxelise(moved, new, n_channels, grid) - voxelise(moved, old, n_channels, grid)
+    return out + correction.view(b, n_steps, *first.shape[1:])
 
 
 def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid, n_types: int,

@@ -1,0 +1,201 @@
+"""The report of `gmx-dbm compare`: `report.json` (every summary and score), `report.md` (tables and
+figures) and PNG figures laid out like Fig. 5 of the DeepBackmap paper: one panel per distribution,
+the reference in black and one colour per set. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import REFERENCE, Analysis, Distribution, PairDistances, SetResult
+from .structure import atomic_output
+
+FIGURES = {"distributions": "distributions.png", "energies": "energies.png"}
+PANEL_SIZE = (4.0, 3.0)  # inches
+COLUMNS = 3
+SCORES = ("jsd", "l1", "w1")
+
+
+def build_report(analysis: Analysis, results: dict[str, SetResult]) -> dict:
+    """Summaries of every set and scores of every labelled set against the reference, as plain data."""
+    reference = results[REFERENCE]
+    sets = {label: r for label, r in results.items() if label != REFERENCE}
+    report = {
+        REFERENCE: {"trajectory": reference.trajectory, "frames": reference.n_frames},
+        "sets": {label: {"trajectory": r.trajectory, "frames": r.n_frames} for label, r in sets.items()},
+        "observables": {},
+    }
+    for o in analysis.observables:
+        ref_values = reference.values[o.name]
+        report["observables"][o.name] = {
+            "kind": o.kind,
+            "unit": o.unit,
+            REFERENCE: o.summary(ref_values),
+            "sets": {label: {**o.summary(r.values[o.name]), **o.score(ref_values, r.values[o.name])}
+                     for label, r in sets.items()},
+        }
+    if reference.energies is not None:
+        report["energies"] = {"unit": "kJ/mol", "terms": {}}
+        for term, ref_values in reference.energies.items():
+            ref_mean = float(ref_values.mean())
+            report["energies"]["terms"][term] = {
+                REFERENCE: _mean_sd(ref_values),
+                "sets": {label: {**_mean_sd(r.energies[term]), "delta_mean": float(r.energies[term].mean()) - ref_mean}
+                         for label, r in sets.items()},
+            }
+    return report
+
+
+def _mean_sd(values: np.ndarray) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values))}
+
+
+def write_report(report: dict, analysis: Analysis, results: dict[str, SetResult], output: str | os.PathLike,
+                 overwrite: bool = False) -> list[Path]:
+    """Write the figures, `report.json` and `report.md` into the folder `output`; returns their paths."""
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [_save(plot_distributions(analysis, results), folder / FIGURES["distributions"], overwrite)]
+    if "energies" in report:
+        written.append(_save(plot_energies(report), folder / FIGURES["energies"], overwrite))
+    with atomic_output(folder / "report.json", overwrite) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    written.append(folder / "report.json")
+    with atomic_output(folder / "report.md", overwrite) as tmp:
+        tmp.write_text(markdown(report, [p.name for p in written if p.suffix == ".png"]))
+    written.append(folder / "report.md")
+    return written
+
+
+def _save(figure, path: Path, overwrite: bool) -> Path:
+    with atomic_output(path, overwrite) as tmp:
+        figure.savefig(tmp, dpi=120)
+    return path
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _colours(labels: list[str]) -> dict[str, str]:
+    """Black for the reference, the tab10 cycle for the sets."""
+    cycle = [f"C{k % 10}" for k in range(len(labels))]
+    return {REFERENCE: "black", **{label: cycle[k] for k, label in enumerate(labels)}}
+
+
+def _panels(n: int):
+    from matplotlib.figure import Figure
+
+    rows = max(math.ceil(n / COLUMNS), 1)
+    columns = min(max(n, 1), COLUMNS)
+    figure = Figure(figsize=(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).reshape(-1)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return figure, axes[:n]
+
+
+def plot_distributions(analysis: Analysis, results: dict[str, SetResult]):
+    """One panel per distribution (probability density on the scoring bins) and for the pair
+    distances (pairs per frame and nm^3 of shell volume, proportional to g(r))."""
+    shown = [o for o in analysis.observables if isinstance(o, (Distribution, PairDistances))]
+    figure, axes = _panels(len(shown))
+    colours = _colours([label for label in results if label != REFERENCE])
+    reference = results[REFERENCE]
+    for ax, o in zip(axes, shown):
+        for label, r in results.items():
+            style = {"color": colours[label], "lw": 2.0 if label == REFERENCE else 1.2, "label": label}
+            if isinstance(o, PairDistances):
+                edges = o.edges
+                shell = 4 * np.pi * edges[1:] ** 3 / 3 - 4 * np.pi * edges[:-1] ** 3 / 3
+                ax.plot(0.5 * (edges[1:] + edges[:-1]), r.values[o.name].mean(0) / shell, **style)
+                ax.set_ylabel("pairs / (frame nm$^3$)")
+            else:
+                edges = o.edges(reference.values[o.name])
+                density = np.histogram(r.values[o.name], edges, density=True)[0]
+                ax.stairs(density, edges, **style)
+                ax.set_ylabel("probability density")
+        ax.set_title(o.name, fontsize=10)
+        ax.set_xlabel(o.unit)
+    if len(shown):
+        axes[0].legend(fontsize=8)
+    return figure
+
+
+def plot_energies(report: dict):
+    """One panel per energy term: mean and standard deviation over frames for each set."""
+    terms = report["energies"]["terms"]
+    figure, axes = _panels(len(terms))
+    labels = [REFERENCE, *report["sets"]]
+    colours = _colours(labels[1:])
+    for ax, (term, entry) in zip(axes, terms.items()):
+        for k, label in enumerate(labels):
+            stats = entry[REFERENCE] if label == REFERENCE else entry["sets"][label]
+            ax.errorbar([k], [stats["mean"]], yerr=[stats["sd"]], fmt="o", color=colours[label], capsize=4)
+        ax.axhline(entry[REFERENCE]["mean"], color="black", lw=0.8, ls="--")
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(term, fontsize=10)
+        ax.set_ylabel("kJ/mol")
+    return figure
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _number(value) -> str:
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e6):
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _summary(values: dict) -> str:
+    if "mean" in values and "sd" in values:
+        return f"{_number(values['mean'])} ± {_number(values['sd'])}"
+    return ", ".join(f"{key} {_number(v)}" for key, v in values.items())
+
+
+def markdown(report: dict, figures: list[str]) -> str:
+    """The report as Markdown: sets, scores, summaries, energies, checks and the figures."""
+    labels = list(report["sets"])
+    observables = report["observables"]
+    lines = ["# Comparison with the reference", "",
+             f"Reference: `{report[REFERENCE]['trajectory']}` ({report[REFERENCE]['frames']} frames).", ""]
+    lines += [f"- `{label}`: `{s['trajectory']}` ({s['frames']} frames)" for label, s in report["sets"].items()]
+
+    scored = {name: o for name, o in observables.items() if o["kind"] != "check"}
+    rows = [[name, label, *[_number(o["sets"][label][k]) if k in o["sets"][label] else "-" for k in SCORES], o["unit"]]
+            for name, o in scored.items() for label in labels]
+    lines += ["", "## Scores", "",
+              "JSD: Jensen-Shannon divergence (natural log) on fixed bins; L1: difference of per-frame pair counts "
+              "relative to the reference's; W1: 1-Wasserstein distance, in the observable's unit.", "",
+              _table(["observable", "set", *(k.upper() for k in SCORES), "unit"], rows)]
+
+    header = ["observable", "unit", REFERENCE, *labels]
+    rows = [[name, o["unit"], _summary(o[REFERENCE]), *[_summary(_only_summary(o, label)) for label in labels]]
+            for name, o in observables.items()]
+    lines += ["", "## Summaries (mean ± sd, or as named)", "", _table(header, rows)]
+
+    if "energies" in report:
+        rows = [[term, _summary(e[REFERENCE]), *[_summary(e["sets"][label]) for label in labels]]
+                for term, e in report["energies"]["terms"].items()]
+        lines += ["", "## Energies per frame (gmx mdrun -rerun, kJ/mol, mean ± sd)", "",
+                  _table(["term", REFERENCE, *labels], rows)]
+
+    lines += [""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _only_summary(observable: dict, label: str) -> dict:
+    """A set's entry without the scores that the reference's summary lacks, plus chirality flips."""
+    values = observable["sets"][label]
+    keep = set(observable[REFERENCE]) | {"flips_per_frame"}
+    return {k: v for k, v in values.items() if k in keep}
