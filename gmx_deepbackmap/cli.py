@@ -194,12 +194,7 @@ def compare_command(structure, topology, reference, labels, output, frames, obse
     from .analysis import compare
     from .structure import parse_frames
 
-    sets = {}
-    for item in labels:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path or name in sets:
-            raise click.BadParameter(f"'{item}': expected a new NAME=TRAJ", param_hint="--label")
-        sets[name] = path
+    sets = parse_labels(labels)
     report = compare(structure, topology, reference, sets, output, parse_frames(frames), observables,
                      rerun=not no_rerun, mdp=mdp, workers=workers, overwrite=overwrite, progress=not no_progress)
     click.echo(f"Compared {len(sets)} set{'s' if len(sets) != 1 else ''} with {report['reference']['frames']} "
@@ -217,9 +212,11 @@ def compare_command(structure, topology, reference, labels, output, frames, obse
 @click.option("--frames", default=None, help="Frames of each set, b:e:s (Python slice, 0-based).")
 @click.option("--mdp", type=click.Path(dir_okay=False), help="MD template (default: bundled sps/md-npt.mdp).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Velocity seed of the first frame (+1 per frame).")
-@click.option("--engine", type=click.Choice(["gmxapi", "cli"]), help="GROMACS back end (default: gmxapi if importable).")
+@click.option("--engine", type=click.Choice(["gmxapi", "cli"]),
+              help="GROMACS back end (default: gmxapi if importable).")
 @click.option("--nt", "threads", type=int, help="OpenMP threads per mdrun.")
-@click.option("-o", "output", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if present).")
+@click.option("-o", "output", required=True, type=click.Path(file_okay=False),
+              help="Output folder (resumed if present).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (batch jobs).")
 def validate_md_command(structure, topology, labels, temperature, time_ps, frames, mdp, seed, engine, threads, output,
                         no_progress):
