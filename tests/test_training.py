@@ -19,11 +19,10 @@ from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, neighbourhood, plan_system
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
-from gmx_deepbackmap.networks import NetworkConfig
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
-from gmx_deepbackmap.training import TrainConfig, read_config, reach, train
+from gmx_deepbackmap.training import TrainConfig, reach, read_config, train
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps" / "train_t568"
 TINY = "\n".join([
@@ -71,7 +70,8 @@ def snapshot(sps_system):
     return frame, cg
 
 
-def environments(plan, frame, cg, angle, shift=np.zeros(3)):
+def environments(plan, frame, cg, angle, shift=(0.0, 0.0, 0.0)):
+    shift = np.asarray(shift)
     positions = near_owners(plan, frame.positions + shift, cg + shift, frame.box)
     hood = neighbourhood(plan, cg + shift, frame.box, reach(TrainConfig().half_extent))
     steps = torch.tensor([0, 1, 25, 700, 1439])
