@@ -124,6 +124,12 @@ class Critic(nn.Module):
         return self.net(torch.cat([env, density, types], dim=1)).squeeze(1)
 
 
+def _interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """eps * real + (1 - eps) * fake per sample, a new leaf (not lerp: fake may be bf16 under autocast)."""
+    eps = eps.view(-1, *(1,) * (real.dim() - 1))
+    return (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+
+
 def gradient_penalty(
     critic: Callable[..., torch.Tensor],
     real: torch.Tensor | Sequence[torch.Tensor],
@@ -136,15 +142,13 @@ def gradient_penalty(
 
     `real` and `fake` are the critic's leading input(s): a tensor, or a tuple interpolated with the
     same eps and penalised on the joint gradient norm (e.g. (density, env) when the fake
-    environment holds generated atoms). Differentiable in the critic's parameters.
+    environment holds generated atoms). Differentiable in the critic's parameters. Pass the eager
+    critic (`compiled._orig_mod`): torch.compile does not support the double backward this needs.
     """
     reals = (real,) if isinstance(real, torch.Tensor) else tuple(real)
     fakes = (fake,) if isinstance(fake, torch.Tensor) else tuple(fake)
     eps = torch.rand(len(reals[0]), device=reals[0].device, dtype=reals[0].dtype)
-    mixed = [
-        torch.lerp(f.detach(), r.detach(), eps.view(-1, *(1,) * (r.dim() - 1))).requires_grad_(True)
-        for r, f in zip(reals, fakes, strict=True)
-    ]
+    mixed = [_interpolate(r, f, eps) for r, f in zip(reals, fakes, strict=True)]
     grads = torch.autograd.grad(critic(*mixed, *conditioning).sum(), mixed, create_graph=True)
     norm = torch.cat([gr.flatten(1) for gr in grads], dim=1).norm(dim=1)
     return lambda_gp * ((norm - 1) ** 2).mean()

@@ -69,8 +69,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     gibbs_fraction: float = 0.5  # share of items in the Gibbs context (all other atoms present)
     recurrent: bool = True  # generated atoms join the next step's environment (false: teacher forcing)
-    channels_last: bool = False  # channels_last_3d memory format for the convolutions
-    autocast_bf16: bool = False  # bfloat16 autocast for the networks
+    channels_last: bool = True  # channels_last_3d memory format: 15-30 % faster convolutions on CPU
+    autocast_bf16: bool = False  # bfloat16 autocast: for GPUs; 15-50x slower on CPUs without bf16 units
     end_weight: float = 3.0  # oversampling of chain-end beads
     seed: int = 0
     device: str = "cpu"
@@ -468,6 +468,8 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
 
     torch.manual_seed(config.seed)  # identical initial weights in every process
     generator, critic = Generator(config.network).to(device), Critic(config.network).to(device)
+    if config.channels_last:
+        generator, critic = (m.to(memory_format=torch.channels_last_3d) for m in (generator, critic))
     trainer = Trainer(
         config=config, data=data, prior=LocalPrior(topology, plan), generator=generator, critic=critic,
         opt_g=torch.optim.Adam(generator.parameters(), config.learning_rate, betas=config.betas),
