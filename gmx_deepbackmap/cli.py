@@ -30,19 +30,39 @@ def main():
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs instead of backing them up (#file.1#)."
 )
+no_progress_option = click.option("--no-progress", is_flag=True, help="No progress bars (batch jobs).")
+frames_option = click.option("--frames", default=None, help="Frames to use, b:e:s (Python slice, 0-based).")
+engine_option = click.option("--engine", type=click.Choice(["gmxapi", "cli"]), default=None,
+                             help="GROMACS back end. Default: $GMXDBM_ENGINE, else gmxapi when importable, else cli.")
+mapping_option = click.option("-m", "mapping", multiple=True, type=click.Path(dir_okay=False),
+                              help="Mapping file(s) (topologies/MAPPING.md); unmapped molecule types use the bundled "
+                                   "one.")
+aa_structure_option = click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
+                                   help="Atomistic structure (.gro, .pdb); it names the atoms of the trajectories.")
+aa_trajectory_option = click.option("-f", "trajectory", type=click.Path(dir_okay=False),
+                                    help="Atomistic trajectory (.xtc, .trr).")
+topology_option = click.option("-p", "topology", required=True, type=click.Path(dir_okay=False),
+                               help="Atomistic topology (.top).")
+cg_structure_option = click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
+                                   help="CG structure (.gro, .pdb): one bead per line, in mapping order; with -f, "
+                                        "it names the beads.")
+cg_trajectory_option = click.option("-f", "trajectory", type=click.Path(dir_okay=False),
+                                    help="CG trajectory (.xtc, .trr).")
+system_topology_option = click.option("-p", "topology", type=click.Path(dir_okay=False),
+                                      help="Atomistic topology (.top) of the system to build. Default: the bundled "
+                                           "sPS one (36 PS1).")
+aa_output_option = click.option("-o", "output", required=True, type=click.Path(dir_okay=False),
+                                help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several.")
 
 
 @main.command("map")
-@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
-              help="Atomistic structure (.gro, .pdb); with -f, it names the trajectory's atoms.")
-@click.option("-f", "trajectory", type=click.Path(dir_okay=False), help="Atomistic trajectory (.xtc, .trr).")
-@click.option("-p", "topology", required=True, type=click.Path(dir_okay=False),
-              help="Atomistic topology (.top).")
-@click.option("-m", "mapping", multiple=True, type=click.Path(dir_okay=False),
-              help="Mapping file(s) (topologies/MAPPING.md); unmapped molecule types use the bundled one.")
+@aa_structure_option
+@aa_trajectory_option
+@topology_option
+@mapping_option
 @click.option("-o", "output", required=True, type=click.Path(dir_okay=False),
               help="CG output: .gro/.pdb for one frame, .xtc/.trr for several.")
-@click.option("--frames", default=None, help="Frames to map, b:e:s (Python slice, 0-based).")
+@frames_option
 @overwrite_option
 def map_command(structure, trajectory, topology, mapping, output, frames, overwrite):
     """Map atomistic frames to coarse-grained beads (centres of the mapping's weighted atoms)."""
@@ -60,13 +80,13 @@ def map_command(structure, trajectory, topology, mapping, output, frames, overwr
 @click.option("--aa", multiple=True, help="AA training structures: files, folders of .gro, or globs.")
 @click.option("--cg", multiple=True, help="Matching CG structures (paired by file name); default: mapped.")
 @click.option("-p", "topology", type=click.Path(dir_okay=False), help="Atomistic topology (.top).")
-@click.option("-m", "mapping", multiple=True, type=click.Path(dir_okay=False), help="Mapping file(s).")
+@mapping_option
 @click.option("-o", "output", type=click.Path(dir_okay=False), help="Model file to write (.pt).")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Checkpoint and log folder (resumed if present).")
 @click.option("--steps", type=int, help="Generator iterations in all.")
 @click.option("--device", help="cpu (default), cuda or cuda:N.")
 @click.option("--seed", type=int, help="Random seed.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (batch jobs).")
+@no_progress_option
 @overwrite_option
 def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps, device, seed, no_progress,
                   overwrite):
@@ -90,18 +110,14 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 
 
 @main.command("backmap")
-@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
-              help="CG structure (.gro, .pdb): one bead per line, in mapping order; with -f, it names the beads.")
-@click.option("-f", "trajectory", type=click.Path(dir_okay=False), help="CG trajectory (.xtc, .trr).")
-@click.option("-p", "topology", type=click.Path(dir_okay=False),
-              help="Atomistic topology (.top) of the system to build. Default: the bundled sPS one (36 PS1).")
-@click.option("-m", "mapping", multiple=True, type=click.Path(dir_okay=False),
-              help="Mapping file(s) (topologies/MAPPING.md); unmapped molecule types use the bundled one.")
+@cg_structure_option
+@cg_trajectory_option
+@system_topology_option
+@mapping_option
 @click.option("--model", default="sps-568", show_default=True, metavar="NAME|PATH",
               help="Model: a bundled model's name or a model file (.pt) from `gmx-dbm train`.")
-@click.option("-o", "output", required=True, type=click.Path(dir_okay=False),
-              help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several.")
-@click.option("--frames", default=None, help="Frames to backmap, b:e:s (Python slice, 0-based).")
+@aa_output_option
+@frames_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed; each frame's result depends only on it and the frame's index.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
@@ -112,7 +128,7 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @click.option("--no-constrain", is_flag=True,
               help="Keep generated bond lengths (default: project them onto the topology's b0, as in an "
                    "ensemble run with constraints = all-bonds).")
-@click.option("--no-progress", is_flag=True, help="No progress bars (batch jobs).")
+@no_progress_option
 @overwrite_option
 def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
                     orientations, no_constrain, no_progress, overwrite):
@@ -134,16 +150,14 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
 
 
 @main.command("energy")
-@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
-              help="Atomistic structure (.gro, .pdb); with -f, it names the trajectory's atoms.")
-@click.option("-f", "trajectory", type=click.Path(dir_okay=False), help="Atomistic trajectory (.xtc, .trr).")
-@click.option("-p", "topology", required=True, type=click.Path(dir_okay=False),
-              help="Atomistic topology (.top).")
+@aa_structure_option
+@aa_trajectory_option
+@topology_option
 @click.option("-o", "output", default="energies.csv", show_default=True, type=click.Path(dir_okay=False),
               help="CSV: frame, time (ps), then each term and the potential in kJ/mol.")
-@click.option("--frames", default=None, help="Frames to evaluate, b:e:s (Python slice, 0-based).")
+@frames_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (batch jobs).")
+@no_progress_option
 @overwrite_option
 def energy_command(structure, trajectory, topology, output, frames, device, no_progress, overwrite):
     """Force-field energies per frame and term, as `gmx mdrun -rerun` reports them.
@@ -164,16 +178,15 @@ def energy_command(structure, trajectory, topology, output, frames, device, no_p
 
 
 @main.command("compare")
-@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
-              help="Atomistic structure (.gro, .pdb) naming the atoms of every trajectory.")
-@click.option("-p", "topology", required=True, type=click.Path(dir_okay=False), help="Atomistic topology (.top).")
+@aa_structure_option
+@topology_option
 @click.option("--ref", "reference", required=True, type=click.Path(dir_okay=False),
               help="Reference frames (.xtc, .trr).")
 @click.option("--label", "labels", required=True, multiple=True, metavar="NAME=TRAJ",
               help="A set to compare with the reference, e.g. dbm=backmapped.xtc; repeat for more sets.")
 @click.option("-o", "output", required=True, type=click.Path(file_okay=False),
               help="Report folder: report.json, report.md and PNG figures.")
-@click.option("--frames", default=None, help="Frames of every set, b:e:s (Python slice, 0-based).")
+@frames_option
 @click.option("--observables", type=click.Path(dir_okay=False),
               help="Observables table (TOML, see topologies/sps/observables.toml); default: the bundled one "
                    "of the topology's molecule types.")
@@ -181,7 +194,7 @@ def energy_command(structure, trajectory, topology, output, frames, device, no_p
 @click.option("--mdp", type=click.Path(dir_okay=False),
               help="Settings of the energy rerun; default: the bundled sPS rerun.mdp.")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes for the frame analysis; default: one per core.")
-@click.option("--no-progress", is_flag=True, help="No progress bars (batch jobs).")
+@no_progress_option
 @overwrite_option
 def compare_command(structure, topology, reference, labels, output, frames, observables, no_rerun, mdp, workers,
                     no_progress, overwrite):
@@ -202,22 +215,20 @@ def compare_command(structure, topology, reference, labels, output, frames, obse
 
 
 @main.command("validate-md")
-@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
-              help="Atomistic structure naming the atoms of the sets' trajectories (.gro).")
-@click.option("-p", "topology", required=True, type=click.Path(dir_okay=False), help="Atomistic topology (.top).")
+@aa_structure_option
+@topology_option
 @click.option("--label", "labels", multiple=True, required=True, metavar="NAME=FILE",
               help="A set of starting structures (.xtc/.trr/.gro); repeat for several sets on the same frames.")
 @click.option("--temperature", type=float, required=True, help="Temperature (K) of velocities and thermostat.")
 @click.option("--time", "time_ps", type=float, default=100.0, show_default=True, help="Length of each run (ps).")
-@click.option("--frames", default=None, help="Frames of each set, b:e:s (Python slice, 0-based).")
+@frames_option
 @click.option("--mdp", type=click.Path(dir_okay=False), help="MD template (default: bundled sps/md-npt.mdp).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Velocity seed of the first frame (+1 per frame).")
-@click.option("--engine", type=click.Choice(["gmxapi", "cli"]),
-              help="GROMACS back end (default: gmxapi if importable).")
+@engine_option
 @click.option("--nt", "threads", type=int, help="OpenMP threads per mdrun.")
 @click.option("-o", "output", required=True, type=click.Path(file_okay=False),
               help="Output folder (resumed if present).")
-@click.option("--no-progress", is_flag=True, help="No progress bar (batch jobs).")
+@no_progress_option
 def validate_md_command(structure, topology, labels, temperature, time_ps, frames, mdp, seed, engine, threads, output,
                         no_progress):
     """NPT MD from every structure of every set; potential energy over time, plot and summary.
@@ -249,25 +260,19 @@ def parse_labels(labels) -> dict[str, str]:
 
 
 @main.command("baseline")
-@click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
-              help="CG structure (.gro, .pdb): one bead per line, in mapping order; with -f, it names the beads.")
-@click.option("-f", "trajectory", type=click.Path(dir_okay=False), help="CG trajectory (.xtc, .trr).")
-@click.option("-p", "topology", type=click.Path(dir_okay=False),
-              help="Atomistic topology (.top) of the system to build. Default: the bundled sPS one (36 PS1).")
-@click.option("-m", "mapping", multiple=True, type=click.Path(dir_okay=False),
-              help="Mapping file(s) with [ modifiers ] (topologies/MAPPING.md); unmapped molecule types use the "
-                   "bundled one.")
-@click.option("-o", "output", required=True, type=click.Path(dir_okay=False),
-              help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several.")
-@click.option("--frames", default=None, help="Frames to backmap, b:e:s (Python slice, 0-based).")
+@cg_structure_option
+@cg_trajectory_option
+@system_topology_option
+@mapping_option
+@aa_output_option
+@frames_option
 @click.option("--no-em", is_flag=True, help="Stop after placement and modifiers (no energy minimisation).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random displacement; each frame's result depends only on it and the frame's index.")
 @click.option("--displacement", type=click.FloatRange(min=0), default=0.05, show_default=True,
               help="Random displacement of every placed atom, nm (standard deviation per coordinate); 0: none.")
-@click.option("--engine", type=click.Choice(["gmxapi", "cli"]), default=None,
-              help="GROMACS back end. Default: $GMXDBM_ENGINE, else gmxapi when importable, else cli.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (batch jobs).")
+@engine_option
+@no_progress_option
 @overwrite_option
 def baseline_command(structure, trajectory, topology, mapping, output, frames, no_em, seed, displacement, engine,
                      no_progress, overwrite):
