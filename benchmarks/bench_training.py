@@ -3,17 +3,16 @@
     python benchmarks/bench_training.py [--threads 2] [--iterations 3] [--variants default,width8,...]
 
 Each variant trains a few iterations on one sPS training snapshot (after one warm-up iteration)
-and prints seconds per iteration, iterations per hour, and the share of time spent building
-environments (gather), voxelising, in the generator, in the critic (forward and backward incl.
-the gradient penalty) and in the energy prior. Figures are only meaningful on an idle machine.
+and prints seconds per iteration, iterations per hour, and the share of wall time spent building
+environments (gather), voxelising, in generator and critic forward passes (the critic's incl. the
+gradient penalty's double backward), in the energy prior and in backward passes. Figures are only
+meaningful on an idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
 import dataclasses
-import pstats
 import time
 from pathlib import Path
 
@@ -33,17 +32,49 @@ VARIANTS = {
     "width32": {"network": {"width": 32}},
     "teacher-forced": {"recurrent": False},
     "n_critic2": {"n_critic": 2},
-    "channels-last": {"channels_last": True},
+    "contiguous": {"channels_last": False},
+    "batch12": {"batch_size": 12},
     "bf16": {"autocast_bf16": True},
 }
-PHASES = {  # profile entries (file:function) summed into each phase
-    "gather": ["environment.py:gather"],
-    "voxelise": ["voxels.py:voxelise", "voxels.py:coordinates_to_density"],
-    "generator": ["networks.py:forward(Generator)"],
-    "critic": ["networks.py:forward(Critic)", "networks.py:gradient_penalty"],
-    "prior": ["prior.py:energies"],
-    "backward": ["{method 'run_backward'"],
-}
+PHASES = ("gather", "voxelise", "generator", "critic", "prior", "backward")
+
+
+class PhaseTimer:
+    """Wall time per phase, exclusive: time inside a nested timed call counts for the inner phase."""
+
+    def __init__(self):
+        self.totals = dict.fromkeys(PHASES, 0.0)
+        self.stack: list[list] = []
+
+    def wrap(self, owner, name: str, phase: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            self.stack.append([phase, 0.0])
+            try:
+                return original(*args, **kwargs)
+            finally:
+                _, inner = self.stack.pop()
+                spent = time.perf_counter() - start
+                self.totals[phase] += spent - inner
+                if self.stack:
+                    self.stack[-1][1] += spent
+
+        setattr(owner, name, timed)
+
+
+def instrument() -> PhaseTimer:
+    timer = PhaseTimer()
+    timer.wrap(T, "gather", "gather")
+    timer.wrap(T, "environment_densities", "voxelise")
+    timer.wrap(T, "coordinates_to_density", "voxelise")
+    timer.wrap(Generator, "forward", "generator")
+    timer.wrap(Critic, "forward", "critic")
+    timer.wrap(T, "gradient_penalty", "critic")
+    timer.wrap(LocalPrior, "energies", "prior")
+    timer.wrap(torch.Tensor, "backward", "backward")
+    return timer
 
 
 def trainer_for(variant: dict, threads: int) -> T.Trainer:
@@ -63,16 +94,6 @@ def trainer_for(variant: dict, threads: int) -> T.Trainer:
                      torch.optim.Adam(c.parameters()), torch.Generator().manual_seed(0), torch.device("cpu"), step=1)
 
 
-def phase_times(stats: pstats.Stats) -> dict[str, float]:
-    out = dict.fromkeys(PHASES, 0.0)
-    for (file, _, func), (_, _, _, cumtime, _) in stats.stats.items():
-        key = f"{Path(file).name}:{func}"
-        for phase, names in PHASES.items():
-            if any(key == n.split("(")[0] or key.startswith(n) for n in names):
-                out[phase] += cumtime
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -80,20 +101,19 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     print(f"{'variant':16s} {'s/iter':>8s} {'iter/h':>8s}  " + " ".join(f"{p:>9s}" for p in PHASES))
+    timer = instrument()
     for name in args.variants.split(","):
         trainer = trainer_for(VARIANTS[name], args.threads)
         trainer.train_step()  # warm-up
-        profiler = cProfile.Profile()
+        timer.totals = dict.fromkeys(PHASES, 0.0)
         start = time.perf_counter()
-        profiler.enable()
         for _ in range(args.iterations):
             trainer.train_step()
-        profiler.disable()
-        seconds = (time.perf_counter() - start) / args.iterations
-        shares = phase_times(pstats.Stats(profiler))
-        total = sum(shares.values()) or 1.0
-        print(f"{name:16s} {seconds:8.2f} {3600 / seconds:8.0f}  "
-              + " ".join(f"{100 * v / total:8.0f}%" for v in shares.values()))
+        total = time.perf_counter() - start
+        seconds = total / args.iterations
+        shares = [100 * timer.totals[p] / total for p in PHASES]
+        print(f"{name:16s} {seconds:8.2f} {3600 / seconds:8.0f}  " + " ".join(f"{v:8.0f}%" for v in shares)
+              + f"  (other {100 - sum(shares):.0f}%)", flush=True)
 
 
 if __name__ == "__main__":

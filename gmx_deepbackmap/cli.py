@@ -270,7 +270,7 @@ def parse_labels(labels) -> dict[str, str]:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random displacement; each frame's result depends only on it and the frame's index.")
 @click.option("--displacement", type=click.FloatRange(min=0), default=0.05, show_default=True,
-              help="Random displacement of every placed atom, nm (standard deviation per coordinate); 0: none.")
+              help="Random displacement of the atoms no modifier names, nm (sd per coordinate); 0: none.")
 @engine_option
 @no_progress_option
 @overwrite_option
@@ -278,9 +278,10 @@ def baseline_command(structure, trajectory, topology, mapping, output, frames, n
                      no_progress, overwrite):
     """Backmap CG frames with the geometric baseline (Wassenaar et al. 2014, "backward").
 
-    Every atom at the weighted average of its beads plus a random displacement, then the mapping's
-    geometric modifiers (cis, trans, out, chiral), then GROMACS steepest descent: 200 steps without
-    non-bonded interactions, 5,000 with everything on. Prints the wall time per frame.
+    Every atom at the weighted average of its beads, then the mapping's geometric modifiers (cis,
+    trans, out, chiral) and a random displacement of the atoms they do not name, then GROMACS steepest
+    descent: 200 steps without non-bonded interactions, 5,000 with everything on. Prints the wall
+    time per frame.
     """
     from .baseline import baseline
     from .bundled import bundled_path
