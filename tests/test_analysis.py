@@ -212,4 +212,4 @@ def test_compare_command_writes_report(tmp_path, sps_data):
     assert "| backbone C-C-C angle | same | 0 | - | 0 | deg |" in (out / "report.md").read_text()
 
     again = CliRunner().invoke(main, args + ["--label", "same=x.xtc"])
-    assert again.exit_code != 0 and "NAME=TRAJ" in again.output
+    assert again.exit_code != 0 and "label 'same' given twice" in again.output
