@@ -45,12 +45,12 @@ import torch
 from . import gromacs
 from .bundled import bundled_path, write_mdp
 from .errors import InputError
-from .mapping import Mapping, _check_output_format, _residue_numbers, read_mapping
+from .mapping import Mapping, read_mapping
 from .pbc import minimum_image, neighbour_pairs
 from .preprocess import preprocess
 from .sampler import frame_seed, make_whole, unwrap_levels
-from .structure import Frame, check_atom_count, iter_frames, load_universe, read_frames, write_frames
-from .topology import Topology, read_topology
+from .structure import Frame, iter_frames, open_frames, read_frames, write_frames
+from .topology import Topology, read_topology, system_residue_numbers
 
 PathLike = str | os.PathLike
 
@@ -275,7 +275,7 @@ class _Minimiser:
         self.bonded_top = write_bonded_only_topology(topology.path, workdir / "bonded-only.top")
         self.bonded_mdp = write_mdp(bundled_path(EM_TEMPLATE), workdir / "em-bonded.mdp", nsteps=BONDED_STEPS)
         self.full_mdp = write_mdp(bundled_path(EM_TEMPLATE), workdir / "em-full.mdp", nsteps=FULL_STEPS)
-        self.residues = _residue_numbers(topology)
+        self.residues = system_residue_numbers(topology)
         n = topology.n_atoms
         self.excluded = np.sort(topology.exclusions[:, 0] * n + topology.exclusions[:, 1])
 
@@ -359,12 +359,8 @@ def baseline(
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
     system = BaselineSystem.from_topology(top, cg_map)
-    universe = load_universe(structure, trajectory)
-    check_atom_count(universe, cg_map.n_beads, trajectory or structure, f"the CG mapping of the topology {topology}")
-    n_frames = len(universe.trajectory[frames])
-    if n_frames == 0:
-        raise InputError(f"no frames selected ({frames.start}:{frames.stop}:{frames.step})", trajectory or structure)
-    _check_output_format(output, n_frames)
+    universe, n_frames = open_frames(structure, trajectory, cg_map.n_beads, frames, output,
+                                     f"the CG mapping of the topology {topology}")
     gmx = gromacs.get_engine(engine) if minimise else None  # fails early when GROMACS is missing
     written, times = [], []
     with tempfile.TemporaryDirectory(prefix="gmxdbm-baseline-") as tmp:
@@ -382,7 +378,7 @@ def baseline(
             whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), system.levels).numpy()
             written.append(Frame(whole, cg.box, cg.time, cg.step))
             times.append(timing)
-    write_frames(output, top.atom_names, top.residue_names, _residue_numbers(top), written, overwrite)
+    write_frames(output, top.atom_names, top.residue_names, system_residue_numbers(top), written, overwrite)
     print(timing_summary(times))
     if timings is not None:
         timings.extend(times)

@@ -24,7 +24,7 @@ import torch
 from .bundled import bundled_root
 from .errors import InputError
 from .pbc import minimum_image
-from .topology import MoleculeType, Topology, read_topology
+from .topology import MoleculeType, Topology, read_topology, system_residue_numbers
 
 SECTIONS = ("moleculetype", "beads", "members", "owners", "modifiers")
 WEIGHTINGS = ("mass", "geometric")
@@ -398,7 +398,7 @@ def _assemble(topology: Topology, mappings: dict[str, MoleculeMapping]) -> Mappi
         members.append(((atom_off + local_atoms).ravel(), (bead_off + local_beads).ravel(),
                         np.tile(weights, len(molecules))))
         bonds.append((bead_off[:, :, None] + mm.bead_bonds[None]).reshape(-1, 2))
-    residues = _residue_numbers(topology)
+    residues = system_residue_numbers(topology)
     return Mapping(
         molecule_types={name: mappings[name] for name, _ in topology.molecules},
         bead_names=out["bead_names"].astype(str),
@@ -420,13 +420,6 @@ def _sorted_rows(pairs: np.ndarray) -> np.ndarray:
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def _residue_numbers(topology: Topology) -> np.ndarray:
-    """Residues numbered 1, 2, ... over the system: a new one wherever the molecule or the
-    topology's residue number changes (as `.gro` files number single-residue molecules)."""
-    new = np.r_[True, (np.diff(topology.molecule_index) != 0) | (np.diff(topology.residue_numbers) != 0)]
-    return np.cumsum(new)
-
-
 # --------------------------------------------------------------------------- gmx-dbm map
 
 
@@ -443,17 +436,11 @@ def map_to_cg(
     number of frames written. Bead names and the structure's residue names/numbers are kept."""
     from tqdm import tqdm
 
-    from .structure import Frame, check_atom_count, iter_frames, load_universe, write_frames
+    from .structure import Frame, iter_frames, open_frames, write_frames
 
     top = read_topology(topology)
     cg = read_mapping(mapping, top)
-    universe = load_universe(structure, trajectory)
-    check_atom_count(universe, top.n_atoms, structure, f"the topology {topology}")
-    n_frames = len(universe.trajectory[frames])
-    if n_frames == 0:
-        raise InputError(f"no frames selected ({frames.start}:{frames.stop}:{frames.step})",
-                         trajectory or structure)
-    _check_output_format(output, n_frames)
+    universe, n_frames = open_frames(structure, trajectory, top.n_atoms, frames, output, f"the topology {topology}")
     source = iter(tqdm(iter_frames(universe, frames), total=n_frames, unit="frame", desc="map",
                        disable=n_frames < 10))  # one iterator: islice must not restart tqdm
     mapped = []
@@ -464,13 +451,3 @@ def map_to_cg(
     write_frames(output, cg.bead_names, atoms.resnames, atoms.resids, mapped, overwrite)
     return n_frames
 
-
-def _check_output_format(output: PathLike, n_frames: int) -> None:
-    from MDAnalysis.coordinates.core import get_writer_for
-
-    try:
-        get_writer_for(str(output), multiframe=n_frames > 1)
-    except (TypeError, ValueError):
-        what = f"{n_frames} frames" if n_frames > 1 else "a structure"
-        raise InputError(f"cannot write {what} in this format (use .xtc or .trr for trajectories, "
-                         ".gro or .pdb for one frame)", output) from None

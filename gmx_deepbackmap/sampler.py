@@ -24,12 +24,12 @@ import torch
 
 from .environment import FORWARD, GIBBS, Batch, Neighbourhood, SystemPlan, gather, neighbourhood, plan_system
 from .errors import InputError
-from .mapping import _check_output_format, _residue_numbers, read_mapping
+from .mapping import read_mapping
 from .model import DeepBackmapModel, load_model, resolve_model
 from .pbc import image_shifts, minimum_image
 from .prior import LocalPrior
-from .structure import Frame, check_atom_count, iter_frames, load_universe, write_frames
-from .topology import Topology, read_topology
+from .structure import Frame, iter_frames, open_frames, write_frames
+from .topology import Topology, read_topology, system_residue_numbers
 from .training import environment_densities, reach, rollout, to_device
 
 DEFAULT_ORIENTATIONS = 6
@@ -378,12 +378,8 @@ def backmap(
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
     net.check_system(top, cg_map, resolve_model(model))
-    universe = load_universe(structure, trajectory)
-    check_atom_count(universe, cg_map.n_beads, trajectory or structure, f"the CG mapping of the topology {topology}")
-    n_frames = len(universe.trajectory[frames])
-    if n_frames == 0:
-        raise InputError(f"no frames selected ({frames.start}:{frames.stop}:{frames.step})", trajectory or structure)
-    _check_output_format(output, n_frames)
+    universe, n_frames = open_frames(structure, trajectory, cg_map.n_beads, frames, output,
+                                     f"the CG mapping of the topology {topology}")
 
     plan = plan_system(top, cg_map, net.layout)
     prior = LocalPrior(top, plan)
@@ -403,5 +399,5 @@ def backmap(
             whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), levels).numpy()
             written.append(Frame(whole, cg.box, cg.time, cg.step))
             frames_bar.update(1)
-    write_frames(output, top.atom_names, top.residue_names, _residue_numbers(top), written, overwrite)
+    write_frames(output, top.atom_names, top.residue_names, system_residue_numbers(top), written, overwrite)
     return n_frames

@@ -74,6 +74,30 @@ def check_atom_count(universe, expected: int, path, what: str = "the topology") 
         raise InputError(f"{n} atoms, but {what} describes {expected}", path)
 
 
+def check_output_format(output: str | os.PathLike, n_frames: int) -> None:
+    """Stop before any work when the output's format cannot hold `n_frames` frames."""
+    from MDAnalysis.coordinates.core import get_writer_for
+
+    try:
+        get_writer_for(str(output), multiframe=n_frames > 1)
+    except (TypeError, ValueError):
+        what = f"{n_frames} frames" if n_frames > 1 else "a structure"
+        raise InputError(f"cannot write {what} in this format (use .xtc or .trr for trajectories, "
+                         ".gro or .pdb for one frame)", output) from None
+
+
+def open_frames(structure, trajectory, n_atoms: int, frames: slice, output, what: str):
+    """The universe of a structure/trajectory checked to hold `n_atoms` (as `what` describes them),
+    and the number of selected frames, also checked against the output's format."""
+    universe = load_universe(structure, trajectory)
+    check_atom_count(universe, n_atoms, trajectory or structure, what)
+    n_frames = len(universe.trajectory[frames])
+    if n_frames == 0:
+        raise InputError(f"no frames selected ({frames.start}:{frames.stop}:{frames.step})", trajectory or structure)
+    check_output_format(output, n_frames)
+    return universe, n_frames
+
+
 def parse_frames(spec: str | None) -> slice:
     """`b:e:s` (Python-style, any part optional) to a slice over frame indices."""
     if not spec:

@@ -133,6 +133,13 @@ def read_topology(
     return _build(Path(path), scan, structure)
 
 
+def system_residue_numbers(topology: Topology) -> np.ndarray:
+    """Residues numbered 1, 2, ... over the system: a new one wherever the molecule or the
+    topology's residue number changes (as `.gro` files number single-residue molecules)."""
+    new = np.r_[True, (np.diff(topology.molecule_index) != 0) | (np.diff(topology.residue_numbers) != 0)]
+    return np.cumsum(new)
+
+
 # --------------------------------------------------------------------------- line-level checks
 
 
