@@ -13,10 +13,11 @@ setup(
     packages=find_packages(include=["gmx_deepbackmap", "gmx_deepbackmap.*"]) + ["gmx_deepbackmap.topologies"],
     package_dir={"gmx_deepbackmap.topologies": "topologies"},
     package_data={"gmx_deepbackmap": ["models/*.pt"], "gmx_deepbackmap.topologies": ["*/*", "*.md"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # tomllib
     install_requires=[
-        # 2.13.0 is the CPU build CI has on disk; any torch >= 2.2 (CUDA included) works.
-        "torch>=2.2,<=2.13.0",
+        # scripts/setup.sh installs torch==2.13.0 (the CPU build on disk) first; any torch >= 2.2 works,
+        # CUDA builds included.
+        "torch>=2.2",
         "numpy>=1.24",
         "parmed>=4.2",
         "MDAnalysis>=2.7",

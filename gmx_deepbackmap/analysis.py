@@ -59,7 +59,7 @@ from scipy.stats import wasserstein_distance
 
 from .bundled import bundled_root
 from .energies import GMX_TERM_NAMES, _geometry, lj_row_energies
-from .errors import InputError
+from .errors import InputError, read_toml
 from .pbc import minimum_image, neighbour_pairs
 from .structure import Frame, check_atom_count, iter_frames, load_universe, write_frames
 from .topology import Topology, read_topology
@@ -113,14 +113,7 @@ def read_observables(path: str | os.PathLike) -> ObservableConfig:
     (`elements`, `r_max`, `width`) and `[[distribution]]` (`name`, `atoms`, `bins`, optional
     `select`, `source`, `regex`, `molecules`; `molecules` defaults to the file's `molecule_types`).
     """
-    import tomllib
-
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError("observables file not found", path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"invalid TOML ({exc})", path) from None
+    data = read_toml(path, "observables")
     try:
         return _config_from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:

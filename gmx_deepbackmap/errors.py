@@ -35,3 +35,16 @@ class InputError(Exception):
 
 class GromacsError(RuntimeError):
     """A GROMACS program failed; the message quotes GROMACS' own explanation."""
+
+
+def read_toml(path: str | PathLike, what: str) -> dict:
+    """A user's TOML file as a dict; a missing or malformed file is an `InputError` naming it."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{what} file not found", path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"invalid TOML ({exc})", path) from None

@@ -35,7 +35,7 @@ from .environment import (
     neighbourhood,
     plan_system,
 )
-from .errors import InputError
+from .errors import InputError, read_toml
 from .mapping import read_mapping
 from .model import new_model, plain_data, save_model
 from .networks import Critic, Generator, NetworkConfig, gradient_penalty
@@ -109,15 +109,12 @@ class TrainConfig:
 
 def read_config(path: str | os.PathLike) -> TrainConfig:
     """A training config from a TOML file (keys as in `TrainConfig`, network keys under [network])."""
-    import tomllib
-
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError("config file not found", path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"invalid TOML ({exc})", path) from None
-    config = TrainConfig.from_dict(data)
+        config = TrainConfig.from_dict(read_toml(path, "config"))
+    except InputError as exc:
+        raise InputError(exc.message, path) from None
+    except TypeError as exc:  # a value of the wrong kind, e.g. a table where a number belongs
+        raise InputError(f"invalid training options ({exc})", path) from None
     base = Path(path).parent  # paths in the file are relative to it
     config.aa = [str(base / p) for p in config.aa]
     config.cg = [str(base / p) for p in config.cg]
