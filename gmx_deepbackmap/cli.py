@@ -157,19 +157,22 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
               help="CSV: frame, time (ps), then each term and the potential in kJ/mol.")
 @frames_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--cutoff", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="rvdw = rcoulomb, nm.")
+@click.option("--epsilon-rf", type=float, default=2.5, show_default=True, help="Reaction-field dielectric constant.")
 @no_progress_option
 @overwrite_option
-def energy_command(structure, trajectory, topology, output, frames, device, no_progress, overwrite):
+def energy_command(structure, trajectory, topology, output, frames, device, cutoff, epsilon_rf, no_progress, overwrite):
     """Force-field energies per frame and term, as `gmx mdrun -rerun` reports them.
 
-    Reaction field (epsilon_rf 2.5), 1.0 nm cut-offs, potential-shifted LJ, no dispersion
-    correction: the settings of the sPS reference data (bundled sps/rerun.mdp).
+    Verlet scheme: reaction-field Coulomb, potential-shifted LJ, no dispersion correction; the
+    defaults are the settings of the sPS reference data (bundled sps/rerun.mdp).
     """
     from .energies import energy_summary, frame_energies, write_energy_csv
     from .structure import parse_frames
 
     rows = frame_energies(structure, topology, trajectory, parse_frames(frames), device,
-                          progress=not no_progress)
+                          progress=not no_progress, cutoff=cutoff, epsilon_rf=epsilon_rf)
     if not rows:
         raise InputError(f"--frames {frames}: no frames selected")
     write_energy_csv(output, rows, overwrite)

@@ -406,9 +406,11 @@ def frame_energies(
     frames: slice = slice(None),
     device: str = "cpu",
     progress: bool = False,
+    cutoff: float = 1.0,
+    epsilon_rf: float = 2.5,
 ) -> list[dict[str, float]]:
     """Per-frame energies of a structure or trajectory: one dict per frame with `frame`, `time`
-    (ps) and every term of `TERMS` (kJ/mol)."""
+    (ps) and every term of `TERMS` (kJ/mol). Defaults: the sPS reference settings."""
     from tqdm import tqdm
 
     from .structure import check_atom_count, iter_frames, load_universe
@@ -418,7 +420,7 @@ def frame_energies(
     top = topology if isinstance(topology, Topology) else read_topology(topology)
     universe = load_universe(structure, trajectory)
     check_atom_count(universe, top.n_atoms, structure, f"topology {top.path}")
-    force_field = ForceField(top, device=device)
+    force_field = ForceField(top, cutoff=cutoff, epsilon_rf=epsilon_rf, device=device)
     rows = []
     with torch.no_grad():
         selected = range(len(universe.trajectory))[frames]
