@@ -116,7 +116,9 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @mapping_option
 @click.option("--model", default="sps-568", show_default=True, metavar="NAME|PATH",
               help="Model: a bundled model's name or a model file (.pt) from `gmx-dbm train`.")
-@aa_output_option
+@click.option("-o", "output", type=click.Path(dir_okay=False),
+              help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several (with --workdir: the merged "
+                   "chunks).")
 @frames_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed; each frame's result depends only on it and the frame's index.")
@@ -128,10 +130,15 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @click.option("--no-constrain", is_flag=True,
               help="Keep generated bond lengths (default: project them onto the topology's b0, as in an "
                    "ensemble run with constraints = all-bonds).")
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Backmap in chunks into this folder (resumable: finished chunks are skipped); join them "
+                   "with -o or `gmx-dbm merge`.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Frames per chunk with --workdir.")
 @no_progress_option
 @overwrite_option
 def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
-                    orientations, no_constrain, no_progress, overwrite):
+                    orientations, no_constrain, workdir, chunk_size, no_progress, overwrite):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
     Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps; no energy
@@ -139,14 +146,37 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
     and the CG box is kept.
     """
     from .bundled import bundled_path
-    from .sampler import backmap
     from .structure import parse_frames
 
-    n = backmap(structure, topology or bundled_path("sps/topol.top"), output, trajectory=trajectory,
-                mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
-                gibbs_sweeps=gibbs_sweeps, orientations=orientations, constrain=not no_constrain,
-                overwrite=overwrite, progress=not no_progress)
-    click.echo(f"Backmapped {n} frame{'s' if n != 1 else ''} to {output}")
+    if output is None and workdir is None:
+        raise click.UsageError("give -o, --workdir, or both")
+    options = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
+                   gibbs_sweeps=gibbs_sweeps, orientations=orientations, constrain=not no_constrain,
+                   progress=not no_progress)
+    top = topology or bundled_path("sps/topol.top")
+    if workdir is None:
+        from .sampler import backmap
+
+        n = backmap(structure, top, output, trajectory=trajectory, overwrite=overwrite, **options)
+    else:
+        from .chunks import backmap_in_chunks, merge_chunks
+
+        n = backmap_in_chunks(structure, top, workdir, trajectory=trajectory, chunk_size=chunk_size, **options)
+        if output is not None:
+            merge_chunks(workdir, output, overwrite)
+    click.echo(f"Backmapped {n} frame{'s' if n != 1 else ''} to {output or workdir}")
+
+
+@main.command("merge")
+@click.argument("workdir", type=click.Path(file_okay=False, exists=True))
+@aa_output_option
+@overwrite_option
+def merge_command(workdir, output, overwrite):
+    """Join the chunks of a `gmx-dbm backmap --workdir` folder in frame order; all must be there."""
+    from .chunks import merge_chunks
+
+    n = merge_chunks(workdir, output, overwrite)
+    click.echo(f"Merged {n} frame{'s' if n != 1 else ''} into {output}")
 
 
 @main.command("energy")

@@ -145,6 +145,27 @@ def test_trajectory_output_and_frame_selection(system, tmp_path):
     assert np.array_equal(frames[1].positions, single[0].positions)  # a frame's seed is its own
 
 
+def test_chunked_run_resumes_and_merges_to_the_unchunked_trajectory(system, tmp_path):
+    from MDAnalysis.coordinates.XTC import XTCReader
+
+    full, merged, work = tmp_path / "full.xtc", tmp_path / "merged.xtc", tmp_path / "chunks"
+    assert run(system, full, "-f", str(system["xtc"]), "--seed", "3").exit_code == 0
+    chunked = ["--workdir", str(work), "--chunk-size", "1", "-f", str(system["xtc"]), "--seed", "3"]
+    result = CliRunner().invoke(main, ["backmap", "-s", str(system["gro"]), "-p", str(system["top"]), "-m",
+                                       str(system["map"]), "--model", str(system["model"]), *FAST, *chunked])
+    assert result.exit_code == 0, result.output
+    kept = (work / "chunk00000.xtc").stat().st_mtime_ns
+    (work / "chunk00001.xtc").unlink()
+    merge = CliRunner().invoke(main, ["merge", str(work), "-o", str(merged)])
+    assert merge.exit_code != 0 and "1 of 2 chunks missing (chunk00001.xtc)" in merge.output
+    assert run(system, merged, *chunked).exit_code == 0  # redoes the missing chunk only, then merges
+    assert (work / "chunk00000.xtc").stat().st_mtime_ns == kept
+    ours, theirs = ([ts.positions.copy() for ts in XTCReader(str(p))] for p in (merged, full))
+    assert len(ours) == len(theirs) == 2 and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    other = run(system, merged, *chunked[:-1], "4")  # another seed: the folder belongs to another run
+    assert_one_line_error(other, "chunks of another run")
+
+
 # --------------------------------------------------------------------------- bad input
 
 

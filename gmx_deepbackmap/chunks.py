@@ -1,0 +1,118 @@
+"""Long trajectories in chunks: resumable backmapping and the merge of its chunks.
+
+`backmap_in_chunks` writes every chunk of frames atomically into a work folder and records it in
+`manifest.json` with the run's identity (inputs, model hash, seed, frame range, options); a rerun
+skips finished chunks, and a folder of another run is refused. Each frame's seed depends only on
+the run's seed and the frame's index, so the merged trajectory equals an unchunked run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import InputError
+from .model import resolve_model
+from .sampler import backmap
+from .structure import Frame, atomic_output, load_universe, write_frames
+from .topology import read_topology, system_residue_numbers
+
+MANIFEST = "manifest.json"
+
+
+def backmap_in_chunks(
+    structure: str | os.PathLike,
+    topology: str | os.PathLike,
+    workdir: str | os.PathLike,
+    *,
+    chunk_size: int,
+    trajectory: str | os.PathLike | None = None,
+    frames: slice = slice(None),
+    seed: int = 0,
+    model: str | os.PathLike = "sps-568",
+    progress: bool = True,
+    **options,
+) -> int:
+    """Backmap the selected frames chunk by chunk into `workdir`; returns the number of frames.
+
+    `options` are passed to `sampler.backmap` (mapping, device, gibbs_sweeps, ...)."""
+    if chunk_size < 1:
+        raise InputError(f"--chunk-size {chunk_size}: expected at least 1")
+    indices = range(len(load_universe(structure, trajectory).trajectory))[frames]
+    if not indices:
+        raise InputError("no frames selected", trajectory or structure)
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    run = {
+        "structure": str(Path(structure).resolve()),
+        "trajectory": None if trajectory is None else str(Path(trajectory).resolve()),
+        "topology": str(Path(topology).resolve()),
+        "model_sha256": _sha256(resolve_model(model)),
+        "seed": seed,
+        "frames": [indices.start, indices.stop, indices.step],
+        "chunk_size": chunk_size,
+        "options": {k: _plain(v) for k, v in sorted(options.items())},
+    }
+    manifest = _read_manifest(work) or {"run": run, "done": {}}
+    if manifest["run"] != run:
+        raise InputError("this folder holds chunks of another run (different inputs, model, seed, frames or "
+                         "options); use a new --workdir", work)
+    for name, chunk in _chunks(run):
+        if name in manifest["done"] and (work / name).is_file():
+            continue
+        backmap(structure, topology, work / name, trajectory=trajectory, frames=slice(chunk.start, chunk.stop,
+                chunk.step), seed=seed, model=model, overwrite=True, progress=progress, **options)
+        manifest["done"][name] = [chunk.start, chunk.stop, chunk.step]
+        _write_manifest(work, manifest)
+    return len(indices)
+
+
+def merge_chunks(workdir: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> int:
+    """Join the chunks of `workdir` in frame order into `output`; every chunk must be there."""
+    from MDAnalysis.coordinates.XTC import XTCReader
+
+    from .structure import box_from_dimensions
+
+    work = Path(workdir)
+    manifest = _read_manifest(work)
+    if manifest is None:
+        raise InputError(f"no {MANIFEST}: not a chunked backmapping folder", work)
+    chunks = [name for name, _ in _chunks(manifest["run"])]
+    missing = [n for n in chunks if n not in manifest["done"] or not (work / n).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} of {len(chunks)} chunks missing ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}); rerun the chunked backmap first", work)
+    frames = [Frame(ts.positions / 10.0, box_from_dimensions(ts.dimensions), float(ts.time), int(ts.frame))
+              for name in chunks for ts in XTCReader(str(work / name))]
+    top = read_topology(manifest["run"]["topology"])
+    write_frames(output, top.atom_names, top.residue_names, system_residue_numbers(top), frames, overwrite)
+    return len(frames)
+
+
+def _chunks(run: dict):
+    indices = range(*run["frames"])
+    size = run["chunk_size"]
+    for k in range(0, len(indices), size):
+        yield f"chunk{k // size:05d}.xtc", indices[k:k + size]
+
+
+def _read_manifest(work: Path) -> dict | None:
+    path = work / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_manifest(work: Path, manifest: dict) -> None:
+    with atomic_output(work / MANIFEST, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(Path(value).resolve()) if isinstance(value, os.PathLike) else value
