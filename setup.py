@@ -26,6 +26,7 @@ setup(
         "pyedr>=0.8",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7", "ruff"], "gmxapi": ["gmxapi==0.4.2"]},
+    extras_require={"test": ["pytest>=7", "ruff", "snakemake>=8"], "gmxapi": ["gmxapi==0.4.2"],
+                    "slurm": ["snakemake-executor-plugin-slurm"]},
     entry_points={"console_scripts": ["gmx-dbm=gmx_deepbackmap.cli:main"]},
 )

@@ -275,7 +275,10 @@ def validate_md_command(structure, topology, labels, temperature, time_ps, frame
                           frames=parse_frames(frames), mdp=mdp, seed=seed, engine=engine, threads=threads,
                           progress=not no_progress)
     for label, entry in summary.items():
-        click.echo(f"{label}: steady after {entry['steady_after_ps']:.1f} ps")
+        steady = "no run finished" if entry["steady_after_ps"] is None else \
+            f"steady after {entry['steady_after_ps']:.1f} ps"
+        click.echo(f"{label}: {steady}; {len(entry['failed'])} of "
+                   f"{len(entry['frames']) + len(entry['failed'])} runs failed")
     click.echo(f"Plot and summary in {output}")
 
 

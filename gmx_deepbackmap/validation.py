@@ -6,8 +6,11 @@ terms. A structure sampled from the right distribution starts where MD from the 
 and stays there; a structure that is not equilibrated relaxes first (method.md section 7).
 
 Runs are resumable: each run's folder gets `energies.csv` and then `done` when it finished, and
-finished runs are not repeated. Outputs: `potential.png` (mean and spread over frames, one curve
-per set), `summary.json` and `summary.csv` (energies at 0, 10 and 100 ps; time to steady state).
+finished runs are not repeated. A run GROMACS stops (e.g. at an exploding start) is recorded as
+`failed` with GROMACS' message and listed per set in the summary.
+
+Outputs: `potential.png` (mean and spread over frames, one curve per set), `summary.json` and
+`summary.csv` (energies at 0, 10 and 100 ps; time to steady state).
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .bundled import bundled_path, read_mdp, write_mdp
-from .errors import InputError
+from .errors import GromacsError, InputError
 from .gromacs import Engine, get_engine, read_edr, run_md
 from .structure import atomic_output, iter_frames, load_universe, write_frames
 from .topology import read_topology
@@ -67,14 +71,22 @@ def validate_md(
             for i, frame in _frames(structure, path, frames, top.n_atoms)]
     if not jobs:
         raise InputError("no frames selected in any set")
-    runs = []
+    runs, failed = [], {label: [] for label in sets}
     for label, i, frame in tqdm(jobs, desc="MD runs", unit="run", disable=not progress):
         rundir = out / "runs" / label / f"frame{i:05d}"
-        if not (rundir / "done").is_file():
-            _run(rundir, frame, top, topology, template, engine, threads, temperature=temperature, time=time,
-                 energy_interval=energy_interval, seed=seed + i)
-        runs.append(_load_run(rundir, label, i))
+        if not (rundir / "done").is_file() and not (rundir / "failed").is_file():
+            try:
+                _run(rundir, frame, top, topology, template, engine, threads, temperature=temperature, time=time,
+                     energy_interval=energy_interval, seed=seed + i)
+            except GromacsError as exc:  # a structure MD cannot start from is a result, not a crash
+                (rundir / "failed").write_text(f"{exc}\n")
+        if (rundir / "failed").is_file():
+            failed[label].append(i)
+        else:
+            runs.append(_load_run(rundir, label, i))
     summary = summarise(runs)
+    for label, frames_failed in failed.items():
+        summary.setdefault(label, {"frames": [], "steady_after_ps": None})["failed"] = frames_failed
     write_summary(summary, out)
     plot_potential(runs, out / "potential.png")
     return summary
@@ -91,9 +103,7 @@ def _frames(structure, path, frames: slice, n_atoms: int):
 def _run(rundir: Path, frame, top, topology, template: Path, engine: Engine, threads, *, temperature: float,
          time: float, energy_interval: float, seed: int) -> None:
     """One MD run from scratch in `rundir` (a half-finished one is started again)."""
-    if rundir.exists():
-        for item in sorted(rundir.rglob("*"), reverse=True):
-            item.rmdir() if item.is_dir() else item.unlink()
+    shutil.rmtree(rundir, ignore_errors=True)
     rundir.mkdir(parents=True)
     start = rundir / "start.gro"
     write_frames(start, top.atom_names, top.residue_names, top.residue_numbers, [frame])
@@ -162,7 +172,8 @@ def write_summary(summary: dict, out: Path) -> None:
                 if key.endswith(" ps") and isinstance(terms, dict):
                     for term, v in terms.items():
                         writer.writerow([label, key[:-3], term, f"{v['mean']:.2f}", f"{v['sd']:.2f}"])
-            writer.writerow([label, "steady_after", "Potential", f"{entry['steady_after_ps']:.2f}", ""])
+            if entry["steady_after_ps"] is not None:
+                writer.writerow([label, "steady_after", "Potential", f"{entry['steady_after_ps']:.2f}", ""])
 
 
 def plot_potential(runs: list[Run], path: Path) -> None:
