@@ -1,8 +1,10 @@
 """Long trajectories in chunks: resumable backmapping and the merge of its chunks.
 
-`backmap_in_chunks` writes every chunk of frames atomically into a work folder and records it in
-`manifest.json` with the run's identity (inputs, model hash, seed, frame range, options); a rerun
-skips finished chunks, and a folder of another run is refused. Each frame's seed depends only on
+`backmap_in_chunks` writes every chunk of frames atomically into a work folder whose
+`manifest.json` records the run's identity (inputs, model hash, seed, frame range, options); a
+chunk file exists only once it is complete, so a rerun skips finished chunks, separate processes
+(e.g. the tasks of a SLURM array job, `only`) can each write their own chunk, and a folder of
+another run is refused. Each frame's seed depends only on
 the run's seed and the frame's index, so the merged trajectory equals an unchunked run's.
 """
 
@@ -32,12 +34,13 @@ def backmap_in_chunks(
     frames: slice = slice(None),
     seed: int = 0,
     model: str | os.PathLike = "sps-568",
+    only: int | None = None,
     progress: bool = True,
     **options,
 ) -> int:
-    """Backmap the selected frames chunk by chunk into `workdir`; returns the number of frames.
-
-    `options` are passed to `sampler.backmap` (mapping, device, gibbs_sweeps, ...)."""
+    """Backmap the selected frames chunk by chunk into `workdir` (with `only`, just chunk number
+    `only`); returns the number of frames done. `options` go to `sampler.backmap` (mapping,
+    device, gibbs_sweeps, ...)."""
     if chunk_size < 1:
         raise InputError(f"--chunk-size {chunk_size}: expected at least 1")
     indices = range(len(load_universe(structure, trajectory).trajectory))[frames]
@@ -55,18 +58,23 @@ def backmap_in_chunks(
         "chunk_size": chunk_size,
         "options": {k: _plain(v) for k, v in sorted(options.items())},
     }
-    manifest = _read_manifest(work) or {"run": run, "done": {}}
-    if manifest["run"] != run:
+    manifest = _read_manifest(work)
+    if manifest is None:
+        _write_manifest(work, {"run": run})
+    elif manifest["run"] != run:
         raise InputError("this folder holds chunks of another run (different inputs, model, seed, frames or "
                          "options); use a new --workdir", work)
-    for name, chunk in _chunks(run):
-        if name in manifest["done"] and (work / name).is_file():
+    chunks = list(_chunks(run))
+    if only is not None and not 0 <= only < len(chunks):
+        raise InputError(f"--chunk {only}: this run has chunks 0 to {len(chunks) - 1}")
+    done = 0
+    for k, (name, chunk) in enumerate(chunks):
+        if (only is not None and k != only) or (work / name).is_file():
             continue
         backmap(structure, topology, work / name, trajectory=trajectory, frames=slice(chunk.start, chunk.stop,
                 chunk.step), seed=seed, model=model, overwrite=True, progress=progress, **options)
-        manifest["done"][name] = [chunk.start, chunk.stop, chunk.step]
-        _write_manifest(work, manifest)
-    return len(indices)
+        done += len(chunk)
+    return done
 
 
 def merge_chunks(workdir: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> int:
@@ -80,7 +88,7 @@ def merge_chunks(workdir: str | os.PathLike, output: str | os.PathLike, overwrit
     if manifest is None:
         raise InputError(f"no {MANIFEST}: not a chunked backmapping folder", work)
     chunks = [name for name, _ in _chunks(manifest["run"])]
-    missing = [n for n in chunks if n not in manifest["done"] or not (work / n).is_file()]
+    missing = [n for n in chunks if not (work / n).is_file()]
     if missing:
         raise InputError(f"{len(missing)} of {len(chunks)} chunks missing ({', '.join(missing[:3])}"
                          f"{', ...' if len(missing) > 3 else ''}); rerun the chunked backmap first", work)

@@ -135,10 +135,12 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
                    "with -o or `gmx-dbm merge`.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=10, show_default=True,
               help="Frames per chunk with --workdir.")
+@click.option("--chunk", "only", type=click.IntRange(min=0),
+              help="With --workdir: do only this chunk (0-based), e.g. $SLURM_ARRAY_TASK_ID.")
 @no_progress_option
 @overwrite_option
 def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
-                    orientations, no_constrain, workdir, chunk_size, no_progress, overwrite):
+                    orientations, no_constrain, workdir, chunk_size, only, no_progress, overwrite):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
     Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps; no energy
@@ -161,7 +163,8 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
     else:
         from .chunks import backmap_in_chunks, merge_chunks
 
-        n = backmap_in_chunks(structure, top, workdir, trajectory=trajectory, chunk_size=chunk_size, **options)
+        n = backmap_in_chunks(structure, top, workdir, trajectory=trajectory, chunk_size=chunk_size, only=only,
+                              **options)
         if output is not None:
             merge_chunks(workdir, output, overwrite)
     click.echo(f"Backmapped {n} frame{'s' if n != 1 else ''} to {output or workdir}")

@@ -47,3 +47,32 @@ def test_snakemake_workflow_runs_end_to_end(tmp_path, sps_data):
     # the tiny untrained model's structures may make MD fail: then that is what the summary says
     assert sorted(summary["dbm"]["frames"] + summary["dbm"]["failed"]) == [0, 1]
     assert sorted(p.name for p in (out / "chunks").glob("chunk*.xtc")) == ["chunk00000.xtc", "chunk00001.xtc"]
+
+
+SLURM_ENV = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_CPUS_PER_TASK": "4", "SLURM_NNODES": "2", "SLURM_JOB_ID": "77",
+             "SLURM_GPUS_PER_NODE": "4", "SLURM_JOB_NODELIST": "node[1-2]", "DRY_RUN": "1"}
+SCRIPTS = {
+    "train.sbatch": ["workflows/train-sps-568.toml"],
+    "backmap-array.sbatch": ["cg.gro", "cg.xtc", "topol.top", "model.pt", "chunks", "10"],
+    "merge.sbatch": ["chunks", "aa.xtc"],
+    "baseline.sbatch": ["cg.gro", "cg.xtc", "topol.top", "baseline.xtc"],
+    "validate-md.sbatch": ["aa.gro", "topol.top", "313", "md", "dbm=dbm.xtc", "baseline=bl.xtc"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_slurm_script_dry_run_uses_real_options(script):
+    """Each script parses (bash -n), and its dry run prints a gmx-dbm command whose options exist."""
+    from click.testing import CliRunner
+
+    from gmx_deepbackmap.cli import main
+
+    path = ROOT / "workflows" / "slurm" / script
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    printed = subprocess.run(["bash", str(path), *SCRIPTS[script]], env={**os.environ, **SLURM_ENV},
+                             capture_output=True, text=True, check=True).stdout.split()
+    start = printed.index("gmx-dbm") if "gmx-dbm" in printed else printed.index("gmx_deepbackmap.cli")
+    command, *args = printed[start + 1:]
+    usage = CliRunner().invoke(main, [command, "--help"]).output
+    options = [a for a in args if a.startswith("-")]
+    assert options and all(f" {o} " in usage or f" {o}," in usage for o in options), (options, usage)
