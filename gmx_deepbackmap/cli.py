@@ -106,7 +106,8 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
     if not config.topology or not config.aa:
         raise click.UsageError("training needs a topology (-p) and AA structures (--aa), in --config or as options")
     path = train(config, progress=not no_progress, overwrite=overwrite)
-    click.echo(f"Model: {path}")
+    if path is not None:
+        click.echo(f"Model: {path}")
 
 
 @main.command("backmap")

@@ -446,8 +446,9 @@ def _gather_rng(sampler: torch.Generator) -> list:
 # --------------------------------------------------------------------------- the driver
 
 
-def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
-    """Train (or resume from `workdir/checkpoint.pt`) and write the model file; returns its path.
+def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path | None:
+    """Train (or resume from `workdir/checkpoint.pt`) and write the model file; returns its path
+    (None when stopped early, or in processes other than the first).
 
     Under `torchrun` every process trains on its own batches and gradients are averaged (gloo
     on CPU, NCCL on CUDA); process 0 writes checkpoints, the log and the model. SIGTERM (as sent
@@ -495,11 +496,11 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     _save_checkpoint(trainer, checkpoint)
     if trainer.step < config.steps:
         print(f"Stopped by SIGTERM at step {trainer.step}; rerun the same command to resume.")
-    if rank == 0 and trainer.step >= config.steps:
-        model = new_model(generator, config.network, config.grid, config.half_extent, plan, topology, mapping,
-                          config.to_dict())
-        save_model(model, config.output, overwrite=overwrite)
-    return Path(config.output)
+    if rank != 0 or trainer.step < config.steps:
+        return None
+    model = new_model(generator, config.network, config.grid, config.half_extent, plan, topology, mapping,
+                      config.to_dict())
+    return save_model(model, config.output, overwrite=overwrite)
 
 
 class TrainingLog:
