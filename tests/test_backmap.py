@@ -190,6 +190,21 @@ def test_missing_model_file(system, tmp_path):
     assert_one_line_error(result, "model", "nowhere.pt", "not found")
 
 
+def test_bundled_model_backmaps_the_sps_melt_with_nothing_else(sps_data, tmp_path):
+    """`gmx-dbm backmap -s cg.gro -o aa.gro`: bundled topology, mapping and model (one cheap pass)."""
+    if not (MODELS_DIR / "sps-568.pt").is_file():
+        pytest.skip("no bundled model")
+    out = tmp_path / "aa.gro"
+    result = CliRunner().invoke(main, ["backmap", "-s", str(sps_data / "cg.gro"), "-o", str(out),
+                                       "--gibbs-sweeps", "0", "--orientations", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    topology = read_topology(bundled_path("sps/topol.top"))
+    frame = read_frames(out, n_atoms=topology.n_atoms)[0]
+    np.testing.assert_allclose(frame.box, read_frames(sps_data / "cg.gro")[0].box, atol=1e-3)
+    lines = out.read_text().splitlines()[2:-1]
+    assert [line[10:15].strip() for line in lines] == list(topology.atom_names)
+
+
 def test_default_model_missing_is_named(system, tmp_path):
     if (MODELS_DIR / "sps-568.pt").is_file():
         pytest.skip("the bundled model exists")

@@ -1,0 +1,130 @@
+"""DeepBackmap on held-out sPS frames: issue #4's bar (quality against the AA reference) and speed.
+
+    python benchmarks/bench_backmap.py [--model sps-568] [--frames 0:80:8] [--baseline-dir bench-out]
+        [--out bench-out] [--device cpu] [--threads 2] [--orientations K] [--gibbs-sweeps N]
+
+For t568 and t313: takes the selected frames of cg.xtc/aa.xtc (at 568 K without the 7 frames that
+are also training snapshots), backmaps them with `gmx_deepbackmap.sampler.backmap` (default
+settings unless --orientations/--gibbs-sweeps say otherwise), runs `gmx-dbm compare` of the
+result (and of `baseline-<T>.xtc` from bench_baseline.py, when --baseline-dir has it for the same
+frames) against the reference frames, and prints one table per temperature: JSD and W1 per observable against the published DeepBackmap
+figures, frame-mean energies per term as % of the reference, bond-length RMS deviation, clashes,
+chirality flips, and speed (seconds per frame, frames per minute, atoms per second). Writes the
+backmapped frames, the compare reports (`compare-<T>/`) and `bench_backmap.md` to --out. Speed is
+only meaningful on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from gmx_deepbackmap.analysis import compare
+from gmx_deepbackmap.bundled import bundled_path
+from gmx_deepbackmap.sampler import DEFAULT_GIBBS_SWEEPS, DEFAULT_ORIENTATIONS, backmap
+from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames, write_frames
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps"
+TRAINING_FRAMES = {"t568": {9, 19, 41, 55, 62, 70, 76}, "t313": set()}  # ../shared/data/sps/README.md
+# The structures published with the paper, scored with the definitions of issue #4 (JSD, natural log).
+PUBLISHED = {
+    "t568": {"backbone C-C-C angle": 0.019, "backbone C-C-C-C dihedral": 0.0021, "ring C-C-C-C improper": 0.072,
+             "LJ energy per molecule": 0.067, "non-bonded C-C pair distances": 0.0067},
+    "t313": {"backbone C-C-C angle": 0.041, "backbone C-C-C-C dihedral": 0.0039, "ring C-C-C-C improper": 0.022,
+             "LJ energy per molecule": 0.072, "non-bonded C-C pair distances": 0.0091},
+}
+TERMS = ("Bond", "Angle", "Proper Dih.", "Improper Dih.", "LJ (SR)", "Coulomb (SR)")
+MODEL = "DeepBackmap"
+
+
+def held_out_frames(name: str, frames: slice, out: Path) -> tuple[Path, Path, int]:
+    """CG and AA trajectories of the selected frames that are not training snapshots."""
+    cg = load_universe(DATA / "cg.gro", DATA / name / "cg.xtc")
+    aa = load_universe(DATA / "aa.gro", DATA / name / "aa.xtc")
+    indices = range(len(cg.trajectory))[frames]
+    paths = out / f"heldout-{name}-cg.xtc", out / f"heldout-{name}-aa.xtc"
+    for universe, path in zip((cg, aa), paths):
+        kept = [frame for i, frame in zip(indices, iter_frames(universe, frames)) if i not in TRAINING_FRAMES[name]]
+        atoms = universe.atoms
+        write_frames(path, atoms.names, atoms.resnames, atoms.resids, kept, overwrite=True)
+    return *paths, len(kept)
+
+
+def rows(report: dict, name: str, seconds_per_frame: float, n_atoms: int) -> list[list[str]]:
+    """Table rows: the bar of issue #4 against what each set reaches."""
+    sets = list(report["sets"])
+    obs, energies = report["observables"], report["energies"]["terms"]
+    table = []
+    for key, published in PUBLISHED[name].items():
+        score = "l1" if obs[key]["kind"] == "histogram" else "jsd"
+        table.append([f"{key}: {score.upper()} (W1)", f"<= {published}"]
+                     + [f"{obs[key]['sets'][s][score]:.4f} ({obs[key]['sets'][s]['w1']:.3g})" for s in sets])
+    for term in TERMS:
+        ref = energies[term]["reference"]["mean"]
+        table.append([f"{term}: mean, % of reference {ref:.5g} kJ/mol", "90-110 %"]
+                     + [f"{100 * energies[term]['sets'][s]['mean'] / ref:.1f} %" for s in sets])
+    table.append(["bond length RMS deviation from b0 (nm)", "<= 0.002"]
+                  + [f"{obs['bond length RMS deviation']['sets'][s]['mean']:.4f}" for s in sets])
+    table.append(["clashes per frame (< 0.1 nm)", "0"] + [f"{obs['clashes']['sets'][s]['mean']:.2f}" for s in sets])
+    centres = obs["chirality"]["reference"]["centres"]
+    table.append([f"chirality flips per frame (of {centres})", "0"]
+                  + [f"{obs['chirality']['sets'][s]['flips_per_frame']:.2f}" for s in sets])
+    table.append(["ring planarity, max (nm)", f"ref {obs['ring planarity']['reference']['max']:.4f}"]
+                  + [f"{obs['ring planarity']['sets'][s]['max']:.4f}" for s in sets])
+    rate = f"{60 / seconds_per_frame:.2f} frames/min, {n_atoms / seconds_per_frame:.0f} atoms/s"
+    speed = f"{seconds_per_frame:.1f} s ({rate})"
+    table.append(["wall time per frame", "<= 60 s on 2 cores", speed] + [""] * (len(sets) - 1))
+    return [["", "bar", *sets], *table]
+
+
+def markdown(table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(table[0]) + " |", "| --- |" + " --- |" * (len(table[0]) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table[1:]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sps-568", help="bundled model name or model file")
+    parser.add_argument("--frames", default="0:80:8", help="b:e:s of the 78 CG/AA frames (default 0:80:8)")
+    parser.add_argument("--baseline-dir", help="folder with baseline-t568.xtc/baseline-t313.xtc of the same frames")
+    parser.add_argument("--out", default="bench-out", help="folder for frames, reports and the table")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--orientations", type=int, default=DEFAULT_ORIENTATIONS)
+    parser.add_argument("--gibbs-sweeps", type=int, default=DEFAULT_GIBBS_SWEEPS)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    top = bundled_path("sps/topol.top")
+    text = [f"model {args.model}, frames {args.frames}, {args.orientations} orientations, {args.gibbs_sweeps} Gibbs "
+            f"sweeps, device {args.device}, {args.threads} threads, seed {args.seed}"]
+    for name in ("t568", "t313"):
+        cg, aa, n = held_out_frames(name, parse_frames(args.frames), out)
+        result = out / f"dbm-{name}.xtc"
+        start = time.perf_counter()
+        backmap(DATA / "cg.gro", top, result, trajectory=cg, model=args.model, seed=args.seed, device=args.device,
+                orientations=args.orientations, gibbs_sweeps=args.gibbs_sweeps, overwrite=True)
+        seconds = (time.perf_counter() - start) / n
+        sets = {MODEL: result}
+        baseline = Path(args.baseline_dir or out) / f"baseline-{name}.xtc"
+        if baseline.is_file() and len(load_universe(DATA / "aa.gro", baseline).trajectory) == n:
+            sets["baseline"] = baseline
+        report = compare(DATA / "aa.gro", top, aa, sets, out / f"compare-{name}", overwrite=True)
+        n_atoms = len(load_universe(DATA / "aa.gro").atoms)
+        table = markdown(rows(report, name, seconds, n_atoms))
+        text.append(f"## {name[1:]} K: {n} held-out frames\n\n{table}")
+        print(text[-1], flush=True)
+        (out / f"bench_backmap-{name}.json").write_text(json.dumps(report, indent=1))
+    (out / "bench_backmap.md").write_text("\n\n".join(text) + "\n")
+    print(f"\nwritten to {out / 'bench_backmap.md'}")
+
+
+if __name__ == "__main__":
+    main()
