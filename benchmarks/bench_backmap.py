@@ -4,14 +4,14 @@
         [--out bench-out] [--device cpu] [--threads 2] [--orientations K] [--gibbs-sweeps N]
 
 For t568 and t313: takes the selected frames of cg.xtc/aa.xtc (at 568 K without the 7 frames that
-are also training snapshots), backmaps them with `gmx_deepbackmap.sampler.backmap` (default
-settings unless --orientations/--gibbs-sweeps say otherwise), runs `gmx-dbm compare` of the
-result (and of `baseline-<T>.xtc` from bench_baseline.py, when --baseline-dir has it for the same
-frames) against the reference frames, and prints one table per temperature: JSD and W1 per observable against the published DeepBackmap
-figures, frame-mean energies per term as % of the reference, bond-length RMS deviation, clashes,
-chirality flips, and speed (seconds per frame, frames per minute, atoms per second). Writes the
-backmapped frames, the compare reports (`compare-<T>/`) and `bench_backmap.md` to --out. Speed is
-only meaningful on an idle machine.
+are also training snapshots), backmaps them with `gmx_deepbackmap.sampler.backmap` (default settings
+unless --orientations/--gibbs-sweeps say otherwise), runs `gmx-dbm compare` of the result (and of
+`baseline-<T>.xtc` from bench_baseline.py, when --baseline-dir has it for the same frames) against
+the reference frames, and prints one table per temperature: JSD and W1 per observable against the
+published DeepBackmap figures, frame-mean energies per term as % of the reference, bond-length RMS
+deviation, clashes, chirality flips, and speed (seconds per frame, frames per minute, atoms per
+second). Writes the backmapped frames, the compare reports (`compare-<T>/`) and `bench_backmap.md`
+to --out. Speed is only meaningful on an idle machine.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import GromacsError, InputError
+from .errors import GromacsError, InputError, TrainingDiverged
 
 
 class _Group(click.Group):
@@ -16,7 +16,7 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (InputError, GromacsError) as exc:
+        except (InputError, GromacsError, TrainingDiverged) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
 

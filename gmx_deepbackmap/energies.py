@@ -322,15 +322,30 @@ def _bonded_energy(name: str, value: torch.Tensor, params: torch.Tensor) -> torc
 
 def _geometry(bond_vectors: list[torch.Tensor]) -> torch.Tensor:
     """Bond length, angle or dihedral (radians) from the 1, 2 or 3 vectors b_k = x_(k+1) - x_k
-    along a term's atoms; atan2 forms stay accurate and differentiable near 0 and pi."""
+    along a term's atoms; atan2 forms stay accurate and differentiable near 0 and pi.
+
+    Degenerate geometries (coinciding atoms, collinear bonds: an untrained generator makes them)
+    get finite gradients: zero length and the undefined angle of a zero vector pass none.
+    """
     if len(bond_vectors) == 1:
-        return _square(bond_vectors[0]).sqrt()
+        return _length(_square(bond_vectors[0]))
     if len(bond_vectors) == 2:
         b1, b2 = bond_vectors
-        return torch.atan2(_square(torch.linalg.cross(b1, b2)).sqrt(), -_dot(b1, b2))
+        return _atan2(_length(_square(torch.linalg.cross(b1, b2))), -_dot(b1, b2))
     b1, b2, b3 = bond_vectors  # IUPAC/GROMACS sign convention
     n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-    return torch.atan2(_square(b2).sqrt() * _dot(b1, n2), _dot(n1, n2))
+    return _atan2(_length(_square(b2)) * _dot(b1, n2), _dot(n1, n2))
+
+
+def _length(square: torch.Tensor) -> torch.Tensor:
+    """sqrt, with zero gradient (not infinite) at zero."""
+    return square.clamp(min=torch.finfo(square.dtype).tiny).sqrt()
+
+
+def _atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """atan2 with zero gradient (not NaN) at y = x = 0, where the angle is undefined (value 0)."""
+    undefined = (y == 0) & (x == 0)
+    return torch.atan2(y, torch.where(undefined, torch.ones_like(x), x))
 
 
 def _lj(r2: torch.Tensor, c6: torch.Tensor, c12: torch.Tensor, shift) -> torch.Tensor:

@@ -37,6 +37,10 @@ class GromacsError(RuntimeError):
     """A GROMACS program failed; the message quotes GROMACS' own explanation."""
 
 
+class TrainingDiverged(RuntimeError):
+    """A training loss became NaN or infinite; the last checkpoint (all finite) is kept."""
+
+
 def read_toml(path: str | PathLike, what: str) -> dict:
     """A user's TOML file as a dict; a missing or malformed file is an `InputError` naming it."""
     import tomllib

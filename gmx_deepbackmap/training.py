@@ -35,7 +35,7 @@ from .environment import (
     neighbourhood,
     plan_system,
 )
-from .errors import InputError, read_toml
+from .errors import InputError, TrainingDiverged, read_toml
 from .mapping import read_mapping
 from .model import new_model, plain_data, save_model
 from .networks import Critic, Generator, NetworkConfig, gradient_penalty
@@ -484,6 +484,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     bar = _progress(progress and rank == 0, trainer.step, config.steps)
     while trainer.step < config.steps and not _agreed(stop["now"]):
         row = trainer.train_step()
+        _check_finite(row, trainer.step, checkpoint)
         bar.update(1)
         if trainer.step % config.log_every == 0 or trainer.step == config.steps:
             bar.set_postfix(critic=f"{row['critic_loss']:.3g}", W=f"{row['wasserstein']:.3g}",
@@ -501,6 +502,14 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     model = new_model(generator, config.network, config.grid, config.half_extent, plan, topology, mapping,
                       config.to_dict())
     return save_model(model, config.output, overwrite=overwrite)
+
+
+def _check_finite(row: dict[str, float], step: int, checkpoint: Path) -> None:
+    """Stop before a diverged step can overwrite the last good checkpoint."""
+    bad = [name for name in ("critic_loss", "generator_loss") if not math.isfinite(row[name])]
+    if bad:
+        raise TrainingDiverged(f"step {step}: {' and '.join(bad)} not finite; training stopped, {checkpoint} "
+                               "(the last finite state) is kept")
 
 
 class TrainingLog:

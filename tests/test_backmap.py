@@ -205,11 +205,10 @@ def test_bundled_model_backmaps_the_sps_melt_with_nothing_else(sps_data, tmp_pat
     assert [line[10:15].strip() for line in lines] == list(topology.atom_names)
 
 
-def test_default_model_missing_is_named(system, tmp_path):
-    if (MODELS_DIR / "sps-568.pt").is_file():
-        pytest.skip("the bundled model exists")
-    result = CliRunner().invoke(main, ["backmap", "-s", str(system["gro"]), "-o", str(tmp_path / "aa.gro")])
-    assert_one_line_error(result, "model 'sps-568' not found")
+def test_unknown_bundled_model_name_is_named(system, tmp_path):
+    result = CliRunner().invoke(main, ["backmap", "-s", str(system["gro"]), "--model", "sps-999",
+                                       "-o", str(tmp_path / "aa.gro")])
+    assert_one_line_error(result, "model 'sps-999' not found")
 
 
 # --------------------------------------------------------------------------- constraints

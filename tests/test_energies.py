@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.cli import main
-from gmx_deepbackmap.energies import GMX_TERM_NAMES, TERMS, ForceField
+from gmx_deepbackmap.energies import GMX_TERM_NAMES, TERMS, ForceField, bonded_row_energies
 from gmx_deepbackmap.errors import GromacsError
 from gmx_deepbackmap.gromacs import get_engine, rerun_energies
 from gmx_deepbackmap.pbc import minimum_image
@@ -226,6 +226,20 @@ def test_gradients_match_finite_differences(small):
     x = torch.tensor(frame.positions, requires_grad=True)
     box = torch.tensor(frame.box)
     assert torch.autograd.gradcheck(lambda y: total(force_field.energies(y, box)), (x,), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, params", [("bond", [0.15, 1e5]), ("angle", [110.0, 400.0]),
+                                          ("proper", [0.0, 5.0, 3.0]), ("improper", [0.0, 100.0])])
+def test_degenerate_geometry_has_finite_gradients(name, params):
+    """Coinciding or collinear atoms (an untrained generator places them so) must not turn the
+    energy prior's gradient, and with it every weight, into NaN."""
+    k = {"bond": 2, "angle": 3}.get(name, 4)
+    collinear = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.1], [0.0, 0.0, 0.2], [0.0, 0.0, 0.3]])
+    for x in (torch.zeros(1, 4, 3), collinear[None]):
+        x = x.clone().requires_grad_(True)
+        energy = bonded_row_energies(name, x, torch.arange(k)[None, None], torch.tensor([[params]]))
+        energy.sum().backward()
+        assert torch.isfinite(energy).all() and torch.isfinite(x.grad).all()
 
 
 def test_invariant_under_box_vector_translations(small):

@@ -17,12 +17,13 @@ import torch
 
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, neighbourhood, plan_system
+from gmx_deepbackmap.errors import TrainingDiverged
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
-from gmx_deepbackmap.training import TrainConfig, reach, read_config, train
+from gmx_deepbackmap.training import TrainConfig, _check_finite, reach, read_config, train
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps" / "train_t568"
 TINY = "\n".join([
@@ -126,9 +127,17 @@ def test_tiny_training_writes_reloads_and_continues(tmp_path):
     assert data["training"]["steps"] == 2 and data["network"]["width"] == 4
     config.steps = 3
     train(config, progress=False, overwrite=True)
-    assert [row["step"] for row in read_log(tmp_path / "run" / "log.csv")] == ["1", "2", "3"]
+    log = read_log(tmp_path / "run" / "log.csv")
+    assert [row["step"] for row in log] == ["1", "2", "3"]
+    assert float(log[-1]["lambda_phi"]) > 0  # the energy prior is on, and its gradients are finite
+    assert all(math.isfinite(float(row[k])) for row in log for k in ("critic_loss", "generator_loss", "prior"))
     continued = torch.load(tmp_path / "model.pt", weights_only=True)["generator"]
     assert any(not torch.equal(continued[k], v) for k, v in data["generator"].items())
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"step 7: critic_loss not finite; .*ck.pt .* is kept"):
+        _check_finite({"critic_loss": math.nan, "generator_loss": 1.0}, 7, tmp_path / "ck.pt")
 
 
 def test_resume_continues_exactly(tmp_path):
