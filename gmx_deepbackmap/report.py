@@ -107,6 +107,7 @@ def plot_distributions(analysis: Analysis, results: dict[str, SetResult]):
     colours = _colours([label for label in results if label != REFERENCE])
     reference = results[REFERENCE]
     for ax, o in zip(axes, shown):
+        off_axis = False
         for label, r in results.items():
             style = {"color": colours[label], "lw": 2.0 if label == REFERENCE else 1.2, "label": label}
             if isinstance(o, PairDistances):
@@ -116,14 +117,27 @@ def plot_distributions(analysis: Analysis, results: dict[str, SetResult]):
                 ax.set_ylabel("pairs / (frame nm$^3$)")
             else:
                 edges = o.edges(reference.values[o.name])
-                density = np.histogram(r.values[o.name], edges, density=True)[0]
+                density, outside = _density(r.values[o.name], edges)
+                if outside >= 0.005:  # say so: a set far off the reference's bins draws nothing
+                    style["label"] = f"{label} ({100 * outside:.0f} % off the axis)"
+                    off_axis = True
                 ax.stairs(density, edges, **style)
                 ax.set_ylabel("probability density")
         ax.set_title(o.name, fontsize=10)
         ax.set_xlabel(o.unit)
+        if off_axis:
+            ax.legend(fontsize=7)
     if len(shown):
         axes[0].legend(fontsize=8)
     return figure
+
+
+def _density(values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, float]:
+    """Probability density of the values inside the bins, and the fraction outside them."""
+    counts = np.histogram(values, edges)[0]
+    inside = counts.sum()
+    density = counts / (inside * np.diff(edges)) if inside else np.zeros(len(counts))
+    return density, 1.0 - inside / max(np.size(values), 1)
 
 
 def plot_energies(report: dict):

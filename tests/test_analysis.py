@@ -36,6 +36,7 @@ from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.cli import main
 from gmx_deepbackmap.errors import GromacsError, InputError
 from gmx_deepbackmap.gromacs import get_engine
+from gmx_deepbackmap.report import _density
 from gmx_deepbackmap.structure import dimensions_from_box, read_frames
 from gmx_deepbackmap.topology import read_topology
 
@@ -92,6 +93,13 @@ def test_jensen_shannon_bounds_and_overflow_bins():
 
 
 # ----------------------------------------------------------------------------- selections
+
+
+def test_plotted_density_reports_the_share_off_the_axis():
+    density, outside = _density(np.array([0.5, 1.5, 10.0]), np.array([0.0, 1.0, 2.0]))
+    np.testing.assert_allclose(density, [0.5, 0.5])
+    assert outside == pytest.approx(1 / 3)
+    assert _density(np.array([5.0]), np.array([0.0, 1.0]))[0].tolist() == [0.0]
 
 
 def test_bond_paths_and_rings_of_a_small_graph():
