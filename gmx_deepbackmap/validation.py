@@ -88,7 +88,7 @@ def validate_md(
     for label, frames_failed in failed.items():
         summary.setdefault(label, {"frames": [], "steady_after_ps": None})["failed"] = frames_failed
     write_summary(summary, out)
-    plot_potential(runs, out / "potential.png")
+    plot_potential(runs, out / "potential.png", failed)
     return summary
 
 
@@ -176,20 +176,26 @@ def write_summary(summary: dict, out: Path) -> None:
                 writer.writerow([label, "steady_after", "Potential", f"{entry['steady_after_ps']:.2f}", ""])
 
 
-def plot_potential(runs: list[Run], path: Path) -> None:
-    """Potential energy against time: mean over frames and its spread, one curve per set."""
+def plot_potential(runs: list[Run], path: Path, failed: dict[str, list[int]] | None = None) -> None:
+    """Potential energy against time: mean over frames and its spread, one curve per set; sets
+    with runs GROMACS stopped (`failed`: frame indices by set) say so in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    failed = failed or {}
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    for label in dict.fromkeys(r.label for r in runs):
+    for label in dict.fromkeys([*(r.label for r in runs), *failed]):
         mine = [r for r in runs if r.label == label]
+        stopped = f", {len(failed[label])} failed" if failed.get(label) else ""
+        if not mine:
+            ax.plot([], [], linestyle="none", label=f"{label}: all {len(failed[label])} runs failed")
+            continue
         t = mine[0].time
         curves = np.array([np.interp(t, r.time, r.energies["Potential"]) for r in mine])
         mean, sd = curves.mean(0), curves.std(0)
-        (line,) = ax.plot(t, mean, label=f"{label} ({len(mine)} frames)")
+        (line,) = ax.plot(t, mean, label=f"{label} ({len(mine)} frames{stopped})")
         ax.fill_between(t, mean - sd, mean + sd, color=line.get_color(), alpha=0.25, linewidth=0)
     ax.set_xlabel("time (ps)")
     ax.set_ylabel("potential energy (kJ/mol)")
