@@ -119,7 +119,7 @@ def plot_distributions(analysis: Analysis, results: dict[str, SetResult]):
                 edges = o.edges(reference.values[o.name])
                 density, outside = _density(r.values[o.name], edges)
                 if outside >= 0.005:  # say so: a set far off the reference's bins draws nothing
-                    style["label"] = f"{label} ({100 * outside:.0f} % off the axis)"
+                    style["label"] = f"{label} ({100 * outside:.3g} % off the axis)"
                     off_axis = True
                 ax.stairs(density, edges, **style)
                 ax.set_ylabel("probability density")
