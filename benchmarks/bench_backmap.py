@@ -25,6 +25,7 @@ import torch
 
 from gmx_deepbackmap.analysis import compare
 from gmx_deepbackmap.bundled import bundled_path
+from gmx_deepbackmap.report import markdown_table
 from gmx_deepbackmap.sampler import DEFAULT_GIBBS_SWEEPS, DEFAULT_ORIENTATIONS, backmap
 from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames, write_frames
 
@@ -54,8 +55,8 @@ def held_out_frames(name: str, frames: slice, out: Path) -> tuple[Path, Path, in
     return *paths, len(kept)
 
 
-def rows(report: dict, name: str, seconds_per_frame: float, n_atoms: int) -> list[list[str]]:
-    """Table rows: the bar of issue #4 against what each set reaches."""
+def bar_table(report: dict, name: str, seconds_per_frame: float, n_atoms: int) -> str:
+    """Markdown table: the bar of issue #4 against what each set reaches."""
     sets = list(report["sets"])
     obs, energies = report["observables"], report["energies"]["terms"]
     table = []
@@ -78,12 +79,7 @@ def rows(report: dict, name: str, seconds_per_frame: float, n_atoms: int) -> lis
     rate = f"{60 / seconds_per_frame:.2f} frames/min, {n_atoms / seconds_per_frame:.0f} atoms/s"
     speed = f"{seconds_per_frame:.1f} s ({rate})"
     table.append(["wall time per frame", "<= 60 s on 2 cores", speed] + [""] * (len(sets) - 1))
-    return [["", "bar", *sets], *table]
-
-
-def markdown(table: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(table[0]) + " |", "| --- |" + " --- |" * (len(table[0]) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table[1:]])
+    return markdown_table(["", "bar", *sets], table)
 
 
 def main() -> None:
@@ -103,6 +99,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     top = bundled_path("sps/topol.top")
+    n_atoms = len(load_universe(DATA / "aa.gro").atoms)
     text = [f"model {args.model}, frames {args.frames}, {args.orientations} orientations, {args.gibbs_sweeps} Gibbs "
             f"sweeps, device {args.device}, {args.threads} threads, seed {args.seed}"]
     for name in ("t568", "t313"):
@@ -117,8 +114,7 @@ def main() -> None:
         if baseline.is_file() and len(load_universe(DATA / "aa.gro", baseline).trajectory) == n:
             sets["baseline"] = baseline
         report = compare(DATA / "aa.gro", top, aa, sets, out / f"compare-{name}", overwrite=True)
-        n_atoms = len(load_universe(DATA / "aa.gro").atoms)
-        table = markdown(rows(report, name, seconds, n_atoms))
+        table = bar_table(report, name, seconds, n_atoms)
         text.append(f"## {name[1:]} K: {n} held-out frames\n\n{table}")
         print(text[-1], flush=True)
         (out / f"bench_backmap-{name}.json").write_text(json.dumps(report, indent=1))

@@ -23,6 +23,7 @@ from gmx_deepbackmap.analysis import Analysis, ObservableConfig, set_energies
 from gmx_deepbackmap.baseline import FrameTiming, baseline
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.gromacs import get_engine
+from gmx_deepbackmap.report import markdown_table
 from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames
 from gmx_deepbackmap.topology import read_topology
 
@@ -63,9 +64,7 @@ def column(values: dict, energies: dict, reference_chirality: np.ndarray, timing
 
 def table(columns: dict[str, dict]) -> str:
     rows = list(dict.fromkeys(key for col in columns.values() for key in col))
-    lines = ["| | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
-    lines += [f"| {row} | " + " | ".join(col.get(row, "") for col in columns.values()) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(["", *columns], [[row, *(col.get(row, "") for col in columns.values())] for row in rows])
 
 
 def main() -> None:

@@ -166,7 +166,8 @@ def _number(value) -> str:
     return f"{value:.4g}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of string cells."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
@@ -191,18 +192,18 @@ def markdown(report: dict, figures: list[str]) -> str:
     lines += ["", "## Scores", "",
               "JSD: Jensen-Shannon divergence (natural log) on fixed bins; L1: difference of per-frame pair counts "
               "relative to the reference's; W1: 1-Wasserstein distance, in the observable's unit.", "",
-              _table(["observable", "set", *(k.upper() for k in SCORES), "unit"], rows)]
+              markdown_table(["observable", "set", *(k.upper() for k in SCORES), "unit"], rows)]
 
     header = ["observable", "unit", REFERENCE, *labels]
     rows = [[name, o["unit"], _summary(o[REFERENCE]), *[_summary(_only_summary(o, label)) for label in labels]]
             for name, o in observables.items()]
-    lines += ["", "## Summaries (mean ± sd, or as named)", "", _table(header, rows)]
+    lines += ["", "## Summaries (mean ± sd, or as named)", "", markdown_table(header, rows)]
 
     if "energies" in report:
         rows = [[term, _summary(e[REFERENCE]), *[_summary(e["sets"][label]) for label in labels]]
                 for term, e in report["energies"]["terms"].items()]
         lines += ["", "## Energies per frame (gmx mdrun -rerun, kJ/mol, mean ± sd)", "",
-                  _table(["term", REFERENCE, *labels], rows)]
+                  markdown_table(["term", REFERENCE, *labels], rows)]
 
     lines += [""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
