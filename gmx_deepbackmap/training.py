@@ -362,7 +362,7 @@ class Trainer:
     def generator_step(self) -> dict[str, float]:
         batch, static = self.next_batch()
         with self.autocast():
-            _, fake_in, types, coords = self.fake_and_real(batch, static)
+            real_in, fake_in, types, coords = self.fake_and_real(batch, static)
             adversarial = -self.critic(*fake_in, types).mean().float()
         phi, terms = self.prior_loss(batch, coords.float())
         lam = self.config.lambda_phi_at(self.step)
@@ -372,7 +372,8 @@ class Trainer:
         _average_gradients(self.generator)
         self.opt_g.step()
         return {"generator_loss": loss.item(), "adversarial": adversarial.item(), "prior": phi.item(),
-                "lambda_phi": lam, **{f"dE_{k}": v for k, v in terms.items()}}
+                "lambda_phi": lam, **{f"dE_{k}": v for k, v in terms.items()},
+                **density_diagnostics(real_in[0], fake_in[0], coords, batch)}
 
     def prior_loss(self, batch: Batch, coords: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Phi: sum over terms of |E(reference) - E(generated)|, plus the centre-of-mass distance."""
@@ -415,6 +416,19 @@ class Trainer:
         torch_state, sampler_state = state["rng"][_rank()]
         torch.set_rng_state(torch_state)
         self.sampler.set_state(sampler_state)
+
+
+def density_diagnostics(real: torch.Tensor, fake: torch.Tensor, coords: torch.Tensor, batch: Batch) -> dict:
+    """How far the generated densities are from single atoms, for the log.
+
+    `density_mass`: generated over real density summed over the batch (1 for atom-like Gaussians;
+    an untrained generator's diffuse output is far above 1, and its centre of mass is pulled towards
+    the bead). `position_error`: mean distance (nm) of generated atoms from the reference ones. The
+    critic's Wasserstein estimate can be small while both are still large.
+    """
+    with torch.no_grad():
+        error = (coords.float() - batch.target.float()).norm(dim=-1)[batch.step_mask]
+        return {"density_mass": (fake.float().sum() / real.float().sum()).item(), "position_error": error.mean().item()}
 
 
 def _average_gradients(module: torch.nn.Module) -> None:
@@ -513,7 +527,8 @@ def _check_finite(row: dict[str, float], step: int, checkpoint: Path) -> None:
 
 
 class TrainingLog:
-    """Appends one CSV row per logged step (resumed runs continue the same file)."""
+    """Appends one CSV row per logged step (resumed runs continue the same file; columns that a
+    newer version logs are added to the header, empty in older rows)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -528,11 +543,23 @@ class TrainingLog:
         if new:
             self.columns = list(values)
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif set(values) - set(self.columns):
+            self._add_columns([k for k in values if k not in self.columns])
         with self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(values)
+
+
+    def _add_columns(self, names: list[str]) -> None:
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.columns += names
+        with atomic_output(self.path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def _save_checkpoint(trainer: Trainer, path: Path) -> None:

@@ -23,7 +23,7 @@ from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
-from gmx_deepbackmap.training import TrainConfig, _check_finite, reach, read_config, train
+from gmx_deepbackmap.training import TrainConfig, TrainingLog, _check_finite, reach, read_config, train
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps" / "train_t568"
 TINY = "\n".join([
@@ -130,7 +130,9 @@ def test_tiny_training_writes_reloads_and_continues(tmp_path):
     log = read_log(tmp_path / "run" / "log.csv")
     assert [row["step"] for row in log] == ["1", "2", "3"]
     assert float(log[-1]["lambda_phi"]) > 0  # the energy prior is on, and its gradients are finite
-    assert all(math.isfinite(float(row[k])) for row in log for k in ("critic_loss", "generator_loss", "prior"))
+    logged = ("critic_loss", "generator_loss", "prior", "density_mass", "position_error")
+    assert all(math.isfinite(float(row[k])) for row in log for k in logged)
+    assert float(log[-1]["density_mass"]) > 0 and 0 < float(log[-1]["position_error"]) < 1.0
     continued = torch.load(tmp_path / "model.pt", weights_only=True)["generator"]
     assert any(not torch.equal(continued[k], v) for k, v in data["generator"].items())
 
@@ -138,6 +140,15 @@ def test_tiny_training_writes_reloads_and_continues(tmp_path):
 def test_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"step 7: critic_loss not finite; .*ck.pt .* is kept"):
         _check_finite({"critic_loss": math.nan, "generator_loss": 1.0}, 7, tmp_path / "ck.pt")
+
+
+def test_log_of_a_resumed_run_takes_new_columns(tmp_path):
+    """A run resumed by a version that logs more keeps one header: old rows get empty cells."""
+    path = tmp_path / "log.csv"
+    TrainingLog(path).write(1, {"critic_loss": 1.0})
+    TrainingLog(path).write(2, {"critic_loss": 2.0, "density_mass": 3.0})
+    rows = read_log(path)
+    assert [(r["step"], r["critic_loss"], r["density_mass"]) for r in rows] == [("1", "1.0", ""), ("2", "2.0", "3.0")]
 
 
 def test_resume_continues_exactly(tmp_path):
