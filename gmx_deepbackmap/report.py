@@ -133,11 +133,11 @@ def plot_distributions(analysis: Analysis, results: dict[str, SetResult]):
 
 
 def _density(values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, float]:
-    """Probability density of the values inside the bins, and the fraction outside them."""
+    """Probability density over the bins and the fraction of values outside them. The density is
+    of all values, so a set mostly off the axis draws a small curve, not a tall one."""
     counts = np.histogram(values, edges)[0]
-    inside = counts.sum()
-    density = counts / (inside * np.diff(edges)) if inside else np.zeros(len(counts))
-    return density, 1.0 - inside / max(np.size(values), 1)
+    total = max(np.size(values), 1)
+    return counts / (total * np.diff(edges)), 1.0 - counts.sum() / total
 
 
 def plot_energies(report: dict):
