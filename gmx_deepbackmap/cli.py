@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -283,6 +284,8 @@ def validate_md_command(structure, topology, labels, temperature, time_ps, frame
             f"steady after {entry['steady_after_ps']:.1f} ps"
         click.echo(f"{label}: {steady}; {len(entry['failed'])} of "
                    f"{len(entry['frames']) + len(entry['failed'])} runs failed")
+        for frame, reason in zip(entry["failed"], entry["why_failed"]):
+            click.echo(f"  frame {frame}: {reason} ({Path(output) / 'runs' / label / f'frame{frame:05d}' / 'failed'})")
     click.echo(f"Plot and summary in {output}")
 
 

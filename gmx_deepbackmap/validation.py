@@ -7,7 +7,7 @@ and stays there; a structure that is not equilibrated relaxes first (method.md s
 
 Runs are resumable: each run's folder gets `energies.csv` and then `done` when it finished, and
 finished runs are not repeated. A run GROMACS stops (e.g. at an exploding start) is recorded as
-`failed` with GROMACS' message and listed per set in the summary.
+`failed` with GROMACS' message and listed per set in the summary, with the reason (`why_failed`).
 
 Outputs: `potential.png` (mean and spread over frames, one curve per set), `summary.json` and
 `summary.csv` (energies at 0, 10 and 100 ps; time to steady state).
@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def validate_md(
             for i, frame in _frames(structure, path, frames, top.n_atoms)]
     if not jobs:
         raise InputError("no frames selected in any set")
-    runs, failed = [], {label: [] for label in sets}
+    runs, failed, reasons = [], {label: [] for label in sets}, {label: [] for label in sets}
     for label, i, frame in tqdm(jobs, desc="MD runs", unit="run", disable=not progress):
         rundir = out / "runs" / label / f"frame{i:05d}"
         if not (rundir / "done").is_file() and not (rundir / "failed").is_file():
@@ -82,14 +83,24 @@ def validate_md(
                 (rundir / "failed").write_text(f"{exc}\n")
         if (rundir / "failed").is_file():
             failed[label].append(i)
+            reasons[label].append(failure_reason((rundir / "failed").read_text()))
         else:
             runs.append(_load_run(rundir, label, i))
     summary = summarise(runs)
     for label, frames_failed in failed.items():
-        summary.setdefault(label, {"frames": [], "steady_after_ps": None})["failed"] = frames_failed
+        entry = summary.setdefault(label, {"frames": [], "steady_after_ps": None})
+        entry["failed"], entry["why_failed"] = frames_failed, reasons[label]
     write_summary(summary, out)
     plot_potential(runs, out / "potential.png", failed)
     return summary
+
+
+def failure_reason(message: str) -> str:
+    """The first sentence of GROMACS' fatal error in a failed run's message (the whole first line
+    when there is none), e.g. "Too many LINCS warnings (1207)"."""
+    _, found, rest = message.partition("Fatal error:")
+    text = rest.strip() if found else message.strip().splitlines()[0] if message.strip() else "unknown"
+    return re.split(r"\.\s|\s+If you know what you are doing", text, maxsplit=1)[0].strip()
 
 
 def _frames(structure, path, frames: slice, n_atoms: int):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from gmx_deepbackmap.bundled import bundled_path, write_mdp
 from gmx_deepbackmap.cli import main
-from gmx_deepbackmap.validation import steady_time
+from gmx_deepbackmap.validation import failure_reason, steady_time
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,12 @@ def test_steady_time_of_a_relaxing_curve():
     energy = 100 * np.exp(-t / 5) + rng.normal(0, 1, t.size)  # relaxes within ~20 ps
     assert 10 < steady_time(t, energy) < 30
     assert steady_time(t, rng.normal(0, 1, t.size)) < 5  # already steady
+
+
+def test_failure_reason_is_gromacs_fatal_error_in_short():
+    message = ("gmx mdrun (gmxapi) failed: Program: GROMACS, version 2022.5; Source file: src/gromacs/mdlib/"
+               "constr.cpp (line 240); Fatal error: Too many LINCS warnings (1207) If you know what you are "
+               "doing you can adjust the lincs warning threshold in your mdp file\n")
+    assert failure_reason(message) == "Too many LINCS warnings (1207)"
+    assert failure_reason("Fatal error: Atomtype HX not found. See the manual.") == "Atomtype HX not found"
+    assert failure_reason("gmx grompp failed: no such file\nmore\n") == "gmx grompp failed: no such file"
