@@ -551,7 +551,6 @@ class TrainingLog:
                 writer.writeheader()
             writer.writerow(values)
 
-
     def _add_columns(self, names: list[str]) -> None:
         with self.path.open(newline="") as f:
             rows = list(csv.DictReader(f))
