@@ -42,14 +42,19 @@ TERMS = ("Bond", "Angle", "Proper Dih.", "Improper Dih.", "LJ (SR)", "Coulomb (S
 MODEL = "DeepBackmap"
 
 
+def held_out(universe, name: str, frames: slice):
+    """The selected frames of a t568/t313 trajectory that are not training snapshots."""
+    indices = range(len(universe.trajectory))[frames]
+    return (frame for i, frame in zip(indices, iter_frames(universe, frames)) if i not in TRAINING_FRAMES[name])
+
+
 def held_out_frames(name: str, frames: slice, out: Path) -> tuple[Path, Path, int]:
     """CG and AA trajectories of the selected frames that are not training snapshots."""
     cg = load_universe(DATA / "cg.gro", DATA / name / "cg.xtc")
     aa = load_universe(DATA / "aa.gro", DATA / name / "aa.xtc")
-    indices = range(len(cg.trajectory))[frames]
     paths = out / f"heldout-{name}-cg.xtc", out / f"heldout-{name}-aa.xtc"
     for universe, path in zip((cg, aa), paths):
-        kept = [frame for i, frame in zip(indices, iter_frames(universe, frames)) if i not in TRAINING_FRAMES[name]]
+        kept = list(held_out(universe, name, frames))
         atoms = universe.atoms
         write_frames(path, atoms.names, atoms.resnames, atoms.resids, kept, overwrite=True)
     return *paths, len(kept)

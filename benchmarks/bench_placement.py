@@ -18,14 +18,14 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from bench_backmap import DATA, TRAINING_FRAMES  # the script's folder is on sys.path
+from bench_backmap import DATA, held_out  # the script's folder is on sys.path
 
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, neighbourhood, plan_system
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.report import markdown_table
-from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames
+from gmx_deepbackmap.structure import load_universe, parse_frames
 from gmx_deepbackmap.topology import read_topology
 from gmx_deepbackmap.training import environment_densities, reach, rollout, to_device
 from gmx_deepbackmap.voxels import coordinates_to_density
@@ -38,10 +38,7 @@ def frame_pairs(name: str, frames: slice):
     """(AA frame, CG frame) of the selected held-out frames."""
     aa = load_universe(DATA / "aa.gro", DATA / name / "aa.xtc")
     cg = load_universe(DATA / "cg.gro", DATA / name / "cg.xtc")
-    indices = range(len(aa.trajectory))[frames]
-    for i, a, c in zip(indices, iter_frames(aa, frames), iter_frames(cg, frames)):
-        if i not in TRAINING_FRAMES[name]:
-            yield a, c
+    return zip(held_out(aa, name, frames), held_out(cg, name, frames))
 
 
 def placement_errors(model, plan, aa, cg, context: int, gen: torch.Generator) -> dict[str, list[np.ndarray]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -274,7 +273,7 @@ def validate_md_command(structure, topology, labels, temperature, time_ps, frame
     Finished runs in -o are not repeated, so an interrupted call resumes where it stopped.
     """
     from .structure import parse_frames
-    from .validation import validate_md
+    from .validation import run_dir, validate_md
 
     summary = validate_md(structure, topology, parse_labels(labels), output, temperature=temperature, time=time_ps,
                           frames=parse_frames(frames), mdp=mdp, seed=seed, engine=engine, threads=threads,
@@ -285,7 +284,7 @@ def validate_md_command(structure, topology, labels, temperature, time_ps, frame
         click.echo(f"{label}: {steady}; {len(entry['failed'])} of "
                    f"{len(entry['frames']) + len(entry['failed'])} runs failed")
         for frame, reason in zip(entry["failed"], entry["why_failed"]):
-            click.echo(f"  frame {frame}: {reason} ({Path(output) / 'runs' / label / f'frame{frame:05d}' / 'failed'})")
+            click.echo(f"  frame {frame}: {reason} ({run_dir(output, label, frame) / 'failed'})")
     click.echo(f"Plot and summary in {output}")
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +73,9 @@ def validate_md(
             for i, frame in _frames(structure, path, frames, top.n_atoms)]
     if not jobs:
         raise InputError("no frames selected in any set")
-    runs, failed, reasons = [], {label: [] for label in sets}, {label: [] for label in sets}
+    runs, failures = [], {label: {} for label in sets}  # failures: label -> {frame: reason}
     for label, i, frame in tqdm(jobs, desc="MD runs", unit="run", disable=not progress):
-        rundir = out / "runs" / label / f"frame{i:05d}"
+        rundir = run_dir(out, label, i)
         if not (rundir / "done").is_file() and not (rundir / "failed").is_file():
             try:
                 _run(rundir, frame, top, topology, template, engine, threads, temperature=temperature, time=time,
@@ -82,24 +83,29 @@ def validate_md(
             except GromacsError as exc:  # a structure MD cannot start from is a result, not a crash
                 (rundir / "failed").write_text(f"{exc}\n")
         if (rundir / "failed").is_file():
-            failed[label].append(i)
-            reasons[label].append(failure_reason((rundir / "failed").read_text()))
+            failures[label][i] = failure_reason((rundir / "failed").read_text())
         else:
             runs.append(_load_run(rundir, label, i))
     summary = summarise(runs)
-    for label, frames_failed in failed.items():
+    for label, failed in failures.items():
         entry = summary.setdefault(label, {"frames": [], "steady_after_ps": None})
-        entry["failed"], entry["why_failed"] = frames_failed, reasons[label]
+        entry["failed"], entry["why_failed"] = list(failed), list(failed.values())
     write_summary(summary, out)
-    plot_potential(runs, out / "potential.png", failed)
+    plot_potential(runs, out / "potential.png", failures)
     return summary
+
+
+def run_dir(output: str | os.PathLike, label: str, frame: int) -> Path:
+    """The folder of the run from `frame` of set `label` (its `failed` file holds GROMACS' message)."""
+    return Path(output) / "runs" / label / f"frame{frame:05d}"
 
 
 def failure_reason(message: str) -> str:
     """The first sentence of GROMACS' fatal error in a failed run's message (the whole first line
     when there is none), e.g. "Too many LINCS warnings (1207)"."""
     _, found, rest = message.partition("Fatal error:")
-    text = rest.strip() if found else message.strip().splitlines()[0] if message.strip() else "unknown"
+    lines = message.strip().splitlines()
+    text = rest.strip() if found else lines[0] if lines else "unknown"
     return re.split(r"\.\s|\s+If you know what you are doing", text, maxsplit=1)[0].strip()
 
 
@@ -187,7 +193,7 @@ def write_summary(summary: dict, out: Path) -> None:
                 writer.writerow([label, "steady_after", "Potential", f"{entry['steady_after_ps']:.2f}", ""])
 
 
-def plot_potential(runs: list[Run], path: Path, failed: dict[str, list[int]] | None = None) -> None:
+def plot_potential(runs: list[Run], path: Path, failed: dict[str, Collection[int]] | None = None) -> None:
     """Potential energy against time: mean over frames and its spread, one curve per set; sets
     with runs GROMACS stopped (`failed`: frame indices by set) say so in the legend."""
     import matplotlib
