@@ -6,12 +6,14 @@ A batch holds items (one bead's atom sequence in a forward or Gibbs context, in 
 frame turned by a random angle about z) from one training snapshot. Sequences are recurrent:
 the density generated for atom l joins the environment of atom l + 1.
 
-Checkpoints hold everything to continue exactly (weights, optimiser states, RNG states, step);
-the model file (`model.save_model`) holds what inference needs.
+Checkpoints hold everything to continue exactly (weights, their moving average, optimiser states,
+RNG states, step); the model file (`model.save_model`) holds what inference needs, with the
+averaged generator weights.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import math
@@ -67,6 +69,7 @@ class TrainConfig:
     prior_ramp: tuple[int, int] = (6000, 10000)  # steps over which lambda_phi goes 0 -> lambda_phi
     learning_rate: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
+    ema_decay: float = 0.999  # model file: generator weights averaged over ~1/(1 - ema_decay) steps; 0: the last
     gibbs_fraction: float = 0.5  # share of items in the Gibbs context (all other atoms present)
     recurrent: bool = True  # generated atoms join the next step's environment (false: teacher forcing)
     channels_last: bool = False  # channels_last_3d: faster inference, but 8 % slower training (measured)
@@ -298,6 +301,7 @@ class Trainer:
     opt_c: torch.optim.Optimizer
     sampler: torch.Generator
     device: torch.device
+    average: torch.nn.Module | None = None  # moving average of the generator weights
     step: int = 0
 
     @property
@@ -371,6 +375,8 @@ class Trainer:
         loss.backward()
         _average_gradients(self.generator)
         self.opt_g.step()
+        if self.average is not None:
+            update_average(self.average, self.generator, self.config.ema_decay, self.step)
         return {"generator_loss": loss.item(), "adversarial": adversarial.item(), "prior": phi.item(),
                 "lambda_phi": lam, **{f"dE_{k}": v for k, v in terms.items()},
                 **density_diagnostics(real_in[0], fake_in[0], coords, batch)}
@@ -400,6 +406,7 @@ class Trainer:
         return {
             "step": self.step,
             "generator": self.generator.state_dict(),
+            **({"generator_average": self.average.state_dict()} if self.average is not None else {}),
             "critic": self.critic.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_c": self.opt_c.state_dict(),
@@ -410,6 +417,8 @@ class Trainer:
     def restore(self, state: dict) -> None:
         self.step = state["step"]
         self.generator.load_state_dict(state["generator"])
+        if self.average is not None:  # a run begun without averaging starts it from its weights
+            self.average.load_state_dict(state.get("generator_average", state["generator"]))
         self.critic.load_state_dict(state["critic"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_c.load_state_dict(state["opt_c"])
@@ -457,6 +466,21 @@ def _gather_rng(sampler: torch.Generator) -> list:
     return states
 
 
+def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """average <- d * average + (1 - d) * model, with d = min(decay, (1 + step) / (10 + step)).
+
+    Averaged generator weights (Polyak/EMA, as in most GAN work) smooth the step-to-step
+    oscillation of adversarial training out of the weights a model file keeps; the step-dependent d
+    lets an early average forget the random initial weights.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for a, p in zip(average.parameters(), model.parameters(), strict=True):
+            a.lerp_(p, 1 - d)
+        for a, b in zip(average.buffers(), model.buffers(), strict=True):
+            a.copy_(b)
+
+
 # --------------------------------------------------------------------------- the driver
 
 
@@ -487,6 +511,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
         opt_g=torch.optim.Adam(generator.parameters(), config.learning_rate, betas=config.betas),
         opt_c=torch.optim.Adam(critic.parameters(), config.learning_rate, betas=config.betas),
         sampler=torch.Generator().manual_seed(config.seed + 7919 * rank), device=device,
+        average=copy.deepcopy(generator).requires_grad_(False) if config.ema_decay > 0 else None,
     )
     torch.manual_seed(config.seed + 104729 * (rank + 1))  # noise: different in every process
     workdir = Path(config.workdir)
@@ -513,7 +538,8 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
         print(f"Stopped by SIGTERM at step {trainer.step}; rerun the same command to resume.")
     if rank != 0 or trainer.step < config.steps:
         return None
-    model = new_model(generator, config.network, config.grid, config.half_extent, plan, topology, mapping,
+    weights = trainer.average if trainer.average is not None else generator
+    model = new_model(weights, config.network, config.grid, config.half_extent, plan, topology, mapping,
                       config.to_dict())
     return save_model(model, config.output, overwrite=overwrite)
 

@@ -125,6 +125,10 @@ def test_tiny_training_writes_reloads_and_continues(tmp_path):
     assert model.molecules["PS1"]["n_atoms"] == 162 and model.layout.atom_types == ("C", "C_AR", "H", "H_AR")
     data = torch.load(tmp_path / "model.pt", weights_only=True)
     assert data["training"]["steps"] == 2 and data["network"]["width"] == 4
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    for name, weights in data["generator"].items():  # the model file holds the averaged weights
+        torch.testing.assert_close(weights, state["generator_average"][name], rtol=0, atol=0)
+    assert any(not torch.equal(state["generator"][k], v) for k, v in data["generator"].items())
     config.steps = 3
     train(config, progress=False, overwrite=True)
     log = read_log(tmp_path / "run" / "log.csv")
@@ -164,6 +168,9 @@ def test_resume_continues_exactly(tmp_path):
     rows_a = [{k: v for k, v in r.items() if k not in drop} for r in read_log(tmp_path / "a" / "log.csv")]
     rows_b = [{k: v for k, v in r.items() if k not in drop} for r in read_log(tmp_path / "b" / "log.csv")]
     assert rows_a == rows_b
+    average_a, average_b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["generator_average"]
+                            for run in ("a", "b"))
+    assert all(torch.equal(average_a[k], average_b[k]) for k in average_a)
 
 
 def torchrun(config: Path, workdir: Path, output: Path) -> subprocess.Popen:
