@@ -151,6 +151,7 @@ def steady_time(time: np.ndarray, energy: np.ndarray, tail: float = 0.25) -> flo
 
     The plateau is the mean over the last `tail` of the run, its sd the spread there; the
     curve is a running mean over 1 % of the run, so single thermal fluctuations do not count.
+    A curve still outside at its last point gives the run's last time (not steady within it).
     """
     n = len(energy)
     window = max(1, n // 100)
@@ -158,7 +159,7 @@ def steady_time(time: np.ndarray, energy: np.ndarray, tail: float = 0.25) -> flo
     plateau = energy[int(n * (1 - tail)):]
     outside = np.abs(smooth - plateau.mean()) > 2 * plateau.std() + 1e-9
     last = np.flatnonzero(outside[: n - window // 2])
-    return float(time[last[-1] + 1]) if len(last) else float(time[0])
+    return float(time[min(last[-1] + 1, n - 1)]) if len(last) else float(time[0])
 
 
 def summarise(runs: list[Run]) -> dict:

@@ -57,6 +57,15 @@ def test_steady_time_of_a_relaxing_curve():
     assert steady_time(t, rng.normal(0, 1, t.size)) < 5  # already steady
 
 
+def test_steady_time_of_a_short_run_still_moving_at_its_end():
+    """101 frames (a 10 ps run): the 1 % smoothing window is one frame, and a last frame outside
+    the plateau means not steady within the run."""
+    t = np.linspace(0, 10, 101)
+    energy = np.zeros(t.size)
+    energy[-1] = 100.0
+    assert steady_time(t, energy) == 10.0
+
+
 def test_failure_reason_is_gromacs_fatal_error_in_short():
     message = ("gmx mdrun (gmxapi) failed: Program: GROMACS, version 2022.5; Source file: src/gromacs/mdlib/"
                "constr.cpp (line 240); Fatal error: Too many LINCS warnings (1207) If you know what you are "
