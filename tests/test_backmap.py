@@ -234,4 +234,3 @@ def test_projection_puts_a_distorted_chain_back_on_its_bond_lengths(one_chain):
     after = bond_rms(project_bonds(x, box, constraints), box, constraints)
     print(f"bond RMS deviation: {before:.4f} nm before, {after:.2e} nm after")
     assert before > 0.01 and after < 2e-6  # stops at 1e-5 of the shortest length
-
