@@ -59,8 +59,30 @@ class LocalPrior:
 
     def centre_of_mass(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:
         """Mass-weighted centre (B, 3) of each item's sequence atoms at `sequence` (B, L, 3)."""
-        m = self.masses[batch.sequence_atoms.clamp(min=0)].to(sequence) * batch.step_mask
+        m = self.masses[batch.sequence_atoms.clamp(min=0)].to(sequence) * batch.step_mask.to(sequence)
         return (m[..., None] * sequence).sum(1) / m.sum(1, keepdim=True)
+
+    def junction_shift(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:
+        """Translation (B, 3) that brings each item's bonds between its sequence and its present
+        environment to b0 on average (zero where there are none).
+
+        The sampler moves each candidate by it before ranking: the generated shape is kept, and
+        the joint to the atoms already in place comes out at its bond length.
+        """
+        indices, params, of_step = self.terms["bond"]
+        a = batch.env_atoms.shape[1]
+        x = torch.cat([batch.particles[:, :a].to(sequence), sequence], dim=1)
+        rows = of_step[batch.steps]  # (B, T) bond rows, -1 padded
+        where = torch.gather(self._positions(batch), 1, indices[rows.clamp(min=0)].flatten(1)).view(*rows.shape, 2)
+        inside = where >= a
+        joint = (rows >= 0) & (where >= 0).all(-1) & (inside[..., 0] != inside[..., 1])
+        item = torch.arange(len(x))[:, None]
+        own = x[item, torch.where(inside[..., 0], where[..., 0], where[..., 1]).clamp(min=0)]
+        other = x[item, torch.where(inside[..., 0], where[..., 1], where[..., 0]).clamp(min=0)]
+        d = own - other
+        r = d.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        pull = (params[rows.clamp(min=0), 0].to(x)[..., None] - r) * d / r * joint[..., None]
+        return pull.sum(1) / joint.sum(1, keepdim=True).clamp(min=1)
 
     def _positions(self, batch: Batch) -> torch.Tensor:
         """(B, N) index of each system atom in the item's [environment | sequence] array, -1 absent."""

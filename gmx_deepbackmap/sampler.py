@@ -6,7 +6,10 @@ order, all molecules in one batch per rank), then Gibbs sweeps that re-place eve
 other atoms. In a Gibbs sweep, beads whose neighbourhoods overlap are never re-placed in the same
 batch: the beads are coloured so that no two neighbours share a colour, and one colour is one
 batch (chromatic Gibbs). Every item is generated under K turns about its frame axis, all in the
-same batch, and the turn with the lowest local force-field energy is kept. Where the reference
+same batch, and the turn with the lowest local force-field energy is kept. In the forward pass,
+each candidate is first translated as a whole so that its bonds to atoms already in place come out
+at b0 on average: the generated shape is kept, and the joints between beads, which carry the
+backbone dihedral, are right before the ranking sees them. Where the reference
 ensemble has constrained bonds, generated bond lengths are projected onto their constraints once,
 over the whole frame, after the last sweep. (Projecting after every batch instead, moving only the
 atoms just placed, tripled the angle energy of sPS frames and left clashes: the generator then
@@ -252,6 +255,8 @@ def _place(state: _FrameState, steps: np.ndarray, context: int) -> None:
     _, _, coords = rollout(model.generator, static, on_device, model.grid, model.network.n_atom_types,
                            model.network.noise_dim)
     local = coords.to("cpu", torch.float64)
+    if context == FORWARD:  # in Gibbs sweeps a bead sits between two joints; shifting it flipped chirality
+        local = local + state.prior.junction_shift(batch, local)[:, None]
     energy = sum(state.prior.energies(batch, local).values())
     chosen = torch.arange(n) * k + energy.view(n, k).argmin(1)
     atoms = batch.sequence_atoms[chosen]

@@ -517,7 +517,9 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     workdir = Path(config.workdir)
     checkpoint = workdir / "checkpoint.pt"
     if checkpoint.is_file():
-        trainer.restore(torch.load(checkpoint, map_location=device, weights_only=True))
+        # on the CPU first: RNG states must stay there, and load_state_dict moves the weights and
+        # optimiser moments to the device, so a run can resume on another device than it began
+        trainer.restore(torch.load(checkpoint, map_location="cpu", weights_only=True))
     stop = _stop_on_sigterm()
     log = TrainingLog(workdir / "log.csv") if rank == 0 else None
     bar = _progress(progress and rank == 0, trainer.step, config.steps)

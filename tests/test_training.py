@@ -20,6 +20,7 @@ from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, nei
 from gmx_deepbackmap.errors import TrainingDiverged
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
+from gmx_deepbackmap.prior import LocalPrior
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
@@ -117,6 +118,21 @@ def test_rotation_about_the_frame_axis_is_the_free_angle(sps_system, snapshot):
         torch.testing.assert_close(b.target[i], a.target[i] @ turn, atol=1e-9, rtol=0)
 
 
+def test_junction_shift_repairs_the_bonds_to_placed_atoms(sps_system, snapshot):
+    """A sequence moved off its neighbours is moved back towards them: lower bond energy, and no
+    shift for the first step of the forward pass, which has no placed neighbour."""
+    topology, _, plan = sps_system
+    frame, cg = snapshot
+    batch = environments(plan, frame, cg, 0.3)
+    prior = LocalPrior(topology, plan)
+    assert prior.junction_shift(batch, batch.target).norm(dim=-1).max() < 0.01  # reference bonds ~ b0
+    moved = batch.target + torch.tensor([0.04, -0.03, 0.02], dtype=torch.float64)
+    shift = prior.junction_shift(batch, moved)
+    assert torch.equal(shift[0], torch.zeros(3, dtype=torch.float64))
+    before, after = prior.energies(batch, moved)["bond"], prior.energies(batch, moved + shift[:, None])["bond"]
+    assert (after[1:] < 0.5 * before[1:]).all()
+
+
 def test_tiny_training_writes_reloads_and_continues(tmp_path):
     config = read_config(write_config(tmp_path, steps=2))
     config.output, config.workdir = str(tmp_path / "model.pt"), str(tmp_path / "run")
@@ -139,6 +155,19 @@ def test_tiny_training_writes_reloads_and_continues(tmp_path):
     assert float(log[-1]["density_mass"]) > 0 and 0 < float(log[-1]["position_error"]) < 1.0
     continued = torch.load(tmp_path / "model.pt", weights_only=True)["generator"]
     assert any(not torch.equal(continued[k], v) for k, v in data["generator"].items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def test_run_begun_on_cpu_resumes_on_cuda(tmp_path):
+    config = read_config(write_config(tmp_path, steps=1))
+    config.output, config.workdir = str(tmp_path / "model.pt"), str(tmp_path / "run")
+    train(config, progress=False)
+    config.steps, config.device = 3, "cuda"
+    train(config, progress=False, overwrite=True)
+    log = read_log(tmp_path / "run" / "log.csv")
+    assert [row["step"] for row in log] == ["1", "2", "3"]
+    assert all(math.isfinite(float(row[k])) for row in log for k in ("critic_loss", "generator_loss", "prior"))
+    assert load_model(tmp_path / "model.pt").network.width == 4
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path):
