@@ -44,14 +44,11 @@ class LocalPrior:
 
     def energies(self, batch: Batch, sequence: torch.Tensor) -> dict[str, torch.Tensor]:
         """Energies (B,) per prior term with the sequence at local positions `sequence` (B, L, 3)."""
-        x = torch.cat([batch.particles[:, : batch.env_atoms.shape[1]].to(sequence), sequence], dim=1)
+        x = self._coordinates(batch, sequence)
         lookup = self._positions(batch)
         out = {}
-        for name, (indices, params, of_step) in self.terms.items():
-            rows = of_step[batch.steps]  # (B, T) term rows, -1 padded
-            atoms = indices[rows.clamp(min=0)]  # (B, T, k)
-            where = torch.gather(lookup, 1, atoms.flatten(1)).view(atoms.shape)
-            valid = (rows >= 0) & (where >= 0).all(-1)
+        for name, (_, params, _) in self.terms.items():
+            rows, where, valid = self._term_slots(name, batch, lookup)
             energy = bonded_row_energies(name, x, where.clamp(min=0), params[rows.clamp(min=0)].to(x))
             out[name] = torch.where(valid, energy, torch.zeros((), dtype=x.dtype)).sum(-1)
         out["lj"] = self._lj(batch, x)
@@ -69,20 +66,28 @@ class LocalPrior:
         The sampler moves each candidate by it before ranking: the generated shape is kept, and
         the joint to the atoms already in place comes out at its bond length.
         """
-        indices, params, of_step = self.terms["bond"]
-        a = batch.env_atoms.shape[1]
-        x = torch.cat([batch.particles[:, :a].to(sequence), sequence], dim=1)
-        rows = of_step[batch.steps]  # (B, T) bond rows, -1 padded
-        where = torch.gather(self._positions(batch), 1, indices[rows.clamp(min=0)].flatten(1)).view(*rows.shape, 2)
-        inside = where >= a
-        joint = (rows >= 0) & (where >= 0).all(-1) & (inside[..., 0] != inside[..., 1])
-        item = torch.arange(len(x))[:, None]
-        own = x[item, torch.where(inside[..., 0], where[..., 0], where[..., 1]).clamp(min=0)]
-        other = x[item, torch.where(inside[..., 0], where[..., 1], where[..., 0]).clamp(min=0)]
-        d = own - other
+        x = self._coordinates(batch, sequence)
+        rows, where, valid = self._term_slots("bond", batch, self._positions(batch))
+        inside = where >= batch.env_atoms.shape[1]
+        joint = valid & (inside[..., 0] != inside[..., 1])
+        ends = x[torch.arange(len(x))[:, None, None], where.clamp(min=0)]  # (B, T, 2, 3)
+        d = (ends[..., 0, :] - ends[..., 1, :]) * torch.where(inside[..., 0], 1.0, -1.0)[..., None].to(x)  # env -> seq
         r = d.norm(dim=-1, keepdim=True).clamp(min=1e-9)
-        pull = (params[rows.clamp(min=0), 0].to(x)[..., None] - r) * d / r * joint[..., None]
+        pull = (self.terms["bond"][1][rows.clamp(min=0), 0].to(x)[..., None] - r) * d / r * joint[..., None]
         return pull.sum(1) / joint.sum(1, keepdim=True).clamp(min=1)
+
+    def _coordinates(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:
+        """(B, A + L, 3) local positions of each item's environment atoms, then its sequence."""
+        return torch.cat([batch.particles[:, : batch.env_atoms.shape[1]].to(sequence), sequence], dim=1)
+
+    def _term_slots(self, name: str, batch: Batch, lookup: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Rows (B, T) of term `name` that each item's step touches (-1 padded), the slots
+        (B, T, k) of their atoms in `_coordinates` (-1 absent), and which rows are complete."""
+        indices, _, of_step = self.terms[name]
+        rows = of_step[batch.steps]
+        atoms = indices[rows.clamp(min=0)]
+        where = torch.gather(lookup, 1, atoms.flatten(1)).view(atoms.shape)
+        return rows, where, (rows >= 0) & (where >= 0).all(-1)
 
     def _positions(self, batch: Batch) -> torch.Tensor:
         """(B, N) index of each system atom in the item's [environment | sequence] array, -1 absent."""
