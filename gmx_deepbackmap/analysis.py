@@ -61,6 +61,7 @@ from .bundled import bundled_root
 from .energies import GMX_TERM_NAMES, _geometry, lj_row_energies
 from .errors import InputError, read_toml
 from .pbc import minimum_image, neighbour_pairs
+from .stereo import chiral_centres, signed_volume
 from .structure import Frame, check_atom_count, iter_frames, load_universe, write_frames
 from .topology import Topology, read_topology
 
@@ -250,20 +251,6 @@ def select_tuples(topology: Topology, spec: DistributionSpec) -> np.ndarray:
         raise InputError(f"distribution '{spec.name}' selects no atoms ({spec.select}s {'-'.join(spec.atoms)} "
                          f"along {spec.source})")
     return selected
-
-
-def chiral_centres(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
-    """Carbons with four bonds, three to heavy atoms and one to hydrogen: the centres (C,) and their
-    heavy neighbours (C, 3) in atom index order."""
-    bonds = np.concatenate([b.indices for b in (topology.bonds, topology.constraints)]).reshape(-1, 2)
-    directed = np.unique(np.concatenate([bonds, bonds[:, ::-1]]), axis=0)  # sorted by centre, then index
-    centre, other = directed[:, 0], directed[:, 1]
-    degree = np.bincount(centre, minlength=topology.n_atoms)
-    heavy = topology.elements[other] != "H"
-    n_heavy = np.bincount(centre, weights=heavy, minlength=topology.n_atoms)
-    is_centre = (topology.elements == "C") & (degree == 4) & (n_heavy == 3)
-    keep = is_centre[centre] & heavy
-    return np.flatnonzero(is_centre), other[keep].reshape(-1, 3)
 
 
 # --------------------------------------------------------------------------- one frame
@@ -497,8 +484,7 @@ class Chirality(Observable):
 
     def single_frame(self, ctx: FrameContext) -> np.ndarray:
         a, b, d = (ctx.vectors(self.centres, self.neighbours[:, k]) for k in range(3))
-        volume = (a * torch.linalg.cross(b, d)).sum(-1)
-        return torch.sign(volume).numpy().astype(np.int8)
+        return torch.sign(signed_volume(a, b, d)).numpy().astype(np.int8)
 
     def conclude(self, per_frame: list[np.ndarray]) -> np.ndarray:
         return np.stack(per_frame)

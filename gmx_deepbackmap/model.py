@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,6 +43,7 @@ class DeepBackmapModel:
     layout: FeatureLayout
     molecules: dict[str, dict]  # molecule type -> identity (see `molecule_identity`)
     training: dict
+    stereo: dict[str, dict] = field(default_factory=dict)  # molecule type -> chiral centres (`stereo.learn_stereo`)
     version: str = __version__
 
     def check_system(self, topology: Topology, mapping: Mapping, path: str | os.PathLike) -> None:
@@ -72,8 +73,9 @@ def molecule_identity(topology: Topology, mapping: Mapping, name: str) -> dict:
 
 
 def new_model(generator: Generator, network: NetworkConfig, grid: Grid, half_extent: float, plan: SystemPlan,
-              topology: Topology, mapping: Mapping, training: dict) -> DeepBackmapModel:
-    """Bundle a generator with the identity of the system it is trained on."""
+              topology: Topology, mapping: Mapping, training: dict, stereo: dict[str, dict]) -> DeepBackmapModel:
+    """Bundle a generator with the identity of the system it is trained on and the handedness of
+    its chiral centres."""
     return DeepBackmapModel(
         generator=generator,
         network=network,
@@ -82,6 +84,7 @@ def new_model(generator: Generator, network: NetworkConfig, grid: Grid, half_ext
         layout=plan.layout,
         molecules={n: molecule_identity(topology, mapping, n) for n in plan.plans},
         training=training,
+        stereo=stereo,
     )
 
 
@@ -97,6 +100,7 @@ def model_dict(model: DeepBackmapModel) -> dict:
         "layout": model.layout.to_dict(),
         "molecules": model.molecules,
         "training": plain_data(model.training),
+        "stereo": model.stereo,
     }
 
 
@@ -142,6 +146,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         layout=FeatureLayout.from_dict(data["layout"]),
         molecules=data["molecules"],
         training=data["training"],
+        stereo=data.get("stereo", {}),  # older files carry none: handedness then unchecked
         version=data["package_version"],
     )
 

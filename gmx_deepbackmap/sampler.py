@@ -6,7 +6,9 @@ order, all molecules in one batch per rank), then Gibbs sweeps that re-place eve
 other atoms. In a Gibbs sweep, beads whose neighbourhoods overlap are never re-placed in the same
 batch: the beads are coloured so that no two neighbours share a colour, and one colour is one
 batch (chromatic Gibbs). Every item is generated under K turns about its frame axis, all in the
-same batch, and the turn with the lowest local force-field energy is kept. In the forward pass,
+same batch, and the turn with the lowest local force-field energy is kept, among those that keep
+the handedness of the chiral centres the model recorded from its training structures (`stereo`:
+the force field cannot tell mirror images apart). In the forward pass,
 each candidate is first translated as a whole so that its bonds to atoms already in place come out
 at b0 on average: the generated shape is kept, and the joints between beads, which carry the
 backbone dihedral, are right before the ranking sees them. Where the reference
@@ -33,6 +35,7 @@ from .mapping import read_mapping
 from .model import DeepBackmapModel, load_model, resolve_model
 from .pbc import image_shifts, minimum_image
 from .prior import LocalPrior
+from .stereo import system_stereo
 from .structure import Frame, iter_frames, open_frames, write_frames
 from .topology import Topology, read_topology, system_residue_numbers
 from .training import environment_densities, reach, rollout, to_device
@@ -242,7 +245,8 @@ class _FrameState:
 
 
 def _place(state: _FrameState, steps: np.ndarray, context: int) -> None:
-    """Generate the steps under K turns each, keep the lowest-energy turn, write it to the frame."""
+    """Generate the steps under K turns each and write to the frame the lowest-energy turn of those
+    that invert the fewest recorded chiral centres."""
     model, plan, k = state.model, state.plan, state.orientations
     n = len(steps)
     items = torch.from_numpy(steps).repeat_interleave(k)
@@ -257,8 +261,10 @@ def _place(state: _FrameState, steps: np.ndarray, context: int) -> None:
     local = coords.to("cpu", torch.float64)
     if context == FORWARD:  # in Gibbs sweeps a bead sits between two joints; shifting it flipped chirality
         local = local + state.prior.junction_shift(batch, local)[:, None]
-    energy = sum(state.prior.energies(batch, local).values())
-    chosen = torch.arange(n) * k + energy.view(n, k).argmin(1)
+    energy = sum(state.prior.energies(batch, local).values()).view(n, k)
+    inverted = state.prior.inverted_centres(batch, local).view(n, k)
+    energy = torch.where(inverted == inverted.min(1, keepdim=True).values, energy, torch.inf)
+    chosen = torch.arange(n) * k + energy.argmin(1)
     atoms = batch.sequence_atoms[chosen]
     present = atoms >= 0
     state.positions[atoms[present]] = batch.to_box_frame(local)[chosen][present]
@@ -366,7 +372,7 @@ def backmap(
                                      f"the CG mapping of the topology {topology}")
 
     plan = plan_system(top, cg_map, net.layout)
-    prior = LocalPrior(top, plan)
+    prior = LocalPrior(top, plan, stereo=system_stereo(top, net.stereo))
     constraints = bond_constraints(top) if constrain else None
     levels = unwrap_levels(top)
     per_frame = int(plan.step_length.sum()) * (1 + gibbs_sweeps)

@@ -42,6 +42,7 @@ from .mapping import read_mapping
 from .model import new_model, plain_data, save_model
 from .networks import Critic, Generator, NetworkConfig, gradient_penalty
 from .prior import LocalPrior
+from .stereo import learn_stereo
 from .structure import atomic_output, read_frames
 from .topology import read_topology
 from .voxels import Grid, coordinates_to_density, density_to_coordinates, voxelise
@@ -541,8 +542,9 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     if rank != 0 or trainer.step < config.steps:
         return None
     weights = trainer.average if trainer.average is not None else generator
+    stereo = learn_stereo(topology, [(s.positions, s.box) for s in data.snapshots])
     model = new_model(weights, config.network, config.grid, config.half_extent, plan, topology, mapping,
-                      config.to_dict())
+                      config.to_dict(), stereo)
     return save_model(model, config.output, overwrite=overwrite)
 
 

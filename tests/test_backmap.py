@@ -53,7 +53,7 @@ def write_model(path: Path, top: Path, mapping: Path) -> Path:
                             n_env_channels=plan.layout.n_channels)
     grid = Grid()
     model = new_model(Generator(network), network, grid, grid.length / 2 + 2 * grid.sigma, plan, topology, cg_map,
-                      {})
+                      {}, {})
     return save_model(model, path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -22,6 +23,7 @@ from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.prior import LocalPrior
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
+from gmx_deepbackmap.stereo import learn_stereo, system_stereo
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
 from gmx_deepbackmap.training import TrainConfig, TrainingLog, _check_finite, reach, read_config, train
@@ -133,6 +135,37 @@ def test_junction_shift_repairs_the_bonds_to_placed_atoms(sps_system, snapshot):
     assert (after[1:] < 0.5 * before[1:]).all()
 
 
+def test_stereo_is_learned_from_training_frames(sps_system, snapshot):
+    """sPS is syndiotactic: the nine backbone CH centres per chain alternate in handedness, in every
+    chain alike. A frame plus its mirror image is racemic: no centre recorded."""
+    topology, _, _ = sps_system
+    frame, _ = snapshot
+    x, box = torch.as_tensor(frame.positions), torch.as_tensor(frame.box)
+    stereo = learn_stereo(topology, [(x, box)])
+    assert stereo["PS1"]["signs"] == [1, -1] * 4 + [1]
+    assert stereo["PS1"]["atoms"][0] == [4, 1, 5, 17]  # CH of monomer 1: CH2, ipso, next CH2
+    whole = torch.as_tensor(near_owners(sps_system[2], frame.positions, snapshot[1], frame.box))
+    mirror = whole * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    assert learn_stereo(topology, [(whole, box), (mirror, box)]) == {}
+
+
+def test_inverted_centres_are_counted_in_the_local_frame(sps_system, snapshot):
+    """The reference keeps every recorded centre; the item's mirror image (environment and sequence)
+    inverts the centres its step completes; without recorded centres nothing is counted."""
+    topology, _, plan = sps_system
+    frame, cg = snapshot
+    stereo = learn_stereo(topology, [(torch.as_tensor(frame.positions), torch.as_tensor(frame.box))])
+    prior = LocalPrior(topology, plan, stereo=system_stereo(topology, stereo))
+    batch = environments(plan, frame, cg, 0.3)
+    assert prior.inverted_centres(batch, batch.target).tolist() == [0] * 5
+    flip = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    mirrored = dataclasses.replace(batch, particles=batch.particles * flip)
+    # only item 1 (the first phenyl, Gibbs context) completes a centre: the CH it hangs from; item 0
+    # is the first bead in the forward pass (neighbours not placed), the others are hydrogens
+    assert prior.inverted_centres(mirrored, batch.target * flip).tolist() == [0, 1, 0, 0, 0]
+    assert LocalPrior(topology, plan).inverted_centres(mirrored, batch.target * flip).tolist() == [0] * 5
+
+
 def test_tiny_training_writes_reloads_and_continues(tmp_path):
     config = read_config(write_config(tmp_path, steps=2))
     config.output, config.workdir = str(tmp_path / "model.pt"), str(tmp_path / "run")
@@ -141,6 +174,7 @@ def test_tiny_training_writes_reloads_and_continues(tmp_path):
     assert model.molecules["PS1"]["n_atoms"] == 162 and model.layout.atom_types == ("C", "C_AR", "H", "H_AR")
     data = torch.load(tmp_path / "model.pt", weights_only=True)
     assert data["training"]["steps"] == 2 and data["network"]["width"] == 4
+    assert model.stereo["PS1"]["signs"] == [1, -1] * 4 + [1]  # learned from the training frame
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     for name, weights in data["generator"].items():  # the model file holds the averaged weights
         torch.testing.assert_close(weights, state["generator_average"][name], rtol=0, atol=0)
