@@ -15,7 +15,6 @@ import torch
 
 from .energies import bonded_row_energies, lj_row_energies
 from .environment import Batch, SystemPlan
-from .stereo import MIN_VOLUME, signed_volume
 from .topology import Topology
 
 BONDED = {"bond": "bonds", "angle": "angles", "proper": "propers", "improper": "impropers"}
@@ -23,16 +22,12 @@ PRIOR_TERMS = (*BONDED, "lj")
 # nm: pairs closer than this count as this close. Keeps the prior finite (and its gradient useful)
 # when an untrained generator stacks atoms; real structures have no pair this close.
 MIN_DISTANCE = 0.1
-Term = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # atoms (n, k), parameters (n, ...), rows per step (S, T)
 
 
 class LocalPrior:
     """Per-item energies of batches, built once per system."""
 
-    def __init__(self, topology: Topology, plan: SystemPlan, cutoff: float = 1.0, lj_shift: bool = True,
-                 stereo: tuple[np.ndarray, np.ndarray] | None = None):
-        """`stereo`: chiral centres (C, 4) [centre, a, b, d] and their signs (C,), see
-        `stereo.system_stereo`; None: handedness is not checked."""
+    def __init__(self, topology: Topology, plan: SystemPlan, cutoff: float = 1.0, lj_shift: bool = True):
         self.plan = plan
         self.n_atoms = topology.n_atoms
         self.cutoff, self.lj_shift = cutoff, lj_shift
@@ -44,19 +39,16 @@ class LocalPrior:
         for name, attr in BONDED.items():
             terms = getattr(topology, attr)
             self.terms[name] = (torch.as_tensor(terms.indices), torch.as_tensor(terms.params),
-                                _terms_of_steps(plan, terms.indices))
+                                terms_of_steps(plan, terms.indices))
         self.excluded = {name: torch.as_tensor(_excluded_matrix(topology, name)) for name in plan.plans}
-        atoms, signs = stereo if stereo is not None else (np.zeros((0, 4), dtype=np.int64), np.zeros(0))
-        self.stereo = (torch.as_tensor(atoms), torch.as_tensor(signs), _terms_of_steps(plan, atoms))
 
     def energies(self, batch: Batch, sequence: torch.Tensor) -> dict[str, torch.Tensor]:
         """Energies (B,) per prior term with the sequence at local positions `sequence` (B, L, 3)."""
         x = self._coordinates(batch, sequence)
         lookup = self._positions(batch)
         out = {}
-        for name, term in self.terms.items():
-            params = term[1]
-            rows, where, valid = self._term_slots(term, batch, lookup)
+        for name, (_, params, _) in self.terms.items():
+            rows, where, valid = self._term_slots(name, batch, lookup)
             energy = bonded_row_energies(name, x, where.clamp(min=0), params[rows.clamp(min=0)].to(x))
             out[name] = torch.where(valid, energy, torch.zeros((), dtype=x.dtype)).sum(-1)
         out["lj"] = self._lj(batch, x)
@@ -75,37 +67,23 @@ class LocalPrior:
         the joint to the atoms already in place comes out at its bond length.
         """
         x = self._coordinates(batch, sequence)
-        rows, where, valid = self._term_slots(self.terms["bond"], batch, self._positions(batch))
+        rows, where, valid = self._term_slots("bond", batch, self._positions(batch))
         inside = where >= batch.env_atoms.shape[1]
         joint = valid & (inside[..., 0] != inside[..., 1])
-        ends = _term_positions(x, where)  # (B, T, 2, 3)
+        ends = x[torch.arange(len(x))[:, None, None], where.clamp(min=0)]  # (B, T, 2, 3)
         d = (ends[..., 0, :] - ends[..., 1, :]) * torch.where(inside[..., 0], 1.0, -1.0)[..., None].to(x)  # env -> seq
         r = d.norm(dim=-1, keepdim=True).clamp(min=1e-9)
         pull = (self.terms["bond"][1][rows.clamp(min=0), 0].to(x)[..., None] - r) * d / r * joint[..., None]
         return pull.sum(1) / joint.sum(1, keepdim=True).clamp(min=1)
 
-    def inverted_centres(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:
-        """Number (B,) of recorded chiral centres that each item, with the sequence at `sequence`
-        (B, L, 3), puts in the mirror image or (nearly) flat (`stereo.MIN_VOLUME`); centres with an
-        atom not yet placed are not counted."""
-        if not len(self.stereo[0]):
-            return torch.zeros(len(sequence), dtype=torch.int64)
-        x = self._coordinates(batch, sequence)
-        rows, where, valid = self._term_slots(self.stereo, batch, self._positions(batch))
-        p = _term_positions(x, where)  # (B, T, 4, 3)
-        v = p[..., 1:, :] - p[..., :1, :]
-        volume = signed_volume(v[..., 0, :], v[..., 1, :], v[..., 2, :]) * self.stereo[1][rows.clamp(min=0)].to(x)
-        return (valid & (volume < MIN_VOLUME)).sum(-1)
-
     def _coordinates(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:
         """(B, A + L, 3) local positions of each item's environment atoms, then its sequence."""
         return torch.cat([batch.particles[:, : batch.env_atoms.shape[1]].to(sequence), sequence], dim=1)
 
-    def _term_slots(self, term: Term, batch: Batch, lookup: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Rows (B, T) of `term` (atoms, parameters, rows per step) that each item's step touches
-        (-1 padded), the slots (B, T, k) of their atoms in `_coordinates` (-1 absent), and which
-        rows are complete."""
-        indices, _, of_step = term
+    def _term_slots(self, name: str, batch: Batch, lookup: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Rows (B, T) of term `name` that each item's step touches (-1 padded), the slots
+        (B, T, k) of their atoms in `_coordinates` (-1 absent), and which rows are complete."""
+        indices, _, of_step = self.terms[name]
         rows = of_step[batch.steps]
         atoms = indices[rows.clamp(min=0)]
         where = torch.gather(lookup, 1, atoms.flatten(1)).view(atoms.shape)
@@ -152,12 +130,7 @@ class LocalPrior:
         return out
 
 
-def _term_positions(x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """(B, T, k, 3) positions in `x` (B, A + L, 3) of term atoms at slots `where` (B, T, k)."""
-    return x[torch.arange(len(x))[:, None, None], where.clamp(min=0)]
-
-
-def _terms_of_steps(plan: SystemPlan, indices: np.ndarray) -> torch.Tensor:
+def terms_of_steps(plan: SystemPlan, indices: np.ndarray) -> torch.Tensor:
     """(S, T) rows of the terms that involve an atom of each step, -1 padded."""
     step_of_atom = np.full(plan.n_atoms, -1, dtype=np.int64)
     for s, atoms in enumerate(plan.step_atoms):

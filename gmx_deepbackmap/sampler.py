@@ -8,7 +8,8 @@ batch: the beads are coloured so that no two neighbours share a colour, and one 
 batch (chromatic Gibbs). Every item is generated under K turns about its frame axis, all in the
 same batch, and the turn with the lowest local force-field energy is kept, among those that keep
 the handedness of the chiral centres the model recorded from its training structures (`stereo`:
-the force field cannot tell mirror images apart). In the forward pass,
+the force field cannot tell mirror images apart; atoms not yet placed stand at their beads, so
+the forward pass decides a centre's handedness when the first of its atoms is placed). In the forward pass,
 each candidate is first translated as a whole so that its bonds to atoms already in place come out
 at b0 on average: the generated shape is kept, and the joints between beads, which carry the
 backbone dihedral, are right before the ranking sees them. Where the reference
@@ -35,7 +36,7 @@ from .mapping import read_mapping
 from .model import DeepBackmapModel, load_model, resolve_model
 from .pbc import image_shifts, minimum_image
 from .prior import LocalPrior
-from .stereo import system_stereo
+from .stereo import StereoCheck, system_stereo
 from .structure import Frame, iter_frames, open_frames, write_frames
 from .topology import Topology, read_topology, system_residue_numbers
 from .training import environment_densities, reach, rollout, to_device
@@ -235,6 +236,7 @@ class _FrameState:
     model: DeepBackmapModel
     plan: SystemPlan
     prior: LocalPrior
+    stereo: StereoCheck
     hood: Neighbourhood
     cg: torch.Tensor
     box: torch.Tensor
@@ -262,12 +264,13 @@ def _place(state: _FrameState, steps: np.ndarray, context: int) -> None:
     if context == FORWARD:  # in Gibbs sweeps a bead sits between two joints; shifting it flipped chirality
         local = local + state.prior.junction_shift(batch, local)[:, None]
     energy = sum(state.prior.energies(batch, local).values()).view(n, k)
-    inverted = state.prior.inverted_centres(batch, local).view(n, k)
+    placed = batch.to_box_frame(local)
+    inverted = state.stereo.inverted(batch.steps, batch.sequence_atoms, placed, state.positions, state.box).view(n, k)
     energy = torch.where(inverted == inverted.min(1, keepdim=True).values, energy, torch.inf)
     chosen = torch.arange(n) * k + energy.argmin(1)
     atoms = batch.sequence_atoms[chosen]
     present = atoms >= 0
-    state.positions[atoms[present]] = batch.to_box_frame(local)[chosen][present]
+    state.positions[atoms[present]] = placed[chosen][present]
 
 
 def _trim(batch: Batch) -> Batch:
@@ -296,6 +299,7 @@ def backmap_frame(
     generator: torch.Generator | int = 0,
     device: str | torch.device = "cpu",
     constraints: Constraints | None = None,
+    stereo: StereoCheck | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """Atom positions (N, 3) nm sampled for one CG frame (cg (M, 3) nm, box rows (3, 3) nm).
@@ -303,7 +307,8 @@ def backmap_frame(
     `plan` must be built with the model's feature layout. `generator` (or a seed) fixes every random
     choice: the same seed gives the same structure; the global RNG state is left untouched.
     `constraints` (see `bond_constraints`): bond lengths projected onto them, None: left as
-    generated. `progress` is called with the number of atoms placed after every batch. Atoms lie
+    generated. `stereo`: chiral centres whose handedness candidates must keep (see `StereoCheck`),
+    None: not checked. `progress` is called with the number of atoms placed after every batch. Atoms lie
     near their owner beads, so molecules may be broken across the box (see `make_whole`).
     """
     if orientations < 1 or gibbs_sweeps < 0:
@@ -314,7 +319,8 @@ def backmap_frame(
         model.generator.to(memory_format=torch.channels_last_3d)  # 3D convolutions 1.3-1.6x faster on CPU
     cg_t, box_t = torch.as_tensor(cg, dtype=torch.float64), torch.as_tensor(box, dtype=torch.float64)
     hood = neighbourhood(plan, cg, box, reach(model.half_extent))
-    state = _FrameState(model, plan, prior, hood, cg_t, box_t, cg_t[torch.from_numpy(plan.atom_owner)].clone(),
+    stereo = stereo or StereoCheck(plan, np.zeros((0, 4), dtype=np.int64), np.zeros(0))
+    state = _FrameState(model, plan, prior, stereo, hood, cg_t, box_t, cg_t[torch.from_numpy(plan.atom_owner)].clone(),
                         gen, device, orientations)
     sweep = gibbs_schedule(plan, hood.beads)
     schedule = [(s, FORWARD) for s in forward_schedule(plan)] + [(s, GIBBS) for s in sweep] * gibbs_sweeps
@@ -372,7 +378,8 @@ def backmap(
                                      f"the CG mapping of the topology {topology}")
 
     plan = plan_system(top, cg_map, net.layout)
-    prior = LocalPrior(top, plan, stereo=system_stereo(top, net.stereo))
+    prior = LocalPrior(top, plan)
+    stereo = StereoCheck(plan, *system_stereo(top, net.stereo))
     constraints = bond_constraints(top) if constrain else None
     levels = unwrap_levels(top)
     per_frame = int(plan.step_length.sum()) * (1 + gibbs_sweeps)
@@ -385,7 +392,7 @@ def backmap(
             with tqdm(total=per_frame, unit="atom", desc=f"frame {cg.step}", leave=False, disable=disable) as bar:
                 x = backmap_frame(net, plan, prior, cg.positions, cg.box, gibbs_sweeps=gibbs_sweeps,
                                   orientations=orientations, generator=frame_seed(seed, cg.step), device=device,
-                                  constraints=constraints, progress=bar.update)
+                                  constraints=constraints, stereo=stereo, progress=bar.update)
             whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), levels).numpy()
             written.append(Frame(whole, cg.box, cg.time, cg.step))
             frames_bar.update(1)

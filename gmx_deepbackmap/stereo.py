@@ -9,6 +9,11 @@ training frame is recorded in the model file, and the sampler prefers candidates
 A centre's handedness is the sign of the signed volume (a-c).((b-c)x(d-c)) of its heavy
 neighbours a < b < d (atom index order) around the centre c; with the three bond vectors of unit
 length the volume is about 0.77 at an ideal tetrahedron and 0 at a flat centre.
+
+The sampler judges a centre as soon as one of its atoms is placed: neighbours not yet placed stand
+at their owner bead (where the sampler keeps unplaced atoms). In the forward pass a side group's
+handedness is decided when the group is placed, before the next backbone bead exists; checking
+only complete centres left half of the sPS centres inverted after the forward pass.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from .environment import SystemPlan
 from .pbc import minimum_image
+from .prior import terms_of_steps
 from .topology import Topology
 
 AGREEMENT = 0.98  # fraction of training molecules x frames that must share a centre's sign
@@ -89,3 +96,30 @@ def system_stereo(topology: Topology, stereo: dict[str, dict]) -> tuple[np.ndarr
             atoms.append(np.asarray(stereo[name]["atoms"], dtype=np.int64) + start)
             signs.append(np.asarray(stereo[name]["signs"], dtype=np.int64))
     return np.concatenate(atoms), np.concatenate(signs)
+
+
+class StereoCheck:
+    """The recorded chiral centres of a system, checked against candidate placements of steps."""
+
+    def __init__(self, plan: SystemPlan, atoms: np.ndarray, signs: np.ndarray):
+        """`atoms` (C, 4) [centre, a, b, d] and `signs` (C,) as from `system_stereo`."""
+        self.atoms = torch.as_tensor(atoms, dtype=torch.int64)
+        self.signs = torch.as_tensor(signs, dtype=torch.float64)
+        self.of_step = terms_of_steps(plan, np.asarray(atoms, dtype=np.int64).reshape(-1, 4))
+
+    def inverted(self, steps: torch.Tensor, sequence_atoms: torch.Tensor, sequence: torch.Tensor,
+                 positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        """Number (B,) of centres touched by each item's step (B,) that its sequence atoms (B, L),
+        at box-frame positions `sequence` (B, L, 3), put in the mirror image or (nearly) flat
+        (`MIN_VOLUME`); every other atom at `positions` (N, 3), unplaced ones at their bead."""
+        if not len(self.atoms):
+            return torch.zeros(len(steps), dtype=torch.int64)
+        rows = self.of_step[steps]
+        atoms = self.atoms[rows.clamp(min=0)]  # (B, T, 4)
+        match = atoms[..., None] == sequence_atoms[:, None, None, :]  # (B, T, 4, L)
+        slot = match.to(torch.int8).argmax(-1)
+        candidate = sequence[torch.arange(len(sequence))[:, None, None], slot]
+        p = torch.where(match.any(-1)[..., None], candidate, positions[atoms].to(sequence))
+        v = minimum_image(p[..., 1:, :] - p[..., :1, :], box.to(sequence))
+        volume = signed_volume(v[..., 0, :], v[..., 1, :], v[..., 2, :]) * self.signs[rows.clamp(min=0)].to(v)
+        return ((rows >= 0) & (volume < MIN_VOLUME)).sum(-1)

@@ -20,6 +20,7 @@ from gmx_deepbackmap.model import MODELS_DIR, new_model, save_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.pbc import minimum_image
 from gmx_deepbackmap.sampler import Constraints, bond_constraints, project_bonds
+from gmx_deepbackmap.stereo import learn_stereo
 from gmx_deepbackmap.structure import Frame, read_frames, write_frames
 from gmx_deepbackmap.topology import read_topology
 from gmx_deepbackmap.voxels import Grid
@@ -43,8 +44,9 @@ def write_system(folder: Path, sps_data: Path, rename: tuple[str, str] | None = 
     return folder / "topol.top", folder / "PS1.map"
 
 
-def write_model(path: Path, top: Path, mapping: Path) -> Path:
-    """A random-weight model (tiny network) for the system of `top` and `mapping`."""
+def write_model(path: Path, top: Path, mapping: Path, stereo: dict | None = None) -> Path:
+    """A random-weight model (tiny network) for the system of `top` and `mapping`, with chiral
+    centres `stereo` (none by default)."""
     topology = read_topology(top)
     cg_map = read_mapping(mapping, topology)
     plan = plan_system(topology, cg_map)
@@ -53,7 +55,7 @@ def write_model(path: Path, top: Path, mapping: Path) -> Path:
                             n_env_channels=plan.layout.n_channels)
     grid = Grid()
     model = new_model(Generator(network), network, grid, grid.length / 2 + 2 * grid.sigma, plan, topology, cg_map,
-                      {}, {})
+                      {}, stereo or {})
     return save_model(model, path)
 
 
@@ -81,7 +83,11 @@ def system(tmp_path_factory, sps_data) -> dict[str, Path]:
     names = [line[10:15].strip() for line in lines[2:2 + n]]
     xtc = folder / "cg.xtc"
     write_frames(xtc, names, ["PS1"] * n, np.repeat(np.arange(1, CHAINS + 1), BEADS_PER_CHAIN), [frame, second])
-    return {"top": top, "map": mapping, "gro": gro, "xtc": xtc, "model": write_model(folder / "tiny.pt", top, mapping)}
+    aa = read_frames(sps_data / "aa.gro")[0]
+    n_atoms = CHAINS * ATOMS_PER_CHAIN
+    stereo = learn_stereo(read_topology(top), [(torch.as_tensor(aa.positions[:n_atoms]), torch.as_tensor(aa.box))])
+    model = write_model(folder / "tiny.pt", top, mapping, stereo)  # the sampler's stereo check runs
+    return {"top": top, "map": mapping, "gro": gro, "xtc": xtc, "model": model}
 
 
 def run(system: dict[str, Path], output: Path, *extra: str, structure: Path | None = None):

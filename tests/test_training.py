@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 import signal
@@ -23,7 +22,7 @@ from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.prior import LocalPrior
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
-from gmx_deepbackmap.stereo import learn_stereo, system_stereo
+from gmx_deepbackmap.stereo import StereoCheck, learn_stereo, system_stereo
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
 from gmx_deepbackmap.training import TrainConfig, TrainingLog, _check_finite, reach, read_config, train
@@ -149,21 +148,31 @@ def test_stereo_is_learned_from_training_frames(sps_system, snapshot):
     assert learn_stereo(topology, [(whole, box), (mirror, box)]) == {}
 
 
-def test_inverted_centres_are_counted_in_the_local_frame(sps_system, snapshot):
-    """The reference keeps every recorded centre; the item's mirror image (environment and sequence)
-    inverts the centres its step completes; without recorded centres nothing is counted."""
+def test_stereo_check_judges_placements_with_unplaced_neighbours_at_their_beads(sps_system, snapshot):
+    """Every heavy step of the reference, placed with the atoms of later beads of its molecule still
+    at their beads (the forward pass's view), keeps every recorded centre; the mirror image
+    inverts them; without recorded centres nothing is counted."""
     topology, _, plan = sps_system
     frame, cg = snapshot
-    stereo = learn_stereo(topology, [(torch.as_tensor(frame.positions), torch.as_tensor(frame.box))])
-    prior = LocalPrior(topology, plan, stereo=system_stereo(topology, stereo))
-    batch = environments(plan, frame, cg, 0.3)
-    assert prior.inverted_centres(batch, batch.target).tolist() == [0] * 5
-    flip = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
-    mirrored = dataclasses.replace(batch, particles=batch.particles * flip)
-    # only item 1 (the first phenyl, Gibbs context) completes a centre: the CH it hangs from; item 0
-    # is the first bead in the forward pass (neighbours not placed), the others are hydrogens
-    assert prior.inverted_centres(mirrored, batch.target * flip).tolist() == [0, 1, 0, 0, 0]
-    assert LocalPrior(topology, plan).inverted_centres(mirrored, batch.target * flip).tolist() == [0] * 5
+    box = torch.as_tensor(frame.box)
+    stereo = learn_stereo(topology, [(torch.as_tensor(frame.positions), box)])
+    check = StereoCheck(plan, *system_stereo(topology, stereo))
+    x, beads = torch.as_tensor(near_owners(plan, frame.positions, cg, frame.box)), torch.as_tensor(cg)
+    owner, rank = torch.as_tensor(plan.atom_owner), torch.as_tensor(plan.bead_rank)
+    molecule = torch.as_tensor(plan.atom_molecule)
+    steps = torch.as_tensor(np.flatnonzero(plan.step_heavy))
+    atoms = torch.as_tensor(plan.step_atoms)[steps]
+    for step, sequence in zip(steps.tolist(), atoms):
+        later = (molecule == molecule[sequence[0]]) & (rank[owner] > rank[plan.step_bead[step]])
+        forward = torch.where(later[:, None], beads[owner], x)
+        assert check.inverted(torch.tensor([step]), sequence[None], forward[sequence.clamp(min=0)][None], forward,
+                              box).item() == 0
+    flip = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)  # the box too: molecules cross it
+    mirrored = check.inverted(steps, atoms, x[atoms.clamp(min=0)] * flip, x * flip, box * flip)
+    assert mirrored.tolist() == (check.of_step[steps] >= 0).sum(1).tolist()  # every centre a step touches
+    assert mirrored.sum() == 324 * 3  # each centre: the heavy steps of B_k (C, CH2), S_k (ipso), B_k+1 (CH2)
+    empty = StereoCheck(plan, np.zeros((0, 4), dtype=np.int64), np.zeros(0))
+    assert empty.inverted(steps, atoms, x[atoms.clamp(min=0)] * flip, x * flip, box).sum() == 0
 
 
 def test_tiny_training_writes_reloads_and_continues(tmp_path):
