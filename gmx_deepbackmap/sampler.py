@@ -248,7 +248,7 @@ class _FrameState:
 
 def _place(state: _FrameState, steps: np.ndarray, context: int) -> None:
     """Generate the steps under K turns each and write to the frame the lowest-energy turn of those
-    that invert the fewest recorded chiral centres."""
+    that invert or flatten the fewest recorded chiral centres."""
     model, plan, k = state.model, state.plan, state.orientations
     n = len(steps)
     items = torch.from_numpy(steps).repeat_interleave(k)
