@@ -127,7 +127,8 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @click.option("--gibbs-sweeps", type=click.IntRange(min=0), default=2, show_default=True,
               help="Gibbs sweeps after the forward pass (each re-places every atom seeing all others).")
 @click.option("--orientations", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Turns about each bead's frame axis tried per placement; the lowest-energy one is kept.")
+              help="Turns about each bead's frame axis tried per placement; the lowest-energy one that keeps "
+                   "the model's chiral centres is kept.")
 @click.option("--no-constrain", is_flag=True,
               help="Keep generated bond lengths (default: project them onto the topology's b0, as in an "
                    "ensemble run with constraints = all-bonds).")
