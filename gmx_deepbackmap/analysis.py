@@ -61,7 +61,7 @@ from .bundled import bundled_root
 from .energies import GMX_TERM_NAMES, _geometry, lj_row_energies
 from .errors import InputError, read_toml
 from .pbc import minimum_image, neighbour_pairs
-from .stereo import chiral_centres, signed_volume
+from .stereo import chiral_centres, handedness
 from .structure import Frame, check_atom_count, iter_frames, load_universe, write_frames
 from .topology import Topology, read_topology
 
@@ -483,8 +483,7 @@ class Chirality(Observable):
     unit = "centres"
 
     def single_frame(self, ctx: FrameContext) -> np.ndarray:
-        a, b, d = (ctx.vectors(self.centres, self.neighbours[:, k]) for k in range(3))
-        return torch.sign(signed_volume(a, b, d)).numpy().astype(np.int8)
+        return handedness(ctx.positions, ctx.box, self.centres, self.neighbours).numpy().astype(np.int8)
 
     def conclude(self, per_frame: list[np.ndarray]) -> np.ndarray:
         return np.stack(per_frame)

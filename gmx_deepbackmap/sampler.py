@@ -9,8 +9,8 @@ batch (chromatic Gibbs). Every item is generated under K turns about its frame a
 same batch, and the turn with the lowest local force-field energy is kept, among those that keep
 the handedness of the chiral centres the model recorded from its training structures (`stereo`:
 the force field cannot tell mirror images apart; atoms not yet placed stand at their beads, so
-the forward pass decides a centre's handedness when the first of its atoms is placed). In the forward pass,
-each candidate is first translated as a whole so that its bonds to atoms already in place come out
+the forward pass decides a centre's handedness when the first of its atoms is placed). In the
+forward pass, each candidate is first translated as a whole so that its bonds to atoms already in place come out
 at b0 on average: the generated shape is kept, and the joints between beads, which carry the
 backbone dihedral, are right before the ranking sees them. Where the reference
 ensemble has constrained bonds, generated bond lengths are projected onto their constraints once,

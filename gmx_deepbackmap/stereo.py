@@ -68,12 +68,13 @@ def learn_stereo(topology: Topology, frames: Iterable[tuple[torch.Tensor, torch.
     atom indices within the molecule. Centres of mixed handedness (atactic) are left free."""
     centres, neighbours = chiral_centres(topology)
     signs = torch.stack([handedness(x, box, centres, neighbours) for x, box in frames]).cpu().numpy()
+    names = np.array([name for name, _ in topology.molecules])
     starts = np.array([start for _, start in topology.molecules])
-    molecule = np.searchsorted(starts, centres, side="right") - 1
+    molecule = topology.molecule_index[centres]
     local = centres - starts[molecule]
     out = {}
-    for name in dict.fromkeys(n for n, _ in topology.molecules):
-        of_type = np.array([topology.molecules[m][0] == name for m in molecule], dtype=bool)
+    for name in dict.fromkeys(n for n, _ in topology.molecules):  # str keys: model files hold plain data
+        of_type = names[molecule] == name
         atoms, kept = [], []
         for c in np.unique(local[of_type]):
             sel = of_type & (local == c)

@@ -137,13 +137,13 @@ def test_junction_shift_repairs_the_bonds_to_placed_atoms(sps_system, snapshot):
 def test_stereo_is_learned_from_training_frames(sps_system, snapshot):
     """sPS is syndiotactic: the nine backbone CH centres per chain alternate in handedness, in every
     chain alike. A frame plus its mirror image is racemic: no centre recorded."""
-    topology, _, _ = sps_system
-    frame, _ = snapshot
+    topology, _, plan = sps_system
+    frame, cg = snapshot
     x, box = torch.as_tensor(frame.positions), torch.as_tensor(frame.box)
     stereo = learn_stereo(topology, [(x, box)])
     assert stereo["PS1"]["signs"] == [1, -1] * 4 + [1]
     assert stereo["PS1"]["atoms"][0] == [4, 1, 5, 17]  # CH of monomer 1: CH2, ipso, next CH2
-    whole = torch.as_tensor(near_owners(sps_system[2], frame.positions, snapshot[1], frame.box))
+    whole = torch.as_tensor(near_owners(plan, frame.positions, cg, frame.box))
     mirror = whole * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
     assert learn_stereo(topology, [(whole, box), (mirror, box)]) == {}
 
