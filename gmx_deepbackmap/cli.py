@@ -130,8 +130,9 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
               help="Turns about each bead's frame axis tried per placement; the lowest-energy one that keeps "
                    "the model's chiral centres is kept.")
 @click.option("--no-constrain", is_flag=True,
-              help="Keep generated bond lengths (default: project them onto the topology's b0, as in an "
-                   "ensemble run with constraints = all-bonds).")
+              help="Keep generated bond lengths (default: restore them to the topology's b0, as in an "
+                   "ensemble run with constraints = all-bonds, keeping the generated angles, torsions and "
+                   "contacts as far as possible).")
 @click.option("--workdir", type=click.Path(file_okay=False),
               help="Backmap in chunks into this folder (resumable: finished chunks are skipped); join them "
                    "with -o or `gmx-dbm merge`.")

@@ -13,10 +13,10 @@ the forward pass decides a centre's handedness when the first of its atoms is pl
 forward pass, each candidate is first translated as a whole so that its bonds to atoms already in place come out
 at b0 on average: the generated shape is kept, and the joints between beads, which carry the
 backbone dihedral, are right before the ranking sees them. Where the reference
-ensemble has constrained bonds, generated bond lengths are projected onto their constraints once,
-over the whole frame, after the last sweep. (Projecting after every batch instead, moving only the
-atoms just placed, tripled the angle energy of sPS frames and left clashes: the generator then
-builds on environments the projection has bent.)
+ensemble has constrained bonds, generated bond lengths are restored to their constraints once,
+over the whole frame, after the last sweep, keeping the generated shape (`constraints.restore_bonds`).
+(Projecting after every batch instead, moving only the atoms just placed, tripled the angle energy
+of sPS frames and left clashes: the generator then builds on environments the projection has bent.)
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .constraints import Constraints, bond_constraints, restore_bonds
 from .environment import FORWARD, GIBBS, Batch, Neighbourhood, SystemPlan, gather, neighbourhood, plan_system
 from .errors import InputError
-from .mapping import read_mapping
+from .mapping import Mapping, read_mapping
 from .model import DeepBackmapModel, load_model, resolve_model
-from .pbc import image_shifts, minimum_image
+from .pbc import minimum_image
 from .prior import LocalPrior
 from .stereo import StereoCheck, system_stereo
 from .structure import Frame, iter_frames, open_frames, write_frames
@@ -44,88 +45,6 @@ from .training import environment_densities, reach, rollout, to_device
 DEFAULT_ORIENTATIONS = 6
 DEFAULT_GIBBS_SWEEPS = 2
 MAX_ITEMS = 512  # items (orientations included) per network call: bounds memory, not results
-SHAKE_TOLERANCE = 1e-5  # relative bond-length deviation at which the projection stops (GROMACS shake-tol: 1e-4)
-SHAKE_ITERATIONS = 200
-
-
-# --------------------------------------------------------------------------- bond constraints
-
-
-@dataclass(frozen=True)
-class Constraints:
-    """Bond lengths held fixed, edge-coloured: no two bonds of one colour share an atom."""
-
-    pairs: torch.Tensor  # (n, 2) atom indices
-    lengths: torch.Tensor  # (n,) nm
-    colours: torch.Tensor  # (n,)
-    inverse_mass: torch.Tensor  # (N,) 1/amu; 0 for massless particles (they never move)
-
-    @classmethod
-    def from_bonds(cls, pairs: np.ndarray, lengths: np.ndarray, masses: np.ndarray) -> Constraints:
-        """Bonds `pairs` (n, 2) held at `lengths` (n,) nm, between atoms of `masses` (N,) amu."""
-        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        masses = np.asarray(masses, dtype=np.float64)
-        inverse = np.divide(1.0, masses, out=np.zeros_like(masses), where=masses > 0)
-        return cls(torch.from_numpy(pairs), torch.as_tensor(lengths, dtype=torch.float64),
-                   torch.from_numpy(_edge_colours(pairs, len(masses))), torch.from_numpy(inverse))
-
-
-def bond_constraints(topology: Topology) -> Constraints:
-    """Every bond (at its b0) and every `[ constraints ]` entry of the topology as a constraint."""
-    return Constraints.from_bonds(np.concatenate([topology.bonds.indices, topology.constraints.indices]),
-                                  np.concatenate([topology.bonds.params[:, 0], topology.constraints.params[:, 0]]),
-                                  topology.masses)
-
-
-def _edge_colours(pairs: np.ndarray, n_atoms: int) -> np.ndarray:
-    """Greedy edge colouring: each bond takes the lowest colour free at both of its atoms."""
-    used: list[set[int]] = [set() for _ in range(n_atoms)]
-    colours = np.empty(len(pairs), dtype=np.int64)
-    for k, (i, j) in enumerate(pairs.tolist()):
-        taken = used[i] | used[j]
-        c = next(c for c in range(len(taken) + 1) if c not in taken)
-        colours[k] = c
-        used[i].add(c)
-        used[j].add(c)
-    return colours
-
-
-def project_bonds(
-    positions: torch.Tensor,
-    box: torch.Tensor,
-    constraints: Constraints,
-    tolerance: float = SHAKE_TOLERANCE,
-    iterations: int = SHAKE_ITERATIONS,
-) -> torch.Tensor:
-    """Positions (N, 3) with every constrained bond at its length.
-
-    SHAKE-like Gauss-Seidel: one colour of bonds at a time (no shared atoms, so one vectorised
-    update per colour), each bond corrected along its current direction and shared between its
-    atoms by inverse mass (massless particles never move). Bonds across the periodic boundary are
-    handled by minimum image. Returns a new tensor.
-    """
-    c = constraints
-    weight = c.inverse_mass.to(positions)
-    keep = weight[c.pairs].sum(1) > 0
-    i, j = c.pairs[keep, 0], c.pairs[keep, 1]
-    x = positions.clone()
-    if not len(i):
-        return x
-    length, wi, wj = c.lengths[keep].to(x), weight[i], weight[j]
-    shift = image_shifts(x[j] - x[i], box.to(x))
-    colours = c.colours[keep]
-    groups = [torch.nonzero(colours == k)[:, 0] for k in torch.unique(colours)]
-    groups = [(i[g], j[g], shift[g], length[g, None], wi[g, None], wj[g, None]) for g in groups]
-    for _ in range(iterations):
-        for gi, gj, gs, gl, gwi, gwj in groups:
-            d = x[gj] - x[gi] + gs
-            r = d.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-            step = (r - gl) / (gwi + gwj) * d / r
-            x[gi] += gwi * step
-            x[gj] -= gwj * step
-        if (((x[j] - x[i] + shift).norm(dim=-1) - length).abs() / length).max() <= tolerance:
-            break
-    return x
 
 
 # --------------------------------------------------------------------------- whole molecules
@@ -301,15 +220,18 @@ def backmap_frame(
     constraints: Constraints | None = None,
     stereo: StereoCheck | None = None,
     progress: Callable[[int], object] | None = None,
+    stages: Callable[[str, np.ndarray], object] | None = None,
 ) -> np.ndarray:
     """Atom positions (N, 3) nm sampled for one CG frame (cg (M, 3) nm, box rows (3, 3) nm).
 
     `plan` must be built with the model's feature layout. `generator` (or a seed) fixes every random
     choice: the same seed gives the same structure; the global RNG state is left untouched.
-    `constraints` (see `bond_constraints`): bond lengths projected onto them, None: left as
+    `constraints` (see `bond_constraints`): bond lengths restored to them, None: left as
     generated. `stereo`: chiral centres whose handedness candidates must keep (see `StereoCheck`),
-    None: not checked. `progress` is called with the number of atoms placed after every batch. Atoms lie
-    near their owner beads, so molecules may be broken across the box (see `make_whole`).
+    None: not checked. `progress` is called with the number of atoms placed after every batch; `stages`
+    (for diagnostics) with a name and a copy of the positions after the forward pass ("forward"), each
+    sweep ("sweep 1", ...) and the bond restoration ("bonds restored"). Atoms lie near their owner
+    beads, so molecules may be broken across the box (see `make_whole`).
     """
     if orientations < 1 or gibbs_sweeps < 0:
         raise InputError(f"need orientations >= 1 and gibbs_sweeps >= 0 (got {orientations}, {gibbs_sweeps})")
@@ -323,22 +245,46 @@ def backmap_frame(
     state = _FrameState(model, plan, prior, stereo, hood, cg_t, box_t, cg_t[torch.from_numpy(plan.atom_owner)].clone(),
                         gen, device, orientations)
     sweep = gibbs_schedule(plan, hood.beads)
-    schedule = [(s, FORWARD) for s in forward_schedule(plan)] + [(s, GIBBS) for s in sweep] * gibbs_sweeps
+    passes = [("forward", forward_schedule(plan), FORWARD)] + [(f"sweep {k + 1}", sweep, GIBBS)
+                                                               for k in range(gibbs_sweeps)]
+    stages = stages or (lambda name, positions: None)
     noise_seed = int(torch.randint(2**62, (1,), generator=gen))
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.manual_seed(noise_seed)
-        for steps, context in schedule:
-            for chunk in _chunks(steps, orientations):
-                _place(state, chunk, context)
-                if progress is not None:
-                    progress(int(plan.step_length[chunk].sum()))
+        for name, schedule, context in passes:
+            for steps in schedule:
+                for chunk in _chunks(steps, orientations):
+                    _place(state, chunk, context)
+                    if progress is not None:
+                        progress(int(plan.step_length[chunk].sum()))
+            stages(name, state.positions.numpy().copy())
     if constraints is not None:
-        state.positions = project_bonds(state.positions, box_t, constraints)
+        state.positions = restore_bonds(state.positions, box_t, constraints)
+        stages("bonds restored", state.positions.numpy().copy())
     return state.positions.numpy()
 
 
 # --------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class SystemParts:
+    """What sampling a system needs besides its CG frames: built once, used for every frame."""
+
+    plan: SystemPlan
+    prior: LocalPrior
+    stereo: StereoCheck
+    constraints: Constraints | None
+
+
+def prepare_system(model: DeepBackmapModel, topology: Topology, mapping: Mapping,
+                   constrain: bool = True) -> SystemParts:
+    """The plan, energy prior, chiral-centre check and (if `constrain`) bond constraints of a system
+    for `backmap_frame`."""
+    plan = plan_system(topology, mapping, model.layout)
+    return SystemParts(plan, LocalPrior(topology, plan), StereoCheck(plan, *system_stereo(topology, model.stereo)),
+                       bond_constraints(topology) if constrain else None)
 
 
 def frame_seed(seed: int, frame: int) -> int:
@@ -377,12 +323,9 @@ def backmap(
     universe, n_frames = open_frames(structure, trajectory, cg_map.n_beads, frames, output,
                                      f"the CG mapping of the topology {topology}")
 
-    plan = plan_system(top, cg_map, net.layout)
-    prior = LocalPrior(top, plan)
-    stereo = StereoCheck(plan, *system_stereo(top, net.stereo))
-    constraints = bond_constraints(top) if constrain else None
+    system = prepare_system(net, top, cg_map, constrain)
     levels = unwrap_levels(top)
-    per_frame = int(plan.step_length.sum()) * (1 + gibbs_sweeps)
+    per_frame = int(system.plan.step_length.sum()) * (1 + gibbs_sweeps)
     disable = None if progress else True  # None: tqdm shows bars on terminals only
     written = []
     with tqdm(total=n_frames, unit="frame", desc="backmap", disable=disable) as frames_bar:
@@ -390,9 +333,9 @@ def backmap(
             if not (np.diag(cg.box) > 0).all():
                 raise InputError(f"frame {cg.step} has no periodic box", trajectory or structure)
             with tqdm(total=per_frame, unit="atom", desc=f"frame {cg.step}", leave=False, disable=disable) as bar:
-                x = backmap_frame(net, plan, prior, cg.positions, cg.box, gibbs_sweeps=gibbs_sweeps,
+                x = backmap_frame(net, system.plan, system.prior, cg.positions, cg.box, gibbs_sweeps=gibbs_sweeps,
                                   orientations=orientations, generator=frame_seed(seed, cg.step), device=device,
-                                  constraints=constraints, stereo=stereo, progress=bar.update)
+                                  constraints=system.constraints, stereo=system.stereo, progress=bar.update)
             whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), levels).numpy()
             written.append(Frame(whole, cg.box, cg.time, cg.step))
             frames_bar.update(1)

@@ -14,12 +14,12 @@ from click.testing import CliRunner
 
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.cli import main
+from gmx_deepbackmap.constraints import Constraints, bond_constraints, project_bonds, restore_bonds
 from gmx_deepbackmap.environment import plan_system
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import MODELS_DIR, new_model, save_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.pbc import minimum_image
-from gmx_deepbackmap.sampler import Constraints, bond_constraints, project_bonds
 from gmx_deepbackmap.stereo import learn_stereo
 from gmx_deepbackmap.structure import Frame, read_frames, write_frames
 from gmx_deepbackmap.topology import read_topology
@@ -225,18 +225,40 @@ def bond_rms(x: torch.Tensor, box: torch.Tensor, c: Constraints) -> float:
     return float((d.norm(dim=-1) - c.lengths).square().mean().sqrt())
 
 
-def test_projection_puts_a_distorted_chain_back_on_its_bond_lengths(one_chain):
+@pytest.fixture
+def distorted_chain(one_chain) -> tuple[torch.Tensor, torch.Tensor, Constraints]:
     """A whole sPS chain (rings: closed bond cycles) with 0.02 nm noise, half of it across the box
-    edge."""
+    edge: positions, box, constraints."""
     gro, top = one_chain
-    constraints = bond_constraints(read_topology(top))
     frame = read_frames(gro)[0]
     box = torch.as_tensor(frame.box)
     x = torch.as_tensor(frame.positions) + 0.02 * torch.randn(len(frame.positions), 3,
                                                              generator=torch.Generator().manual_seed(1),
                                                              dtype=torch.float64)
     x = torch.where(torch.arange(len(x))[:, None] % 2 == 0, x + box[0], x)  # bonds across the boundary
+    return x, box, bond_constraints(read_topology(top))
+
+
+def angle_change(x: torch.Tensor, y: torch.Tensor, box: torch.Tensor, c: Constraints) -> float:
+    """Mean absolute change (degrees) of the bond-graph angles from x to y."""
+    def angles(z):
+        u, v = (minimum_image(z[c.angles[:, k]] - z[c.angles[:, 1]], box) for k in (0, 2))
+        return torch.atan2(torch.linalg.cross(u, v).norm(dim=-1), (u * v).sum(-1))
+    return float((angles(y) - angles(x)).abs().mean().rad2deg())
+
+
+def test_projection_puts_a_distorted_chain_back_on_its_bond_lengths(distorted_chain):
+    x, box, constraints = distorted_chain
     before = bond_rms(x, box, constraints)
     after = bond_rms(project_bonds(x, box, constraints), box, constraints)
     print(f"bond RMS deviation: {before:.4f} nm before, {after:.2e} nm after")
     assert before > 0.01 and after < 2e-6  # stops at 1e-5 of the shortest length
+
+
+def test_restoring_bond_lengths_keeps_the_angles_that_projection_bends(distorted_chain):
+    x, box, constraints = distorted_chain
+    restored, projected = restore_bonds(x, box, constraints), project_bonds(x, box, constraints)
+    kept, bent = (angle_change(x, y, box, constraints) for y in (restored, projected))
+    print(f"mean angle change: {kept:.2f} degrees restored, {bent:.2f} projected")
+    assert bond_rms(restored, box, constraints) < 2e-6
+    assert kept < bent / 2
