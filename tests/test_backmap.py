@@ -1,5 +1,5 @@
 """Backmapping: `gmx-dbm backmap` end to end with a tiny random-weight model on two sPS chains,
-determinism, trajectories, clear errors, and the bond-constraint projection."""
+determinism, trajectories, sampling stages, clear errors, and the bond constraints."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from gmx_deepbackmap.cli import main
 from gmx_deepbackmap.constraints import Constraints, bond_constraints, project_bonds, restore_bonds
 from gmx_deepbackmap.environment import plan_system
 from gmx_deepbackmap.mapping import read_mapping
-from gmx_deepbackmap.model import MODELS_DIR, new_model, save_model
+from gmx_deepbackmap.model import MODELS_DIR, load_model, new_model, save_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.pbc import minimum_image
+from gmx_deepbackmap.sampler import backmap_frame, prepare_system
 from gmx_deepbackmap.stereo import learn_stereo
 from gmx_deepbackmap.structure import Frame, read_frames, write_frames
 from gmx_deepbackmap.topology import read_topology
@@ -135,6 +136,20 @@ def test_same_seed_same_structure_other_seed_other_structure(backmapped, system,
     first = read_frames(backmapped)[0].positions
     assert np.array_equal(first, read_frames(again)[0].positions)
     assert np.abs(first - read_frames(other)[0].positions).max() > 0.01
+
+
+def test_stages_report_each_pass_and_the_restored_bonds_last(system):
+    topology = read_topology(system["top"])
+    model = load_model(system["model"])
+    parts = prepare_system(model, topology, read_mapping(system["map"], topology))
+    cg = read_frames(system["gro"])[0]
+    seen = {}
+    x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=2, orientations=2,
+                      constraints=parts.constraints, stereo=parts.stereo,
+                      stages=lambda name, positions: seen.setdefault(name, positions))
+    assert list(seen) == ["forward", "sweep 1", "sweep 2", "bonds restored"]
+    assert np.array_equal(seen["bonds restored"], x)
+    assert not np.array_equal(seen["sweep 1"], seen["sweep 2"])  # copies, not views of the frame
 
 
 def test_trajectory_output_and_frame_selection(system, tmp_path):
