@@ -25,11 +25,13 @@ from .topology import Topology
 
 SHAKE_TOLERANCE = 1e-5  # relative bond-length deviation at which the projection stops (GROMACS shake-tol: 1e-4)
 SHAKE_ITERATIONS = 200
-# restore_bonds: weights of its objective, each term per unit of its natural scale; chosen on the
-# sweep-2 structures of 4 held-out sPS frames (anchor 0-0.1 and contact 0-10 scanned, scored by the
-# angle and LJ energies and the close pairs of benchmarks/bench_stages.py)
+# restore_bonds: weights of its objective, each term per unit of its natural scale (torsions: 1 per
+# 1 - cos of their change); chosen on the sweep-2 structures of 4 held-out sPS frames (anchor 0-0.1,
+# contact 0-10, angle 1-30, torsion 0.3-3 and range 0.25-0.3 scanned, scored by the angle, improper
+# and LJ energies and the close pairs of benchmarks/bench_stages.py)
 BOND_WEIGHT = 100.0  # per squared relative length error
-CONTACT_RANGE = 0.25  # nm: non-bonded pairs generated closer than this must not come closer
+ANGLE_WEIGHT = 10.0  # per squared radian
+CONTACT_RANGE = 0.27  # nm: non-bonded pairs generated closer than this must not come closer
 CONTACT_WEIGHT = 1.0  # per (0.01 nm)^2 that such a pair comes closer
 ANCHOR_WEIGHT = 0.001  # per (0.01 nm)^2 of displacement: keeps the problem well posed, barely moves atoms
 RESTORE_ITERATIONS = 60  # L-BFGS iterations: 30 and 100 give energies within 2 % of these
@@ -126,8 +128,8 @@ def restore_bonds(positions: torch.Tensor, box: torch.Tensor, constraints: Const
     """Positions (N, 3) with every constrained bond at its length and the generated shape kept.
 
     Minimises, from `positions`, the squared relative bond-length errors (weight `BOND_WEIGHT`)
-    plus the squared changes of every bond-graph angle (radians), 1 - cos of every torsion's
-    change, the squared shrinkage of non-bonded pairs closer than `CONTACT_RANGE` (per 0.01 nm,
+    plus the squared changes of every bond-graph angle (radians, `ANGLE_WEIGHT`), 1 - cos of every
+    torsion's change, the squared shrinkage of non-bonded pairs closer than `CONTACT_RANGE` (per 0.01 nm,
     `CONTACT_WEIGHT`) and a weak anchor to the start; then `project_bonds` makes the lengths
     exact. Massless particles stay put. Returns a new tensor.
     """
@@ -155,7 +157,7 @@ def restore_bonds(positions: torch.Tensor, box: torch.Tensor, constraints: Const
         optimiser.zero_grad()
         x = x0 + delta * movable
         loss = (BOND_WEIGHT * ((_geometry(vectors(x, "bond")) - lengths) / lengths).square().sum()
-                + (_geometry(vectors(x, "angle")) - angle0).square().sum()
+                + ANGLE_WEIGHT * (_geometry(vectors(x, "angle")) - angle0).square().sum()
                 + (1 - torch.cos(_geometry(vectors(x, "torsion")) - torsion0)).sum()
                 + CONTACT_WEIGHT * (torch.relu(contact0 - _geometry(vectors(x, "contact"))) / 0.01).square().sum()
                 + ANCHOR_WEIGHT * (delta / 0.01).square().sum())
