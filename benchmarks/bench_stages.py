@@ -24,7 +24,7 @@ from bench_backmap import DATA, held_out  # the script's folder is on sys.path
 
 from gmx_deepbackmap.analysis import BondDeviation, Clashes, frame_context
 from gmx_deepbackmap.bundled import bundled_path
-from gmx_deepbackmap.energies import ForceField
+from gmx_deepbackmap.energies import ForceField, _bonded_energy, _geometry
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.report import markdown_table
@@ -51,8 +51,6 @@ class StageMetrics:
         self.bonds = BondDeviation(topology.bonds.indices, topology.bonds.params[:, 0])
         self.close = Clashes(CLOSE)
         self.angles = topology.angles.indices
-        self.theta0 = np.radians(topology.angles.params[:, 0])
-        self.k = topology.angles.params[:, 1]
         a = self.angles
         within = (owner[a[:, 0]] == owner[a[:, 1]]) & (owner[a[:, 1]] == owner[a[:, 2]])
         heavy = (topology.masses[a] > HEAVY_MASS).all(1)
@@ -61,9 +59,9 @@ class StageMetrics:
 
     def __call__(self, positions: np.ndarray, box: np.ndarray) -> dict[str, float]:
         ctx = frame_context(positions, box, self.excluded, CLOSE)
-        u, v = ctx.vectors(self.angles[:, 1], self.angles[:, 0]), ctx.vectors(self.angles[:, 1], self.angles[:, 2])
-        theta = torch.atan2(torch.linalg.cross(u, v).norm(dim=-1), (u * v).sum(-1)).numpy()
-        energy = 0.5 * self.k * (theta - self.theta0) ** 2
+        a = self.angles
+        theta = _geometry([ctx.vectors(a[:, 0], a[:, 1]), ctx.vectors(a[:, 1], a[:, 2])])
+        energy = _bonded_energy("angle", theta, self.force_field.terms["angle"][1]).numpy()
         terms = self.force_field.energies(positions, box)
         return {"angle": float(energy.sum()), **{name: float(energy[m].sum()) for name, m in self.classes.items()},
                 "proper": float(terms["proper"]), "improper": float(terms["improper"]), "LJ": float(terms["lj"]),

@@ -247,7 +247,6 @@ def backmap_frame(
     sweep = gibbs_schedule(plan, hood.beads)
     passes = [("forward", forward_schedule(plan), FORWARD)] + [(f"sweep {k + 1}", sweep, GIBBS)
                                                                for k in range(gibbs_sweeps)]
-    stages = stages or (lambda name, positions: None)
     noise_seed = int(torch.randint(2**62, (1,), generator=gen))
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
@@ -258,10 +257,12 @@ def backmap_frame(
                     _place(state, chunk, context)
                     if progress is not None:
                         progress(int(plan.step_length[chunk].sum()))
-            stages(name, state.positions.numpy().copy())
+            if stages is not None:
+                stages(name, state.positions.numpy().copy())
     if constraints is not None:
         state.positions = restore_bonds(state.positions, box_t, constraints)
-        stages("bonds restored", state.positions.numpy().copy())
+        if stages is not None:
+            stages("bonds restored", state.positions.numpy().copy())
     return state.positions.numpy()
 
 
