@@ -1,15 +1,15 @@
 """Where the sampler's strain comes from: energies of held-out sPS frames after each sampling stage.
 
     python benchmarks/bench_stages.py [--model sps-568] [--frames 0:16:8] [--threads 2]
-        [--orientations K] [--gibbs-sweeps N] [--seed 0] [--json stages.json]
+        [--orientations K] [--gibbs-sweeps N] [--repair-rounds R] [--seed 0] [--json stages.json]
 
 Backmaps the selected frames of t568 (without the training snapshots) and t313 as `gmx-dbm backmap`
-does, and after the forward pass, each Gibbs sweep and the final restoration of bond lengths reports per frame
-(mean over frames): the angle energy split into angles within one bead and angles across two beads
-(junctions), heavy-atom angles and angles with a hydrogen, the whole-frame proper, improper and LJ
-energies (reference settings: 1.0 nm cut-offs), the bond-length RMS deviation from b0, and the
-non-excluded pairs closer than 0.2 nm. The reference frames' row comes first. About a minute per
-frame on 2 cores.
+does, and after the forward pass, each Gibbs sweep, each repair round and the final restoration of
+bond lengths reports per frame (mean over frames): the angle energy split into angles within one
+bead and angles across two beads (junctions), heavy-atom angles and angles with a hydrogen, the
+whole-frame proper, improper and LJ energies (reference settings: 1.0 nm cut-offs), the bond-length
+RMS deviation from b0, and the non-excluded pairs closer than 0.2 nm. The reference frames' row
+comes first. About a minute per frame on 2 cores.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from gmx_deepbackmap.report import markdown_table
 from gmx_deepbackmap.sampler import (
     DEFAULT_GIBBS_SWEEPS,
     DEFAULT_ORIENTATIONS,
+    DEFAULT_REPAIR_ROUNDS,
     backmap_frame,
     frame_seed,
     prepare_system,
@@ -70,11 +71,12 @@ class StageMetrics:
 
 
 def sample_stages(model, system, metrics: StageMetrics, frame, seed: int, orientations: int,
-                  gibbs_sweeps: int) -> dict[str, dict[str, float]]:
+                  gibbs_sweeps: int, repair_rounds: int) -> dict[str, dict[str, float]]:
     """`metrics` of one CG frame's structure after each stage of sampling, by stage name."""
     out = {}
     backmap_frame(model, system.plan, system.prior, frame.positions, frame.box, gibbs_sweeps=gibbs_sweeps,
-                  orientations=orientations, generator=seed, constraints=system.constraints, stereo=system.stereo,
+                  repair_rounds=repair_rounds, orientations=orientations, generator=seed,
+                  constraints=system.constraints, stereo=system.stereo,
                   stages=lambda stage, positions: out.__setitem__(stage, metrics(positions, frame.box)))
     return out
 
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--orientations", type=int, default=DEFAULT_ORIENTATIONS)
     parser.add_argument("--gibbs-sweeps", type=int, default=DEFAULT_GIBBS_SWEEPS)
+    parser.add_argument("--repair-rounds", type=int, default=DEFAULT_REPAIR_ROUNDS)
     parser.add_argument("--json", type=Path, help="write the per-stage means here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,7 +107,7 @@ def main() -> None:
             stages.setdefault("reference", []).append(metrics(ref.positions, ref.box))
             seed = frame_seed(args.seed, frame.step)
             for stage, values in sample_stages(model, system, metrics, frame, seed, args.orientations,
-                                               args.gibbs_sweeps).items():
+                                               args.gibbs_sweeps, args.repair_rounds).items():
                 stages.setdefault(stage, []).append(values)
         means = {stage: {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
                  for stage, rows in stages.items()}

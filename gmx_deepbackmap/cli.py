@@ -127,8 +127,11 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @click.option("--gibbs-sweeps", type=click.IntRange(min=0), default=2, show_default=True,
               help="Gibbs sweeps after the forward pass (each re-places every atom seeing all others).")
 @click.option("--orientations", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Turns about each bead's frame axis tried per placement; the lowest-energy one that keeps "
-                   "the model's chiral centres is kept.")
+              help="Turns about each bead's frame axis tried per placement (forward-pass hydrogens: at most 2); "
+                   "the lowest-energy one that keeps the model's chiral centres is kept.")
+@click.option("--repair-rounds", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Rounds after the sweeps that re-place, under 8 turns, the beads whose energy is an outlier "
+                   "among the same bead's copies in other molecules (0: none).")
 @click.option("--no-constrain", is_flag=True,
               help="Keep generated bond lengths (default: restore them to the topology's b0, as in an "
                    "ensemble run with constraints = all-bonds, keeping the generated angles, torsions and "
@@ -143,12 +146,12 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @no_progress_option
 @overwrite_option
 def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
-                    orientations, no_constrain, workdir, chunk_size, only, no_progress, overwrite):
+                    orientations, repair_rounds, no_constrain, workdir, chunk_size, only, no_progress, overwrite):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
-    Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps; no energy
-    minimisation. Output atoms follow the topology (names, residues, order); molecules are whole
-    and the CG box is kept.
+    Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps, then repair
+    rounds for the few beads left strained; no energy minimisation. Output atoms follow the
+    topology (names, residues, order); molecules are whole and the CG box is kept.
     """
     from .bundled import bundled_path
     from .structure import parse_frames
@@ -156,7 +159,8 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
     if output is None and workdir is None:
         raise click.UsageError("give -o, --workdir, or both")
     options = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
-                   gibbs_sweeps=gibbs_sweeps, orientations=orientations, constrain=not no_constrain,
+                   gibbs_sweeps=gibbs_sweeps, orientations=orientations, repair_rounds=repair_rounds,
+                   constrain=not no_constrain,
                    progress=not no_progress)
     top = topology or bundled_path("sps/topol.top")
     if workdir is None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from gmx_deepbackmap import sampler
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.cli import main
 from gmx_deepbackmap.constraints import Constraints, bond_constraints, project_bonds, restore_bonds
@@ -20,7 +21,7 @@ from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import MODELS_DIR, load_model, new_model, save_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.pbc import minimum_image
-from gmx_deepbackmap.sampler import backmap_frame, prepare_system
+from gmx_deepbackmap.sampler import backmap_frame, outlier_steps, prepare_system, repair_schedule, step_templates
 from gmx_deepbackmap.stereo import learn_stereo
 from gmx_deepbackmap.structure import Frame, read_frames, write_frames
 from gmx_deepbackmap.topology import read_topology
@@ -150,6 +151,39 @@ def test_stages_report_each_pass_and_the_restored_bonds_last(system):
     assert list(seen) == ["forward", "sweep 1", "sweep 2", "bonds restored"]
     assert np.array_equal(seen["bonds restored"], x)
     assert not np.array_equal(seen["sweep 1"], seen["sweep 2"])  # copies, not views of the frame
+
+
+def test_outliers_are_judged_among_copies_of_the_same_step():
+    energy = np.r_[np.arange(10.0), 200.0, 5.0, 5.0, 900.0]
+    templates = np.r_[np.zeros(11, dtype=int), np.ones(3, dtype=int)]
+    # the 200 among 0..9 is one; the 900 is not judged: its template has only 3 copies
+    assert np.flatnonzero(outlier_steps(energy, templates)).tolist() == [10]
+
+
+def test_repairs_re_place_whole_beads(system):
+    topology = read_topology(system["top"])
+    plan = plan_system(topology, read_mapping(system["map"], topology), load_model(system["model"]).layout)
+    templates = step_templates(plan)
+    assert len(np.unique(templates)) == len(plan.step_bead) // CHAINS  # one template per step of a chain
+    heavy = np.flatnonzero(plan.step_heavy)[0]
+    outliers = np.zeros(len(plan.step_bead), dtype=bool)
+    outliers[heavy] = True
+    no_neighbours = torch.full((len(plan.bead_type), 1), -1)
+    redone = np.concatenate(repair_schedule(plan, no_neighbours, outliers))
+    assert sorted(redone.tolist()) == np.flatnonzero(plan.step_bead == plan.step_bead[heavy]).tolist()
+
+
+def test_repair_rounds_follow_the_sweeps(system, monkeypatch):
+    monkeypatch.setattr(sampler, "MIN_COPIES", CHAINS)  # two chains: every template has two copies,
+    monkeypatch.setattr(sampler, "OUTLIER_MADS", -1.0)  # and every step is an outlier
+    topology = read_topology(system["top"])
+    model = load_model(system["model"])
+    parts = prepare_system(model, topology, read_mapping(system["map"], topology))
+    cg = read_frames(system["gro"])[0]
+    seen = []
+    backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=1, orientations=2,
+                  repair_rounds=2, stereo=parts.stereo, stages=lambda name, positions: seen.append(name))
+    assert seen == ["forward", "sweep 1", "repair 1", "repair 2"]
 
 
 def test_trajectory_output_and_frame_selection(system, tmp_path):
