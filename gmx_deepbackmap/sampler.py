@@ -15,14 +15,15 @@ at b0 on average: the generated shape is kept, and the joints between beads, whi
 backbone dihedral, are right before the ranking sees them. Where the reference
 ensemble has constrained bonds, generated bond lengths are restored to their constraints once,
 over the whole frame, after the last sweep, keeping the generated shape (`constraints.restore_bonds`).
-Between the sweeps and that restoration, repair rounds re-place the few steps whose kept energy is
-an outlier among the copies of the same step in other molecules (`outlier_steps`), under more turns
-(`REPAIR_ORIENTATIONS`): about one bead in ten of an sPS frame ends a sweep strained (an angle bent
-by 40 degrees, two hydrogens 0.13 nm apart), and these few carry most of the excess angle and
-Lennard-Jones energy. Hydrogens of the forward pass are tried under at most
-`FORWARD_HYDROGEN_ORIENTATIONS` turns.
 (Projecting after every batch instead, moving only the atoms just placed, tripled the angle energy
 of sPS frames and left clashes: the generator then builds on environments the projection has bent.)
+
+Between the sweeps and that restoration, repair rounds re-place the beads with a step whose kept
+energy is an outlier among the copies of the same step in other molecules (`outlier_steps`), under
+`REPAIR_ORIENTATIONS` turns: about one bead in ten of an sPS frame ends the sweeps strained (an
+angle bent by 40 degrees, two hydrogens 0.13 nm apart), and these few carry most of the excess
+angle and Lennard-Jones energy. Hydrogens of the forward pass are tried under at most
+`FORWARD_HYDROGEN_ORIENTATIONS` turns.
 """
 
 from __future__ import annotations
