@@ -269,11 +269,14 @@ def compare_command(structure, topology, reference, labels, output, frames, obse
 @click.option("--seed", type=int, default=1, show_default=True, help="Velocity seed of the first frame (+1 per frame).")
 @engine_option
 @click.option("--nt", "threads", type=int, help="OpenMP threads per mdrun.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Wall-clock limit per run: a run still going then is stopped and counted as failed (a run "
+                   "that blows up can leave GROMACS hanging).")
 @click.option("-o", "output", required=True, type=click.Path(file_okay=False),
               help="Output folder (resumed if present).")
 @no_progress_option
-def validate_md_command(structure, topology, labels, temperature, time_ps, frames, mdp, seed, engine, threads, output,
-                        no_progress):
+def validate_md_command(structure, topology, labels, temperature, time_ps, frames, mdp, seed, engine, threads,
+                        max_minutes, output, no_progress):
     """NPT MD from every structure of every set; potential energy over time, plot and summary.
 
     Finished runs in -o are not repeated, so an interrupted call resumes where it stopped.
@@ -283,7 +286,7 @@ def validate_md_command(structure, topology, labels, temperature, time_ps, frame
 
     summary = validate_md(structure, topology, parse_labels(labels), output, temperature=temperature, time=time_ps,
                           frames=parse_frames(frames), mdp=mdp, seed=seed, engine=engine, threads=threads,
-                          progress=not no_progress)
+                          max_minutes=max_minutes, progress=not no_progress)
     for label, entry in summary.items():
         steady = "no run finished" if entry["steady_after_ps"] is None else \
             f"steady after {entry['steady_after_ps']:.1f} ps"

@@ -88,9 +88,12 @@ class Engine(abc.ABC):
         *,
         rerun: PathLike | None = None,
         threads: int | None = None,
+        timeout: float | None = None,
     ) -> MdrunOutputs:
         """Run mdrun on `tpr` in `workdir` (created; must be new or empty); `rerun`: frames to
-        evaluate instead of integrating. One thread-MPI rank, `threads` OpenMP threads."""
+        evaluate instead of integrating. One thread-MPI rank, `threads` OpenMP threads. `timeout`
+        (s): mdrun is killed and GromacsError raised after it (a run that blows up can leave
+        GROMACS hanging instead of exiting)."""
         for path in (tpr, rerun):
             if path is not None and not Path(path).is_file():
                 raise InputError("file not found", path)
@@ -103,7 +106,11 @@ class Engine(abc.ABC):
             args["-rerun"] = Path(rerun).absolute()
         if threads is not None:
             args["-ntomp"] = threads
-        rundir = self._mdrun({k: str(v) for k, v in args.items()}, workdir)
+        try:
+            rundir = self._mdrun({k: str(v) for k, v in args.items()}, workdir, timeout)
+        except subprocess.TimeoutExpired:
+            raise GromacsError(f"gmx mdrun did not finish within {timeout:g} s and was stopped "
+                               f"(outputs in {workdir})") from None
         return _mdrun_outputs(rundir)
 
     @abc.abstractmethod
@@ -111,8 +118,9 @@ class Engine(abc.ABC):
         """Run `gmx <args>`; return its output, raise GromacsError when it fails."""
 
     @abc.abstractmethod
-    def _mdrun(self, args: dict[str, str], workdir: Path) -> Path:
-        """Run mdrun with these options inside `workdir`; return the folder with its outputs."""
+    def _mdrun(self, args: dict[str, str], workdir: Path, timeout: float | None) -> Path:
+        """Run mdrun with these options inside `workdir`; return the folder with its outputs.
+        Raises subprocess.TimeoutExpired (the process killed) after `timeout` s."""
 
 
 class CliEngine(Engine):
@@ -129,11 +137,11 @@ class CliEngine(Engine):
             )
         self.executable = Path(found)
 
-    def _run(self, args: list[str], cwd: Path) -> str:
+    def _run(self, args: list[str], cwd: Path, timeout: float | None = None) -> str:
         program = f"gmx {args[0]}"
         proc = subprocess.run(
             [str(self.executable), "-quiet", "-nobackup", *args],
-            cwd=cwd, capture_output=True, text=True, errors="replace",
+            cwd=cwd, capture_output=True, text=True, errors="replace", timeout=timeout,
         )
         output = proc.stdout + proc.stderr
         if proc.returncode != 0:
@@ -144,8 +152,8 @@ class CliEngine(Engine):
         with tempfile.TemporaryDirectory(prefix="gmxdbm-") as cwd:
             return self._run(args, Path(cwd))
 
-    def _mdrun(self, args: dict[str, str], workdir: Path) -> Path:
-        self._run(["mdrun", *[word for item in args.items() for word in item]], workdir)
+    def _mdrun(self, args: dict[str, str], workdir: Path, timeout: float | None) -> Path:
+        self._run(["mdrun", *[word for item in args.items() for word in item]], workdir, timeout)
         return workdir
 
 
@@ -178,12 +186,12 @@ class GmxapiEngine(Engine):
             raise gromacs_error(f"gmx {args[0]}", output, returncode)
         return output
 
-    def _mdrun(self, args: dict[str, str], workdir: Path) -> Path:
+    def _mdrun(self, args: dict[str, str], workdir: Path, timeout: float | None) -> Path:
         tpr = args.pop("-s")
         # gmxapi.mdrun works in a new folder below the current directory (workdir).
         proc = subprocess.run(
             [sys.executable, "-c", _GMXAPI_MDRUN, tpr, json.dumps(args)],
-            cwd=workdir, capture_output=True, text=True, errors="replace",
+            cwd=workdir, capture_output=True, text=True, errors="replace", timeout=timeout,
         )
         if proc.returncode != 0:
             texts = [p.read_text(errors="replace") for p in _gromacs_texts(workdir)]
@@ -287,13 +295,15 @@ def run_md(
     engine: Engine | None = None,
     maxwarn: int = 0,
     threads: int | None = None,
+    timeout: float | None = None,
 ) -> MdrunOutputs:
-    """grompp and mdrun of an MD run in `workdir` (new or empty); the outputs stay there."""
+    """grompp and mdrun of an MD run in `workdir` (new or empty); the outputs stay there.
+    `timeout` (s): see `Engine.mdrun`."""
     engine = engine or get_engine()
     work = Path(workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)
     tpr = engine.grompp(mdp, structure, topology, work / "md.tpr", maxwarn=maxwarn)
-    return engine.mdrun(tpr, work / "mdrun", threads=threads)
+    return engine.mdrun(tpr, work / "mdrun", threads=threads, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- errors

@@ -60,9 +60,11 @@ def validate_md(
     seed: int = 1,
     engine: str | Engine | None = None,
     threads: int | None = None,
+    max_minutes: float | None = 60.0,
     progress: bool = True,
 ) -> dict:
-    """MD from each frame of each set; returns the summary (also written to `output`)."""
+    """MD from each frame of each set; returns the summary (also written to `output`). A run still
+    going after `max_minutes` (None: no limit) is stopped and counted as failed."""
     from tqdm import tqdm
 
     top = read_topology(topology)
@@ -79,7 +81,8 @@ def validate_md(
         if not (rundir / "done").is_file() and not (rundir / "failed").is_file():
             try:
                 _run(rundir, frame, top, topology, template, engine, threads, temperature=temperature, time=time,
-                     energy_interval=energy_interval, seed=seed + i)
+                     energy_interval=energy_interval, seed=seed + i,
+                     timeout=None if max_minutes is None else 60 * max_minutes)
             except GromacsError as exc:  # a structure MD cannot start from is a result, not a crash
                 (rundir / "failed").write_text(f"{exc}\n")
         if (rundir / "failed").is_file():
@@ -118,7 +121,7 @@ def _frames(structure, path, frames: slice, n_atoms: int):
 
 
 def _run(rundir: Path, frame, top, topology, template: Path, engine: Engine, threads, *, temperature: float,
-         time: float, energy_interval: float, seed: int) -> None:
+         time: float, energy_interval: float, seed: int, timeout: float | None) -> None:
     """One MD run from scratch in `rundir` (a half-finished one is started again)."""
     shutil.rmtree(rundir, ignore_errors=True)
     rundir.mkdir(parents=True)
@@ -128,7 +131,8 @@ def _run(rundir: Path, frame, top, topology, template: Path, engine: Engine, thr
     mdp = write_mdp(template, rundir / "md.mdp", ref_t=temperature, gen_temp=temperature, gen_seed=seed,
                     nsteps=int(round(time / dt)), nstenergy=max(1, int(round(energy_interval / dt))),
                     nstcalcenergy=max(1, int(round(energy_interval / dt))))
-    outputs = run_md(start, topology, mdp, rundir / "gromacs", engine=engine, maxwarn=1, threads=threads)
+    outputs = run_md(start, topology, mdp, rundir / "gromacs", engine=engine, maxwarn=1, threads=threads,
+                     timeout=timeout)
     energies = read_edr(outputs.edr)
     with atomic_output(rundir / "energies.csv", overwrite=True) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)

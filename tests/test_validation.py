@@ -43,6 +43,19 @@ def test_validate_md_runs_resumes_and_summarises(tmp_path, sps_data, short_md):
     assert [p.stat().st_mtime_ns for p in done] == stamps
 
 
+@pytest.mark.parametrize("engine", ["cli", "gmxapi"])
+def test_a_run_past_its_time_limit_is_stopped_and_counted_as_failed(tmp_path, sps_data, short_md, engine):
+    if engine == "gmxapi":
+        pytest.importorskip("gmxapi")
+    traj = sps_data / "t568" / "aa.xtc"
+    result = CliRunner().invoke(main, [
+        "validate-md", "-s", str(sps_data / "aa.gro"), "-p", str(bundled_path("sps/topol.top")), "--label",
+        f"ref={traj}", "--temperature", "568", "--time", "10", "--frames", "0:1", "--mdp", str(short_md),
+        "--engine", engine, "--nt", "1", "--max-minutes", "0.0005", "-o", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "1 of 1 runs failed" in result.output and "did not finish within 0.03 s" in result.output
+
+
 def test_bad_label_is_a_usage_error(tmp_path, sps_data):
     result = CliRunner().invoke(main, ["validate-md", "-s", str(sps_data / "aa.gro"), "-p", "x.top",
                                        "--label", "noequals", "--temperature", "300", "-o", str(tmp_path)])
