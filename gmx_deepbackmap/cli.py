@@ -129,8 +129,9 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @click.option("--orientations", type=click.IntRange(min=1), default=6, show_default=True,
               help="Turns about each bead's frame axis tried per placement (forward-pass hydrogens: at most 2); "
                    "the lowest-energy one that keeps the model's chiral centres is kept.")
-@click.option("--repair-rounds", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Rounds after the sweeps that re-place, under 8 turns, the beads whose energy is an outlier "
+@click.option("--repair-rounds", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Rounds after the sweeps that re-place, under 8 turns, the beads with a strained contact (a "
+                   "Lennard-Jones pair above 25 kJ/mol) and, in the first 3, those whose energy is an outlier "
                    "among the same bead's copies in other molecules (0: none).")
 @click.option("--no-constrain", is_flag=True,
               help="Keep generated bond lengths (default: restore them to the topology's b0, as in an "

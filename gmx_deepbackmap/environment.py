@@ -262,11 +262,14 @@ def gather(
     context: torch.Tensor,
     angle: torch.Tensor,
     half_extent: float,
+    score_hidden: bool = False,
 ) -> Batch:
     """Environments of `steps` (B,) in `context` (FORWARD/GIBBS, (B,)), turned by `angle` (B,).
 
     Particles whose local coordinates lie outside the cube of half edge `half_extent` are
     dropped; `positions` (N, 3) are the current atom positions (reference in training).
+    `score_hidden`: the hydrogens a Gibbs heavy-phase item hides from the network (its molecule's,
+    other beads') are still environment atoms, with no channel: the energy of the item sees them.
     """
     steps_np = steps.numpy()
     beads = torch.from_numpy(plan.step_bead[steps_np])
@@ -275,9 +278,13 @@ def gather(
     step_mask = seq >= 0
 
     cand = hood.atoms[beads]  # (B, C)
-    visible = _visible(plan, cand, beads, torch.from_numpy(plan.step_heavy[steps_np]), context)
+    heavy_phase = torch.from_numpy(plan.step_heavy[steps_np])
+    visible = _visible(plan, cand, beads, heavy_phase, context)
+    if score_hidden:
+        visible |= _hidden_hydrogens(plan, cand, beads, heavy_phase, context)
     env, env_local, env_keep = _inside(positions, cand, hood.atom_shifts[beads], visible, centre, rotation,
                                        half_extent)
+    env_drawn = env_keep & ~_hidden_hydrogens(plan, env, beads, heavy_phase, context) if score_hidden else env_keep
     bead_cand = hood.beads[beads]
     bead_ids, bead_local, bead_keep = _inside(cg, bead_cand, hood.bead_shifts[beads], bead_cand >= 0, centre,
                                               rotation, half_extent)
@@ -287,7 +294,7 @@ def gather(
     types = plan.atom_type
     env_rel = plan.relation_between(safe_seq[:, :, None], np.where(env_np >= 0, env_np, 0)[:, None, :])
     env_channels = plan.layout.atom_channel(env_rel, types[np.where(env_np >= 0, env_np, 0)][:, None, :])
-    env_channels = np.where(env_keep.numpy()[:, None, :] & (seq_np[:, :, None] >= 0), env_channels, -1)
+    env_channels = np.where(env_drawn.numpy()[:, None, :] & (seq_np[:, :, None] >= 0), env_channels, -1)
     bead_channels = plan.layout.bead_channel(plan.bead_type[np.where(bead_ids.numpy() >= 0, bead_ids.numpy(), 0)])
     bead_channels = np.where(bead_keep.numpy(), bead_channels, -1)[:, None, :].repeat(seq.shape[1], 1)
     seq_rel = plan.relation_between(safe_seq[:, :, None], safe_seq[:, None, :])
@@ -329,6 +336,18 @@ def _visible(plan: SystemPlan, cand: torch.Tensor, beads: torch.Tensor, heavy_ph
     sequence = own & (heavy == hp)
     gibbs = ~sequence & ~(hp & ~heavy & same_molecule)
     return (cand >= 0) & torch.where((context == FORWARD)[:, None], forward, gibbs)
+
+
+def _hidden_hydrogens(plan: SystemPlan, atoms: torch.Tensor, beads: torch.Tensor, heavy_phase: torch.Tensor,
+                      context: torch.Tensor) -> torch.Tensor:
+    """Which of `atoms` (B, C) are hydrogens a Gibbs heavy-phase item hides though they stay in
+    place: those of its molecule's other beads (its own are re-placed after it)."""
+    safe = atoms.clamp(min=0)
+    hydrogen = ~torch.from_numpy(plan.atom_heavy)[safe]
+    own = torch.from_numpy(plan.atom_owner)[safe] == beads[:, None]
+    same_molecule = torch.from_numpy(plan.atom_molecule)[safe] == torch.from_numpy(plan.bead_molecule)[beads][:, None]
+    gibbs_heavy = ((context == GIBBS) & heavy_phase)[:, None]
+    return (atoms >= 0) & gibbs_heavy & hydrogen & same_molecule & ~own
 
 
 def _inside(x, cand, shifts, valid, centre, rotation, half_extent):

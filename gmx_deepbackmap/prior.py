@@ -99,7 +99,16 @@ class LocalPrior:
         lookup[torch.nonzero(present, as_tuple=True)[0], ids[present]] = slots[present]
         return lookup
 
+    def worst_pair(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:
+        """(B,) highest Lennard-Jones energy of any one pair of a sequence atom (kJ/mol): a single
+        strained contact that a sum over many pairs hides."""
+        return self._lj_pairs(batch, self._coordinates(batch, sequence)).amax((1, 2))
+
     def _lj(self, batch: Batch, x: torch.Tensor) -> torch.Tensor:
+        return self._lj_pairs(batch, x).sum((1, 2))
+
+    def _lj_pairs(self, batch: Batch, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, A + L) energy of each sequence atom with each environment and sequence atom, 0 where no pair."""
         seq, env = batch.sequence_atoms, torch.cat([batch.env_atoms, batch.sequence_atoms], 1)
         n_env = batch.env_atoms.shape[1]
         s, e = seq.clamp(min=0), env.clamp(min=0)
@@ -112,7 +121,7 @@ class LocalPrior:
         r2 = torch.where(pair, d.square().sum(-1).clamp(min=MIN_DISTANCE**2), torch.ones((), dtype=x.dtype))
         ti, tj = self.type_index[s][:, :, None], self.type_index[e][:, None, :]
         energy = lj_row_energies(r2, self.c6[ti, tj].to(x), self.c12[ti, tj].to(x), self.cutoff, self.lj_shift)
-        return torch.where(pair, energy, torch.zeros((), dtype=x.dtype)).sum((1, 2))
+        return torch.where(pair, energy, torch.zeros((), dtype=x.dtype))
 
     def _excluded_pairs(self, seq: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
         plan = self.plan

@@ -18,12 +18,18 @@ over the whole frame, after the last sweep, keeping the generated shape (`constr
 (Projecting after every batch instead, moving only the atoms just placed, tripled the angle energy
 of sPS frames and left clashes: the generator then builds on environments the projection has bent.)
 
-Between the sweeps and that restoration, repair rounds re-place the beads with a step whose kept
-energy is an outlier among the copies of the same step in other molecules (`outlier_steps`), under
-`REPAIR_ORIENTATIONS` turns: about one bead in ten of an sPS frame ends the sweeps strained (an
-angle bent by 40 degrees, two hydrogens 0.13 nm apart), and these few carry most of the excess
-angle and Lennard-Jones energy. Hydrogens of the forward pass are tried under at most
-`FORWARD_HYDROGEN_ORIENTATIONS` turns.
+Between the sweeps and that restoration, repair rounds re-place, under `REPAIR_ORIENTATIONS`
+turns, the beads with a strained contact (one Lennard-Jones pair above `STRAINED_PAIR`) and, in the
+first `OUTLIER_ROUNDS`, those with a step whose energy is an outlier among the copies of the same
+step in other molecules (`repair_steps`): about one bead in five of an sPS frame ends the sweeps
+strained (an angle bent by 40 degrees, a methine hydrogen 0.18 nm from a ring carbon), and these few
+carry most of the excess angle and Lennard-Jones energy. Energies are judged as the atoms stand
+before each round, hydrogens included, and a repaired bead's heavy atoms are ranked seeing its
+molecule's other hydrogens, which the network does not see: the strained contacts are mostly
+between a bead's heavy atoms and a neighbouring bead's hydrogens, invisible to a Gibbs heavy-atom
+move. Each colour of repaired beads is re-placed whole (heavy atoms, then hydrogens) before the next,
+so no bead is ranked against hydrogens left where their heavy atoms were. Hydrogens of the forward
+pass are tried under at most `FORWARD_HYDROGEN_ORIENTATIONS` turns.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from .training import environment_densities, reach, rollout, to_device
 
 DEFAULT_ORIENTATIONS = 6
 DEFAULT_GIBBS_SWEEPS = 2
-DEFAULT_REPAIR_ROUNDS = 3
+DEFAULT_REPAIR_ROUNDS = 5
 # Turns per forward-pass hydrogen step: the first sweep re-places every hydrogen before any other
 # hydrogen sees it; meanwhile they only shape other molecules' heavy atoms. Fewer turns there pay
 # for about half of the repair rounds' cost (an sPS frame: 4 s of 60; not worse on the frame compared).
@@ -60,6 +66,10 @@ REPAIR_ORIENTATIONS = 8
 OUTLIER_MADS = 3.0  # a step's energy this many (scaled) median absolute deviations above its template's median
 OUTLIER_FLOOR = 1.0  # kJ/mol: the least deviation counted as one MAD (templates whose copies agree closely)
 MIN_COPIES = 8  # templates with fewer copies in the system are never called outliers
+# kJ/mol: one Lennard-Jones pair this high is a strained contact (sPS at 568 K: 1 reference chain in
+# 360 has a pair above 30; sampled frames had one in five, mostly methine H against a ring carbon).
+STRAINED_PAIR = 25.0
+OUTLIER_ROUNDS = 3  # repair rounds that also re-place energy outliers; later ones only strained contacts
 MAX_ITEMS = 512  # items (orientations included) per network call: bounds memory, not results
 
 
@@ -180,19 +190,32 @@ class _FrameState:
     positions: torch.Tensor  # (N, 3) float64, every atom near its owner bead
     angles: torch.Generator
     device: torch.device
-    energy: torch.Tensor  # (S,) local energy of each step's placement when it was made, kJ/mol
 
 
-def _place(state: _FrameState, steps: np.ndarray, context: int, k: int) -> None:
+def _standing_energies(state: _FrameState) -> tuple[np.ndarray, np.ndarray]:
+    """(S,) local energy of every step's atoms where they stand now, each seeing every other atom
+    (hydrogens included), and (S,) the energy of each step's worst Lennard-Jones pair, kJ/mol."""
+    out, worst = np.empty(len(state.plan.step_bead)), np.empty(len(state.plan.step_bead))
+    for chunk in _chunks(np.arange(len(out)), 1):
+        items = torch.from_numpy(chunk)
+        batch = _trim(gather(state.plan, state.hood, state.positions, state.cg, state.box, items,
+                             torch.full((len(chunk),), GIBBS), torch.zeros(len(chunk), dtype=torch.float64),
+                             state.model.half_extent, score_hidden=True))
+        out[chunk] = sum(state.prior.energies(batch, batch.target).values()).numpy()
+        worst[chunk] = state.prior.worst_pair(batch, batch.target).numpy()
+    return out, worst
+
+
+def _place(state: _FrameState, steps: np.ndarray, context: int, k: int, score_hidden: bool = False) -> None:
     """Generate the steps under k turns each and write to the frame the lowest-energy turn of those
-    that invert or flatten the fewest recorded chiral centres."""
+    that invert or flatten the fewest recorded chiral centres. `score_hidden`: see `gather`."""
     model, plan = state.model, state.plan
     n = len(steps)
     items = torch.from_numpy(steps).repeat_interleave(k)
     offset = torch.rand(n, 1, generator=state.angles, dtype=torch.float64) * 2 * math.pi
     angle = (offset + torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)).reshape(-1)
     batch = _trim(gather(plan, state.hood, state.positions, state.cg, state.box, items,
-                         torch.full((n * k,), context), angle, model.half_extent))
+                         torch.full((n * k,), context), angle, model.half_extent, score_hidden=score_hidden))
     on_device = to_device(batch, state.device)
     static = environment_densities(on_device, plan.layout.n_channels, model.grid)
     _, _, coords = rollout(model.generator, static, on_device, model.grid, model.network.n_atom_types,
@@ -204,9 +227,7 @@ def _place(state: _FrameState, steps: np.ndarray, context: int, k: int) -> None:
     placed = batch.to_box_frame(local)
     inverted = state.stereo.inverted(batch.steps, batch.sequence_atoms, placed, state.positions, state.box).view(n, k)
     energy = torch.where(inverted == inverted.min(1, keepdim=True).values, energy, torch.inf)
-    best = energy.min(1)
-    chosen = torch.arange(n) * k + best.indices
-    state.energy[torch.from_numpy(steps)] = best.values
+    chosen = torch.arange(n) * k + energy.argmin(1)
     atoms = batch.sequence_atoms[chosen]
     present = atoms >= 0
     state.positions[atoms[present]] = placed[chosen][present]
@@ -245,12 +266,31 @@ def outlier_steps(energy: np.ndarray, templates: np.ndarray, mads: float = OUTLI
     return out
 
 
-def repair_schedule(plan: SystemPlan, neighbours: torch.Tensor, outliers: np.ndarray) -> list[np.ndarray]:
-    """Gibbs batches of every step of the beads with an outlier step (a strained hydrogen step often
-    hangs on strained heavy atoms; re-placed heavy atoms need their hydrogens re-placed), coloured
-    among themselves: outliers are few and far apart, so they fill a few large batches."""
-    redo = np.isin(plan.step_bead, plan.step_bead[outliers])
-    return gibbs_schedule(plan, neighbours, np.flatnonzero(redo)) if redo.any() else []
+def repair_steps(energy: np.ndarray, worst: np.ndarray, templates: np.ndarray, outliers_too: bool) -> np.ndarray:
+    """(S,) bool: steps with a strained contact (`STRAINED_PAIR`) and, if `outliers_too`, energy
+    outliers among their template's copies (`outlier_steps`)."""
+    strained = worst > STRAINED_PAIR
+    return strained | outlier_steps(energy, templates, OUTLIER_MADS) if outliers_too else strained
+
+
+def repair_schedule(plan: SystemPlan, neighbours: torch.Tensor, chosen: np.ndarray) -> list[np.ndarray]:
+    """Batches of every step of the beads with a `chosen` step (see `repair_steps`; a strained
+    hydrogen step often hangs on strained heavy atoms, re-placed heavy atoms need their hydrogens), the
+    beads coloured among themselves and re-placed colour by colour, heavy atoms then hydrogens:
+    each bead is placed among complete, current neighbours (no hydrogen left where heavy atoms
+    moved). Strained beads are few and far apart, so they fill a few large batches."""
+    beads = np.unique(plan.step_bead[chosen])
+    if not len(beads):
+        return []
+    colour = np.full(len(plan.bead_rank), -1)
+    colour[beads] = bead_colours(neighbours, beads)
+    step_colour = colour[plan.step_bead]
+    batches = []
+    for c in np.unique(colour[beads]):
+        for heavy in (True, False):
+            steps = np.flatnonzero((step_colour == c) & (plan.step_heavy == heavy))
+            batches += [steps[plan.step_length[steps] == n] for n in np.unique(plan.step_length[steps])]
+    return batches
 
 
 def _chunks(steps: np.ndarray, orientations: int) -> list[np.ndarray]:
@@ -278,7 +318,7 @@ def backmap_frame(
     """Atom positions (N, 3) nm sampled for one CG frame (cg (M, 3) nm, box rows (3, 3) nm).
 
     `plan` must be built with the model's feature layout. After the sweeps, up to `repair_rounds`
-    rounds re-place the beads with an outlier step (`outlier_steps`, `repair_schedule`) under
+    rounds re-place the strained beads (`repair_steps`, `repair_schedule`) under
     `REPAIR_ORIENTATIONS` turns (a round with none ends them). `generator` (or a seed) fixes every random
     choice: the same seed gives the same structure; the global RNG state is left untouched.
     `constraints` (see `bond_constraints`): bond lengths restored to them, None: left as
@@ -300,17 +340,17 @@ def backmap_frame(
     hood = neighbourhood(plan, cg, box, reach(model.half_extent))
     stereo = stereo or StereoCheck(plan, np.zeros((0, 4), dtype=np.int64), np.zeros(0))
     state = _FrameState(model, plan, prior, stereo, hood, cg_t, box_t, cg_t[torch.from_numpy(plan.atom_owner)].clone(),
-                        gen, device, torch.full((len(plan.step_bead),), math.nan, dtype=torch.float64))
+                        gen, device)
     sweep = gibbs_schedule(plan, hood.beads)
     passes = [("forward", forward_schedule(plan), FORWARD)] + [(f"sweep {k + 1}", sweep, GIBBS)
                                                                for k in range(gibbs_sweeps)]
     templates = step_templates(plan)
 
-    def run(name: str, schedule: list[np.ndarray], context: int, k: int) -> None:
+    def run(name: str, schedule: list[np.ndarray], context: int, k: int, score_hidden: bool = False) -> None:
         for steps in schedule:
             turns = min(k, FORWARD_HYDROGEN_ORIENTATIONS) if context == FORWARD and not plan.step_heavy[steps[0]] else k
             for chunk in _chunks(steps, turns):
-                _place(state, chunk, context, turns)
+                _place(state, chunk, context, turns, score_hidden)
                 if progress is not None:
                     progress(int(plan.step_length[chunk].sum()))
         if stages is not None:
@@ -323,10 +363,11 @@ def backmap_frame(
         for name, schedule, context in passes:
             run(name, schedule, context, orientations)
         for k in range(repair_rounds):
-            schedule = repair_schedule(plan, hood.beads, outlier_steps(state.energy.numpy(), templates, OUTLIER_MADS))
+            energy, worst = _standing_energies(state)
+            schedule = repair_schedule(plan, hood.beads, repair_steps(energy, worst, templates, k < OUTLIER_ROUNDS))
             if not schedule:
                 break
-            run(f"repair {k + 1}", schedule, GIBBS, REPAIR_ORIENTATIONS)
+            run(f"repair {k + 1}", schedule, GIBBS, REPAIR_ORIENTATIONS, score_hidden=True)
     if constraints is not None:
         state.positions = restore_bonds(state.positions, box_t, constraints)
         if stages is not None:

@@ -21,14 +21,22 @@ from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import MODELS_DIR, load_model, new_model, save_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.pbc import minimum_image
-from gmx_deepbackmap.sampler import backmap_frame, outlier_steps, prepare_system, repair_schedule, step_templates
+from gmx_deepbackmap.sampler import (
+    STRAINED_PAIR,
+    backmap_frame,
+    outlier_steps,
+    prepare_system,
+    repair_schedule,
+    repair_steps,
+    step_templates,
+)
 from gmx_deepbackmap.stereo import learn_stereo
 from gmx_deepbackmap.structure import Frame, read_frames, write_frames
 from gmx_deepbackmap.topology import read_topology
 from gmx_deepbackmap.voxels import Grid
 
 CHAINS, BEADS_PER_CHAIN, ATOMS_PER_CHAIN = 2, 20, 162
-FAST = ["--gibbs-sweeps", "1", "--orientations", "2", "--no-progress"]  # keeps every run to a few seconds
+FAST = ["--gibbs-sweeps", "1", "--orientations", "2", "--repair-rounds", "1", "--no-progress"]  # a few seconds a run
 
 
 def write_system(folder: Path, sps_data: Path, rename: tuple[str, str] | None = None) -> tuple[Path, Path]:
@@ -146,7 +154,7 @@ def test_stages_report_each_pass_and_the_restored_bonds_last(system):
     cg = read_frames(system["gro"])[0]
     seen = {}
     x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=2, orientations=2,
-                      constraints=parts.constraints, stereo=parts.stereo,
+                      repair_rounds=0, constraints=parts.constraints, stereo=parts.stereo,
                       stages=lambda name, positions: seen.setdefault(name, positions))
     assert list(seen) == ["forward", "sweep 1", "sweep 2", "bonds restored"]
     assert np.array_equal(seen["bonds restored"], x)
@@ -171,6 +179,33 @@ def test_repairs_re_place_whole_beads(system):
     no_neighbours = torch.full((len(plan.bead_type), 1), -1)
     redone = np.concatenate(repair_schedule(plan, no_neighbours, outliers))
     assert sorted(redone.tolist()) == np.flatnonzero(plan.step_bead == plan.step_bead[heavy]).tolist()
+
+
+def test_strained_contacts_are_repaired_in_every_round_outliers_in_the_first():
+    energy = np.r_[np.arange(10.0), 200.0]
+    worst = np.r_[np.zeros(5), STRAINED_PAIR + 1, np.zeros(5)]
+    templates = np.zeros(11, dtype=int)
+    assert np.flatnonzero(repair_steps(energy, worst, templates, outliers_too=True)).tolist() == [5, 10]
+    assert np.flatnonzero(repair_steps(energy, worst, templates, outliers_too=False)).tolist() == [5]
+
+
+def test_repairs_place_each_colour_whole(system):
+    """Neighbouring beads are repaired one after the other, each with its hydrogens before the next
+    bead's heavy atoms, so none is ranked against hydrogens its neighbour's heavy atoms have left."""
+    topology = read_topology(system["top"])
+    plan = plan_system(topology, read_mapping(system["map"], topology), load_model(system["model"]).layout)
+    a, b = 0, 1
+    neighbours = torch.full((len(plan.bead_type), 1), -1)
+    neighbours[a, 0], neighbours[b, 0] = b, a
+    batches = repair_schedule(plan, neighbours, np.isin(plan.step_bead, [a, b]))
+    order = [(int(plan.step_bead[batch[0]]), bool(plan.step_heavy[batch[0]])) for batch in batches]
+    assert all(len(np.unique(plan.step_bead[batch])) == 1 for batch in batches)
+    first, second = order[0][0], b if order[0][0] == a else a
+    assert [bead for bead, _ in order] == sorted([bead for bead, _ in order], key=lambda x: x != first)
+    assert order[-1][0] == second
+    for bead in (a, b):
+        phases = [heavy for x, heavy in order if x == bead]
+        assert phases == sorted(phases, reverse=True) and phases[0] and not phases[-1]  # heavy, then hydrogens
 
 
 def test_repair_rounds_follow_the_sweeps(system, monkeypatch):
@@ -251,7 +286,8 @@ def test_bundled_model_backmaps_the_sps_melt_with_nothing_else(sps_data, tmp_pat
         pytest.skip("no bundled model")
     out = tmp_path / "aa.gro"
     result = CliRunner().invoke(main, ["backmap", "-s", str(sps_data / "cg.gro"), "-o", str(out),
-                                       "--gibbs-sweeps", "0", "--orientations", "1", "--no-progress"])
+                                       "--gibbs-sweeps", "0", "--orientations", "1", "--repair-rounds", "0",
+                                       "--no-progress"])
     assert result.exit_code == 0, result.output
     topology = read_topology(bundled_path("sps/topol.top"))
     frame = read_frames(out, n_atoms=topology.n_atoms)[0]

@@ -73,14 +73,15 @@ def snapshot(sps_system):
     return frame, cg
 
 
-def environments(plan, frame, cg, angle, shift=(0.0, 0.0, 0.0)):
+def environments(plan, frame, cg, angle, shift=(0.0, 0.0, 0.0), score_hidden=False):
     shift = np.asarray(shift)
     positions = near_owners(plan, frame.positions + shift, cg + shift, frame.box)
     hood = neighbourhood(plan, cg + shift, frame.box, reach(TrainConfig().half_extent))
     steps = torch.tensor([0, 1, 25, 700, 1439])
     context = torch.tensor([FORWARD, GIBBS, GIBBS, FORWARD, GIBBS])
     return gather(plan, hood, torch.as_tensor(positions), torch.as_tensor(cg + shift), torch.as_tensor(frame.box),
-                  steps, context, torch.full((5,), float(angle), dtype=torch.float64), TrainConfig().half_extent)
+                  steps, context, torch.full((5,), float(angle), dtype=torch.float64), TrainConfig().half_extent,
+                  score_hidden=score_hidden)
 
 
 def sorted_particles(batch):
@@ -132,6 +133,40 @@ def test_junction_shift_repairs_the_bonds_to_placed_atoms(sps_system, snapshot):
     assert torch.equal(shift[0], torch.zeros(3, dtype=torch.float64))
     before, after = prior.energies(batch, moved)["bond"], prior.energies(batch, moved + shift[:, None])["bond"]
     assert (after[1:] < 0.5 * before[1:]).all()
+
+
+def test_hidden_hydrogens_enter_the_energy_not_the_network(sps_system, snapshot):
+    """Item 1 re-places a ring in a Gibbs sweep: its molecule's hydrogens are hidden from the
+    network. With `score_hidden` the energy sees them (the methine H beside the ring among them),
+    and the drawn environment is unchanged."""
+    topology, _, plan = sps_system
+    frame, cg = snapshot
+    hidden, scored = environments(plan, frame, cg, 0.3), environments(plan, frame, cg, 0.3, score_hidden=True)
+    for x, y in zip(sorted_particles(hidden), sorted_particles(scored)):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    extra = set(scored.env_atoms[1].tolist()) - set(hidden.env_atoms[1].tolist())
+    ring = plan.step_bead[1]
+    assert extra and all(not plan.atom_heavy[a] and plan.atom_molecule[a] == plan.bead_molecule[ring]
+                         and plan.atom_owner[a] != ring for a in extra)
+    assert set(scored.env_atoms[0].tolist()) == set(hidden.env_atoms[0].tolist())  # forward: nothing hidden
+    prior = LocalPrior(topology, plan)
+    assert prior.energies(scored, scored.target)["lj"][1] != prior.energies(hidden, hidden.target)["lj"][1]
+
+
+def test_worst_pair_finds_one_strained_contact(sps_system, snapshot):
+    topology, _, plan = sps_system
+    frame, cg = snapshot
+    batch = environments(plan, frame, cg, 0.3)
+    prior = LocalPrior(topology, plan)
+    assert (prior.worst_pair(batch, batch.target) < 25.0).all()  # an equilibrated structure
+    moved = batch.target.clone()
+    atoms = batch.env_atoms[2]
+    other = (atoms >= 0) & (torch.from_numpy(plan.atom_molecule)[atoms.clamp(min=0)]
+                            != plan.atom_molecule[int(batch.sequence_atoms[2, 0])])
+    env = int(torch.nonzero(other)[0, 0])  # 0.11 nm from an atom of another molecule
+    moved[2, 0] = batch.particles[2, env] + torch.tensor([0.11, 0.0, 0.0], dtype=torch.float64)
+    worst = prior.worst_pair(batch, moved)
+    assert worst[2] > 1000.0 and torch.equal(worst[[0, 1, 3, 4]], prior.worst_pair(batch, batch.target)[[0, 1, 3, 4]])
 
 
 def test_stereo_is_learned_from_training_frames(sps_system, snapshot):

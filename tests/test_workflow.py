@@ -30,7 +30,8 @@ def test_snakemake_workflow_runs_end_to_end(tmp_path, sps_data):
         f"topology: {bundled_path('sps/topol.top')}", "mapping: []", f"train_config: {train}",
         f"reference_structure: {sps_data / 'aa.gro'}", f"reference_trajectory: {sps_data / 't313' / 'aa.xtc'}",
         "n_frames: 2", "temperature: 313", "md_time: 0.004", "outdir: results",
-        'backmap_options: "--gibbs-sweeps 0 --orientations 1 --chunk-size 1"', 'compare_options: "--no-rerun"',
+        'backmap_options: "--gibbs-sweeps 0 --orientations 1 --repair-rounds 0 --chunk-size 1"',
+        'compare_options: "--no-rerun"',
         'md_options: "--engine cli --nt 1"', "",
     ]))
     result = subprocess.run(
