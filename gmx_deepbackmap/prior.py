@@ -45,13 +45,22 @@ class LocalPrior:
     def energies(self, batch: Batch, sequence: torch.Tensor) -> dict[str, torch.Tensor]:
         """Energies (B,) per prior term with the sequence at local positions `sequence` (B, L, 3)."""
         x = self._coordinates(batch, sequence)
+        return {**self._bonded(batch, x), "lj": self._lj_pairs(batch, x).sum((1, 2))}
+
+    def total_and_worst_pair(self, batch: Batch, sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) energy summed over the prior terms (as `energies`) and (B,) the highest Lennard-Jones
+        energy of any one pair of a sequence atom (kJ/mol): a single strained contact the sum hides."""
+        x = self._coordinates(batch, sequence)
+        pairs = self._lj_pairs(batch, x)
+        return sum(self._bonded(batch, x).values()) + pairs.sum((1, 2)), pairs.amax((1, 2))
+
+    def _bonded(self, batch: Batch, x: torch.Tensor) -> dict[str, torch.Tensor]:
         lookup = self._positions(batch)
         out = {}
         for name, (_, params, _) in self.terms.items():
             rows, where, valid = self._term_slots(name, batch, lookup)
             energy = bonded_row_energies(name, x, where.clamp(min=0), params[rows.clamp(min=0)].to(x))
             out[name] = torch.where(valid, energy, torch.zeros((), dtype=x.dtype)).sum(-1)
-        out["lj"] = self._lj(batch, x)
         return out
 
     def centre_of_mass(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:
@@ -98,14 +107,6 @@ class LocalPrior:
         present = ids >= 0
         lookup[torch.nonzero(present, as_tuple=True)[0], ids[present]] = slots[present]
         return lookup
-
-    def worst_pair(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:
-        """(B,) highest Lennard-Jones energy of any one pair of a sequence atom (kJ/mol): a single
-        strained contact that a sum over many pairs hides."""
-        return self._lj_pairs(batch, self._coordinates(batch, sequence)).amax((1, 2))
-
-    def _lj(self, batch: Batch, x: torch.Tensor) -> torch.Tensor:
-        return self._lj_pairs(batch, x).sum((1, 2))
 
     def _lj_pairs(self, batch: Batch, x: torch.Tensor) -> torch.Tensor:
         """(B, L, A + L) energy of each sequence atom with each environment and sequence atom, 0 where no pair."""

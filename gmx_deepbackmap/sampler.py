@@ -201,8 +201,8 @@ def _standing_energies(state: _FrameState) -> tuple[np.ndarray, np.ndarray]:
         batch = _trim(gather(state.plan, state.hood, state.positions, state.cg, state.box, items,
                              torch.full((len(chunk),), GIBBS), torch.zeros(len(chunk), dtype=torch.float64),
                              state.model.half_extent, score_hidden=True))
-        out[chunk] = sum(state.prior.energies(batch, batch.target).values()).numpy()
-        worst[chunk] = state.prior.worst_pair(batch, batch.target).numpy()
+        total, pair = state.prior.total_and_worst_pair(batch, batch.target)
+        out[chunk], worst[chunk] = total.numpy(), pair.numpy()
     return out, worst
 
 
