@@ -219,7 +219,7 @@ def _place(state: _FrameState, steps: np.ndarray, context: int, k: int, score_hi
     on_device = to_device(batch, state.device)
     static = environment_densities(on_device, plan.layout.n_channels, model.grid)
     _, _, coords = rollout(model.generator, static, on_device, model.grid, model.network.n_atom_types,
-                           model.network.noise_dim)
+                           model.network.noise_dim, sampling=True)
     local = coords.to("cpu", torch.float64)
     if context == FORWARD:  # in Gibbs sweeps a bead sits between two joints; shifting it flipped chirality
         local = local + state.prior.junction_shift(batch, local)[:, None]
@@ -278,19 +278,17 @@ def repair_schedule(plan: SystemPlan, neighbours: torch.Tensor, chosen: np.ndarr
     hydrogen step often hangs on strained heavy atoms, re-placed heavy atoms need their hydrogens), the
     beads coloured among themselves and re-placed colour by colour, heavy atoms then hydrogens:
     each bead is placed among complete, current neighbours (no hydrogen left where heavy atoms
-    moved). Strained beads are few and far apart, so they fill a few large batches."""
+    moved). Steps of different lengths share a batch (padded steps are not generated): strained
+    beads are few but need many colours in a dense system, so one batch per colour and phase."""
     beads = np.unique(plan.step_bead[chosen])
     if not len(beads):
         return []
     colour = np.full(len(plan.bead_rank), -1)
     colour[beads] = bead_colours(neighbours, beads)
     step_colour = colour[plan.step_bead]
-    batches = []
-    for c in np.unique(colour[beads]):
-        for heavy in (True, False):
-            steps = np.flatnonzero((step_colour == c) & (plan.step_heavy == heavy))
-            batches += [steps[plan.step_length[steps] == n] for n in np.unique(plan.step_length[steps])]
-    return batches
+    batches = [np.flatnonzero((step_colour == c) & (plan.step_heavy == heavy))
+               for c in np.unique(colour[beads]) for heavy in (True, False)]
+    return [steps for steps in batches if len(steps)]
 
 
 def _chunks(steps: np.ndarray, orientations: int) -> list[np.ndarray]:

@@ -248,12 +248,14 @@ def environment_densities(batch: Batch, n_channels: int, grid: Grid) -> torch.Te
 
 
 def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid, n_types: int,
-            noise_dim: int, sequence: torch.Tensor | None = None):
+            noise_dim: int, sequence: torch.Tensor | None = None, sampling: bool = False):
     """Place the atoms of each sequence one after the other.
 
     With `sequence` None the generator's own densities join the environment (generation);
     otherwise the given densities (B, L, D, D, D) do (the real sequence, for the critic).
     Returns per-step environments (B, L, C, D, D, D), densities (B, L, D, D, D) and coordinates (B, L, 3).
+    `sampling` (generation for the sampler, which needs coordinates only): padded steps are not
+    generated (zero density, coordinates 0) and the environments are not kept (None).
     """
     b, n_steps = batch.step_mask.shape
     one_hot = torch.nn.functional.one_hot
@@ -266,14 +268,24 @@ def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid
             channel = batch.sequence_channels[:, step, :step]  # (B, step)
             weights = one_hot(channel.clamp(min=0), static.shape[2]).to(static) * (channel >= 0)[..., None]
             env = env + torch.einsum("bkc,bkxyz->bcxyz", weights, placed)
-        envs.append(env)
-        if sequence is None:
-            z = torch.randn(b, noise_dim, device=static.device, dtype=static.dtype)
-            dens.append(generator(env, z, types[:, step])[:, 0])
-        else:
+        if not sampling:
+            envs.append(env)
+        if sequence is not None:
             dens.append(sequence[:, step])
+            continue
+        z = torch.randn(b, noise_dim, device=static.device, dtype=static.dtype)
+        live = batch.step_mask[:, step]
+        if sampling and not bool(live.all()):
+            density = static.new_zeros(b, *static.shape[-3:])
+            density[live] = generator(env[live], z[live], types[live, step])[:, 0]
+            dens.append(density)
+        else:
+            dens.append(generator(env, z, types[:, step])[:, 0])
     density = torch.stack(dens, 1)
-    return torch.stack(envs, 1), density, density_to_coordinates(density, grid)
+    coords = density_to_coordinates(density, grid)
+    if sampling:
+        return None, density, torch.where(batch.step_mask[..., None], coords, 0)
+    return torch.stack(envs, 1), density, coords
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gmx_deepbackmap.networks import Critic, Generator, NetworkConfig, gradient_penalty
+from gmx_deepbackmap.networks import Critic, Generator, NetworkConfig, Upsample2, gradient_penalty
 
 CONFIG = NetworkConfig(width=8, noise_dim=6, n_atom_types=3, n_env_channels=5)
 
@@ -47,6 +47,20 @@ def test_channels_last_matches():
     score = critic(density, env, atom_type)
     score_cl = critic.to(memory_format=cl)(density_cl, env.to(memory_format=cl), atom_type)
     assert torch.allclose(score, score_cl, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_matches_transposed_convolution(channels_last):
+    up = Upsample2(6, 3)
+    reference = torch.nn.ConvTranspose3d(6, 3, 2, stride=2)
+    reference.load_state_dict(up.state_dict())
+    x = torch.randn(2, 6, 4, 4, 4, requires_grad=True)
+    if channels_last:
+        x = x.detach().contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
+    y = up(x)
+    torch.testing.assert_close(y, reference(x))
+    grads = torch.autograd.grad(y.square().sum(), [x, up.weight])
+    torch.testing.assert_close(grads, torch.autograd.grad(reference(x).square().sum(), [x, reference.weight]))
 
 
 def test_deterministic_under_seed():

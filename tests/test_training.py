@@ -20,12 +20,22 @@ from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, nei
 from gmx_deepbackmap.errors import TrainingDiverged
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
+from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.prior import LocalPrior
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
 from gmx_deepbackmap.stereo import StereoCheck, learn_stereo, system_stereo
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
-from gmx_deepbackmap.training import TrainConfig, TrainingLog, _check_finite, reach, read_config, train
+from gmx_deepbackmap.training import (
+    TrainConfig,
+    TrainingLog,
+    _check_finite,
+    environment_densities,
+    reach,
+    read_config,
+    rollout,
+    train,
+)
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps" / "train_t568"
 TINY = "\n".join([
@@ -169,6 +179,29 @@ def test_worst_pair_finds_one_strained_contact(sps_system, snapshot):
     moved[2, 0] = batch.particles[2, env] + torch.tensor([0.11, 0.0, 0.0], dtype=torch.float64)
     worst = prior.total_and_worst_pair(batch, moved)[1]
     assert worst[2] > 1000.0 and torch.equal(worst[[0, 1, 3, 4]], at_reference[[0, 1, 3, 4]])
+
+
+def test_sampling_rollout_skips_padded_steps(sps_system, snapshot):
+    """The sampler's rollout generates the same atoms as training's for the steps that exist, and
+    none for padding (coordinates 0, no environments kept)."""
+    _, _, plan = sps_system
+    frame, cg = snapshot
+    batch = environments(plan, frame, cg, 0.3)
+    assert not batch.step_mask.all()  # steps of 2, 6 and 3 to 5 atoms, padded to 6
+    config = NetworkConfig(width=4, noise_dim=4, n_env_channels=plan.layout.n_channels)
+    generator, grid = Generator(config).eval(), TrainConfig().grid
+    static = environment_densities(batch, plan.layout.n_channels, grid).float()
+    runs = []
+    for sampling in (False, True):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            runs.append(rollout(generator, static, batch, grid, config.n_atom_types, config.noise_dim,
+                                sampling=sampling))
+    (envs, _, full), (none, _, sampled) = runs
+    assert envs is not None and none is None
+    live = batch.step_mask
+    torch.testing.assert_close(sampled[live], full[live])
+    assert (sampled[~live] == 0).all()
 
 
 def test_stereo_is_learned_from_training_frames(sps_system, snapshot):
