@@ -45,7 +45,7 @@ from .prior import LocalPrior
 from .stereo import learn_stereo
 from .structure import atomic_output, read_frames
 from .topology import read_topology
-from .voxels import Grid, coordinates_to_density, density_to_coordinates, voxelise
+from .voxels import Grid, coordinates_to_density, density_to_coordinates, splat, voxelise
 
 
 @dataclass
@@ -226,25 +226,26 @@ def environment_densities(batch: Batch, n_channels: int, grid: Grid) -> torch.Te
     """Voxelised static environment of every step: (B, L, C, D, D, D).
 
     Most particles keep their channel through a sequence (only close intramolecular partners
-    change relation), so the first step's densities are computed once and later steps only move
-    the particles whose channel changed. Padded steps keep the first step's densities.
+    change relation), so the first step's densities are computed once, copied to every step, and
+    each particle whose channel changed at a step is moved there from its old channel to its new
+    one. Padded steps keep the first step's densities.
     """
-    b, n_steps, p = batch.channels.shape
+    b, n_steps = batch.step_mask.shape
     particles = batch.particles.to(torch.float32)
     first = voxelise(particles, batch.channels[:, 0], n_channels, grid)
-    changed = ((batch.channels != batch.channels[:, :1]) & batch.step_mask[..., None]).reshape(b * n_steps, p)
-    width = int(changed.sum(1).max()) if changed.numel() else 0
-    out = first[:, None].expand(b, n_steps, *first.shape[1:])
-    if width == 0:
-        return out.contiguous()
-    order = torch.argsort((~changed).to(torch.int8), dim=1, stable=True)[:, :width]
-    keep = torch.gather(changed, 1, order)
-    rows = torch.arange(b, device=particles.device).repeat_interleave(n_steps)[:, None]
-    moved = particles[rows, order]
-    new = torch.where(keep, torch.gather(batch.channels.reshape(b * n_steps, p), 1, order), -1)
-    old = torch.where(keep, batch.channels[rows, 0, order], -1)
-    correction = voxelise(moved, new, n_channels, grid) - voxelise(moved, old, n_channels, grid)
-    return out + correction.view(b, n_steps, *first.shape[1:])
+    out = first[:, None].expand(b, n_steps, *first.shape[1:]).contiguous()
+    item, step, particle = torch.nonzero((batch.channels != batch.channels[:, :1]) & batch.step_mask[..., None],
+                                         as_tuple=True)
+    if not len(item):
+        return out
+    row = (item * n_steps + step) * n_channels
+    new, old = batch.channels[item, step, particle], batch.channels[item, 0, particle]
+    into, out_of = new >= 0, old >= 0  # a particle may also appear or vanish (channel -1)
+    moved = particles[item, particle]
+    signs = torch.cat([moved.new_ones(int(into.sum())), -moved.new_ones(int(out_of.sum()))])
+    splat(out.view(-1, grid.size**3), torch.cat([(row + new)[into], (row + old)[out_of]]),
+          torch.cat([moved[into], moved[out_of]]), grid, signs)
+    return out
 
 
 def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid, n_types: int,

@@ -82,16 +82,26 @@ def voxelise(
     channel = channels[b, m]
     if channel.numel() and int(channel.max()) >= n_channels:
         raise ValueError(f"channel index {int(channel.max())} out of range for {n_channels} channels")
-    rows = b * n_channels + channel
-    g = grid.profiles(positions[b, m])  # (N, 3, D)
+    out = positions.new_zeros(batch * n_channels, d**3)
+    splat(out, b * n_channels + channel, positions[b, m], grid)
+    return out.view(batch, n_channels, d, d, d)
+
+
+def splat(out: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, grid: Grid,
+          weights: torch.Tensor | None = None) -> None:
+    """Add the density of each particle (positions (N, 3) nm, local frame), times its weight (N,)
+    if given, to its row of `out` (R, D^3), in place: `voxelise` without a new output, for
+    corrections to densities already built."""
+    d = grid.size
+    g = grid.profiles(positions)  # (N, 3, D)
     gx = g[:, 0, :, None]  # (N, D, 1)
     gyz = (g[:, 1, :, None] * g[:, 2, None, :]).reshape(-1, 1, d * d)  # (N, 1, D*D)
-    out = positions.new_zeros(batch * n_channels, d**3)
+    if weights is not None:
+        gx = gx * weights.to(gx)[:, None, None]
     step = _CPU_CHUNK if positions.device.type == "cpu" else max(len(rows), 1)
     for i in range(0, len(rows), step):
         s = slice(i, i + step)
         out.index_add_(0, rows[s], (gx[s] * gyz[s]).reshape(-1, d**3))
-    return out.view(batch, n_channels, d, d, d)
 
 
 def coordinates_to_density(positions: torch.Tensor, grid: Grid) -> torch.Tensor:
