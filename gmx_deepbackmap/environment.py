@@ -351,13 +351,16 @@ def _hidden_hydrogens(plan: SystemPlan, atoms: torch.Tensor, beads: torch.Tensor
 
 
 def _inside(x, cand, shifts, valid, centre, rotation, half_extent):
-    """Keep the candidates inside the cube, packed to the front; returns ids, local coords, mask."""
+    """Keep the candidates inside the cube, packed to the front in their order; returns ids, local
+    coords, mask."""
     local = (x[cand.clamp(min=0)] + shifts - centre[:, None, :]) @ rotation.transpose(1, 2)
     keep = valid & (local.abs() < half_extent).all(-1)
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-    width = int(keep.sum(1).max()) if len(keep) else 0
-    order = order[:, :width]
-    keep = torch.gather(keep, 1, order)
-    ids = torch.where(keep, torch.gather(cand, 1, order), -1)
-    local = torch.take_along_dim(local, order[..., None], dim=1) * keep[..., None]
-    return ids, local, keep
+    row, col = keep.nonzero(as_tuple=True)
+    count = keep.sum(1)
+    slot = torch.arange(len(row)) - (count.cumsum(0) - count)[row]
+    width = int(count.max()) if len(keep) else 0
+    ids = torch.full((len(keep), width), -1, dtype=cand.dtype)
+    ids[row, slot] = cand[row, col]
+    packed = local.new_zeros(len(keep), width, 3)
+    packed[row, slot] = local[row, col]
+    return ids, packed, ids >= 0
