@@ -27,6 +27,9 @@ vectors for the bonded ones. Frames are analysed in parallel worker processes. T
 - `Chirality`: carbons with four bonds, three to heavy atoms and one to H (sPS: the backbone CH
   carbons but the last of each chain, which carries the end H); per frame the sign of the signed
   volume (a-c).((b-c)x(d-c)) of the heavy neighbours a < b < d (atom index order).
+- `BondedEnergyByType`: per frame, the energy of each bonded term kind (bonds, angles, proper and
+  improper dihedrals) summed over the terms of each atom-type tuple (minimum image), as % of the
+  reference's frame mean.
 
 Scores against the reference: the Jensen-Shannon divergence (natural log, on the fixed bins plus
 one underflow and one overflow bin; 0 for identical sets, at most ln 2) and the 1-Wasserstein
@@ -58,7 +61,7 @@ from scipy.special import rel_entr
 from scipy.stats import wasserstein_distance
 
 from .bundled import bundled_root
-from .energies import GMX_TERM_NAMES, _geometry, lj_row_energies
+from .energies import BONDED_TERMS, GMX_TERM_NAMES, _geometry, lj_row_energies, vector_energies
 from .errors import InputError, read_toml
 from .pbc import minimum_image, neighbour_pairs
 from .stereo import chiral_centres, handedness
@@ -294,7 +297,7 @@ class Observable:
 
     name: str
     unit: str = ""
-    kind: str = "check"  # "distribution" (plotted and scored), "histogram" or "check" (summaries only)
+    kind: str = "check"  # "distribution" (plotted and scored), "histogram", "check" (summaries only) or "energy"
 
     def single_frame(self, ctx: FrameContext) -> np.ndarray:
         raise NotImplementedError
@@ -500,6 +503,57 @@ class Chirality(Observable):
                 "flipped_fraction": float(flips.sum() / checked) if checked else 0.0}
 
 
+@dataclass
+class BondedEnergyByType(Observable):
+    """Frame energy of each bonded term kind split by the atom types of its terms ("Angle
+    C_AR-C_AR-H_AR"): shows which terms a total that looks right hides (too-ideal rings against
+    too-hot junctions); scored as % of the reference's mean."""
+
+    terms: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # term -> (indices, params, group)
+    groups: list[str]
+    name = "bonded energy by type"
+    unit = "kJ/mol"
+    kind = "energy"
+
+    @classmethod
+    def from_topology(cls, topology: Topology) -> BondedEnergyByType:
+        """One group per term kind (GROMACS name) and atom-type tuple (`_type_tuple`), in topology order."""
+        groups: dict[str, int] = {}
+        terms = {}
+        for term, attribute in BONDED_TERMS.items():
+            rows = getattr(topology, attribute)
+            if not len(rows.indices):
+                continue
+            labels = [f"{GMX_TERM_NAMES[term]} {'-'.join(_type_tuple(term, topology.atom_types[i]))}"
+                      for i in rows.indices]
+            group = np.array([groups.setdefault(label, len(groups)) for label in labels], dtype=np.int64)
+            terms[term] = (rows.indices, rows.params, group)
+        return cls(terms, list(groups))
+
+    def single_frame(self, ctx: FrameContext) -> np.ndarray:
+        out = np.zeros((1, len(self.groups)))
+        for term, (indices, params, group) in self.terms.items():
+            vectors = [ctx.vectors(indices[:, k], indices[:, k + 1]) for k in range(indices.shape[1] - 1)]
+            energy = vector_energies(term, vectors, torch.as_tensor(params)).numpy()
+            out[0] += np.bincount(group, energy, minlength=len(self.groups))
+        return out
+
+    def summary(self, values: np.ndarray) -> dict[str, float]:
+        return dict(zip(self.groups, values.mean(0).tolist()))
+
+    def score(self, reference: np.ndarray, values: np.ndarray) -> dict[str, float]:
+        ref = reference.mean(0)
+        share = 100 * values.mean(0) / np.where(ref == 0, np.nan, ref)
+        return {f"{group} %": float(v) for group, v in zip(self.groups, share)}
+
+
+def _type_tuple(term: str, types: np.ndarray) -> tuple[str, ...]:
+    """Atom types of a term, read in the direction that sorts first where the term reads the same
+    both ways (bonds, angles, proper dihedrals: H-C-C and C-C-H are one kind), as given otherwise."""
+    forward = tuple(types.tolist())
+    return forward if "improper" in term else min(forward, forward[::-1])
+
+
 # --------------------------------------------------------------------------- scores
 
 
@@ -562,6 +616,7 @@ class Analysis:
         observables.append(Clashes(config.clash_distance))
         observables.append(RingPlanarity(_per_molecule(topology, (), lambda m: rings(m.bonds, m.n_atoms), 6)))
         observables.append(Chirality(*chiral_centres(topology)))
+        observables.append(BondedEnergyByType.from_topology(topology))
         keys = np.sort(topology.exclusions[:, 0] * n + topology.exclusions[:, 1])
         return cls(config.cutoff, keys, observables)
 

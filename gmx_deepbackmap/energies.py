@@ -400,7 +400,12 @@ def bonded_row_energies(name: str, x: torch.Tensor, idx: torch.Tensor, params: t
     and parameters (B, T, p) in topology units (degrees); no periodic images (local frames)."""
     batch = torch.arange(len(x), device=x.device)[:, None]
     points = [x[batch, idx[..., a]] for a in range(idx.shape[-1])]
-    bond_vectors = [b - a for a, b in zip(points[:-1], points[1:])]
+    return vector_energies(name, [b - a for a, b in zip(points[:-1], points[1:])], params)
+
+
+def vector_energies(name: str, bond_vectors: list[torch.Tensor], params: torch.Tensor) -> torch.Tensor:
+    """Energies (...,) of bonded terms `name` from the vectors x_(k+1) - x_k (..., 3) along their
+    atoms and their parameters (..., p) in topology units (degrees)."""
     return _bonded_energy(name, _geometry(bond_vectors), _radians(name, params))
 
 

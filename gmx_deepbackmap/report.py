@@ -15,7 +15,7 @@ import numpy as np
 from .analysis import REFERENCE, Analysis, Distribution, PairDistances, SetResult
 from .structure import atomic_output
 
-FIGURES = {"distributions": "distributions.png", "energies": "energies.png"}
+FIGURES = {"distributions": "distributions.png", "energies": "energies.png", "bonded types": "bonded-types.png"}
 PANEL_SIZE = (4.0, 3.0)  # inches
 COLUMNS = 3
 SCORES = ("jsd", "l1", "w1")
@@ -63,6 +63,10 @@ def write_report(report: dict, analysis: Analysis, results: dict[str, SetResult]
     written = [_save(plot_distributions(analysis, results), folder / FIGURES["distributions"], overwrite)]
     if "energies" in report:
         written.append(_save(plot_energies(report), folder / FIGURES["energies"], overwrite))
+    by_type = [o for o in report["observables"].values() if o["kind"] == "energy"]
+    if by_type and report["sets"]:
+        written.append(_save(plot_bonded_types(by_type[0], list(report["sets"])), folder / FIGURES["bonded types"],
+                             overwrite))
     with atomic_output(folder / "report.json", overwrite) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     written.append(folder / "report.json")
@@ -157,6 +161,28 @@ def plot_energies(report: dict):
     return figure
 
 
+def plot_bonded_types(observable: dict, labels: list[str]):
+    """Horizontal bars: each set's energy of each bonded term group as % of the reference's."""
+    from matplotlib.figure import Figure
+
+    groups = list(observable[REFERENCE])
+    figure = Figure(figsize=(PANEL_SIZE[0] * 2, 0.8 + 0.25 * len(groups) * max(len(labels), 1) ** 0.5),
+                    layout="constrained")
+    ax = figure.subplots()
+    colours = _colours(labels)
+    height = 0.8 / len(labels)
+    for k, label in enumerate(labels):
+        share = [observable["sets"][label][f"{group} %"] for group in groups]
+        ax.barh(np.arange(len(groups)) + (k - (len(labels) - 1) / 2) * height, share, height,
+                color=colours[label], label=label)
+    ax.axvline(100, color="black", lw=0.8, ls="--")
+    ax.set_yticks(range(len(groups)), groups, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of the reference's mean energy")
+    ax.legend(fontsize=8)
+    return figure
+
+
 # --------------------------------------------------------------------------- markdown
 
 
@@ -186,7 +212,7 @@ def markdown(report: dict, figures: list[str]) -> str:
              f"Reference: `{report[REFERENCE]['trajectory']}` ({report[REFERENCE]['frames']} frames).", ""]
     lines += [f"- `{label}`: `{s['trajectory']}` ({s['frames']} frames)" for label, s in report["sets"].items()]
 
-    scored = {name: o for name, o in observables.items() if o["kind"] != "check"}
+    scored = {name: o for name, o in observables.items() if o["kind"] in ("distribution", "histogram")}
     rows = [[name, label, *[_number(o["sets"][label][k]) if k in o["sets"][label] else "-" for k in SCORES], o["unit"]]
             for name, o in scored.items() for label in labels]
     lines += ["", "## Scores", "",
@@ -196,7 +222,7 @@ def markdown(report: dict, figures: list[str]) -> str:
 
     header = ["observable", "unit", REFERENCE, *labels]
     rows = [[name, o["unit"], _summary(o[REFERENCE]), *[_summary(_only_summary(o, label)) for label in labels]]
-            for name, o in observables.items()]
+            for name, o in observables.items() if o["kind"] != "energy"]
     lines += ["", "## Summaries (mean ± sd, or as named)", "", markdown_table(header, rows)]
 
     if "energies" in report:
@@ -205,8 +231,19 @@ def markdown(report: dict, figures: list[str]) -> str:
         lines += ["", "## Energies per frame (gmx mdrun -rerun, kJ/mol, mean ± sd)", "",
                   markdown_table(["term", REFERENCE, *labels], rows)]
 
+    for name, o in observables.items():
+        if o["kind"] == "energy":
+            rows = [[group, _number(mean), *[_with_share(o["sets"][label], group) for label in labels]]
+                    for group, mean in o[REFERENCE].items()]
+            lines += ["", f"## {name[0].upper()}{name[1:]} ({o['unit']} per frame, mean; % of the reference)", "",
+                      markdown_table(["terms", REFERENCE, *labels], rows)]
+
     lines += [""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def _with_share(values: dict, group: str) -> str:
+    return f"{_number(values[group])} ({values[f'{group} %']:.0f} %)"
 
 
 def _only_summary(observable: dict, label: str) -> dict:

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from gmx_deepbackmap.analysis import (
     Analysis,
     BondedDistribution,
+    BondedEnergyByType,
     Chirality,
     Clashes,
     DistributionSpec,
@@ -195,6 +196,12 @@ def test_molecule_lj_adds_up_to_gromacs(analysis, topology, frames, sps_data):
         frames[0].positions, frames[0].box, analysis.excluded_keys, analysis.cutoff))
     assert per_molecule.shape == (CHAINS,)
     assert per_molecule.sum() == pytest.approx(energies["LJ (SR)"][0], abs=0.05)
+    by_type = observable(analysis, BondedEnergyByType)
+    split = by_type.summary(by_type.single_frame(bonded_context(frames[0])))
+    assert "Angle C_AR-C_AR-H_AR" in split and "Improper Dih. C_AR-C_AR-C_AR-C_AR" in split
+    for term in ("Angle", "Proper Dih.", "Improper Dih."):
+        total = sum(v for group, v in split.items() if group.startswith(term + " "))
+        assert total == pytest.approx(energies[term][0], rel=1e-4), term
 
 
 # ----------------------------------------------------------------------------- the command
@@ -208,7 +215,7 @@ def test_compare_command_writes_report(tmp_path, sps_data):
             "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "distributions.png"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "distributions.png", "bonded-types.png"}
     report = json.loads((out / "report.json").read_text())
     assert report["reference"]["frames"] == report["sets"]["same"]["frames"] == 2
     observables = report["observables"]
@@ -217,7 +224,10 @@ def test_compare_command_writes_report(tmp_path, sps_data):
         assert scores.get("jsd", 0.0) == scores.get("l1", 0.0) == scores.get("w1", 0.0) == 0.0, name
     assert observables["chirality"]["sets"]["same"]["flips_per_frame"] == 0
     assert observables["clashes"]["reference"]["max"] == 0
-    assert "| backbone C-C-C angle | same | 0 | - | 0 | deg |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| backbone C-C-C angle | same | 0 | - | 0 | deg |" in markdown
+    assert observables["bonded energy by type"]["sets"]["same"]["Angle C-C-C %"] == pytest.approx(100)
+    assert "## Bonded energy by type" in markdown and "(100 %) |" in markdown
 
     again = CliRunner().invoke(main, args + ["--label", "same=x.xtc"])
     assert again.exit_code != 0 and "label 'same' given twice" in again.output
