@@ -2,16 +2,18 @@
 
     python benchmarks/bench_backmap.py [--model sps-568] [--frames 0:80:8] [--baseline-dir bench-out]
         [--out bench-out] [--device cpu] [--threads 2] [--orientations K] [--gibbs-sweeps N] [--repair-rounds R]
+        [--ranking environment|all]
 
 For t568 and t313: takes the selected frames of cg.xtc/aa.xtc (at 568 K without the 7 frames that
 are also training snapshots), backmaps them with `gmx_deepbackmap.sampler.backmap` (default settings
-unless --orientations/--gibbs-sweeps/--repair-rounds say otherwise), runs `gmx-dbm compare` of the result (and of
-`baseline-<T>.xtc` from bench_baseline.py, when --baseline-dir has it for the same frames) against
-the reference frames, and prints one table per temperature: JSD and W1 per observable against the
-published DeepBackmap figures, frame-mean energies per term as % of the reference, bond-length RMS
-deviation, clashes, chirality flips, and speed (seconds per frame, frames per minute, atoms per
-second). Writes the backmapped frames, the compare reports (`compare-<T>/`) and `bench_backmap.md`
-to --out. Speed is only meaningful on an idle machine.
+unless --orientations/--gibbs-sweeps/--repair-rounds/--ranking say otherwise), runs `gmx-dbm
+compare` of the result (and of `baseline-<T>.xtc` from bench_baseline.py, when --baseline-dir has it
+for the same frames) against the reference frames, and prints one table per temperature: JSD and W1
+per observable against the published DeepBackmap figures, frame-mean energies per term as % of the
+reference, bond-length RMS deviation, clashes, chirality flips, and speed (seconds per frame, frames
+per minute, atoms per second). Writes the backmapped frames, the compare reports (`compare-<T>/`)
+and `bench_backmap.md` to --out.
+Speed is only meaningful on an idle machine.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import torch
 from gmx_deepbackmap.analysis import compare
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.report import markdown_table
-from gmx_deepbackmap.sampler import DEFAULT_GIBBS_SWEEPS, DEFAULT_ORIENTATIONS, DEFAULT_REPAIR_ROUNDS, backmap
+from gmx_deepbackmap.sampler import (
+    DEFAULT_GIBBS_SWEEPS,
+    DEFAULT_ORIENTATIONS,
+    DEFAULT_RANKING,
+    DEFAULT_REPAIR_ROUNDS,
+    RANKINGS,
+    backmap,
+)
 from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames, write_frames
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps"
@@ -99,6 +108,7 @@ def main() -> None:
     parser.add_argument("--orientations", type=int, default=DEFAULT_ORIENTATIONS)
     parser.add_argument("--gibbs-sweeps", type=int, default=DEFAULT_GIBBS_SWEEPS)
     parser.add_argument("--repair-rounds", type=int, default=DEFAULT_REPAIR_ROUNDS)
+    parser.add_argument("--ranking", choices=RANKINGS, default=DEFAULT_RANKING)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -107,14 +117,14 @@ def main() -> None:
     top = bundled_path("sps/topol.top")
     n_atoms = len(load_universe(DATA / "aa.gro").atoms)
     text = [f"model {args.model}, frames {args.frames}, {args.orientations} orientations, {args.gibbs_sweeps} Gibbs "
-            f"sweeps, {args.repair_rounds} repair rounds, device {args.device}, {args.threads} threads, "
-            f"seed {args.seed}"]
+            f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, device {args.device}, "
+            f"{args.threads} threads, seed {args.seed}"]
     for name in ("t568", "t313"):
         cg, aa, n = held_out_frames(name, parse_frames(args.frames), out)
         result = out / f"dbm-{name}.xtc"
         start = time.perf_counter()
         backmap(DATA / "cg.gro", top, result, trajectory=cg, model=args.model, seed=args.seed, device=args.device,
-                orientations=args.orientations, gibbs_sweeps=args.gibbs_sweeps,
+                orientations=args.orientations, gibbs_sweeps=args.gibbs_sweeps, ranking=args.ranking,
                 repair_rounds=args.repair_rounds, overwrite=True)
         seconds = (time.perf_counter() - start) / n
         sets = {MODEL: result}

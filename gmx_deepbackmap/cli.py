@@ -129,9 +129,14 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @click.option("--orientations", type=click.IntRange(min=1), default=6, show_default=True,
               help="Turns about each bead's frame axis tried per placement (forward-pass hydrogens: at most 2); "
                    "the lowest-energy one that keeps the model's chiral centres is kept.")
+@click.option("--ranking", type=click.Choice(["environment", "all"]), default="environment", show_default=True,
+              help="Energy that picks the turn: 'environment' (Lennard-Jones and the bonded terms joining the "
+                   "placed atoms to the others; their own angles and dihedrals stay as generated) or 'all' (plus "
+                   "their own bonded terms: more ideal, colder shapes).")
 @click.option("--repair-rounds", type=click.IntRange(min=0), default=5, show_default=True,
               help="Rounds after the sweeps that re-place, under 8 turns, the beads with a strained contact (a "
-                   "Lennard-Jones pair above 25 kJ/mol) and, in the first 3, those whose energy is an outlier "
+                   "Lennard-Jones pair above 25 kJ/mol) or a bent joint (an angle or dihedral term above 40 "
+                   "kJ/mol) and, in the first 3, those whose energy is an outlier "
                    "among the same bead's copies in other molecules (0: none).")
 @click.option("--no-constrain", is_flag=True,
               help="Keep generated bond lengths (default: restore them to the topology's b0, as in an "
@@ -147,7 +152,8 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @no_progress_option
 @overwrite_option
 def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
-                    orientations, repair_rounds, no_constrain, workdir, chunk_size, only, no_progress, overwrite):
+                    orientations, ranking, repair_rounds, no_constrain, workdir, chunk_size, only, no_progress,
+                    overwrite):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
     Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps, then repair
@@ -160,9 +166,8 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
     if output is None and workdir is None:
         raise click.UsageError("give -o, --workdir, or both")
     options = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
-                   gibbs_sweeps=gibbs_sweeps, orientations=orientations, repair_rounds=repair_rounds,
-                   constrain=not no_constrain,
-                   progress=not no_progress)
+                   gibbs_sweeps=gibbs_sweeps, orientations=orientations, ranking=ranking,
+                   repair_rounds=repair_rounds, constrain=not no_constrain, progress=not no_progress)
     top = topology or bundled_path("sps/topol.top")
     if workdir is None:
         from .sampler import backmap

@@ -42,25 +42,37 @@ class LocalPrior:
                                 terms_of_steps(plan, terms.indices))
         self.excluded = {name: torch.as_tensor(_excluded_matrix(topology, name)) for name in plan.plans}
 
-    def energies(self, batch: Batch, sequence: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Energies (B,) per prior term with the sequence at local positions `sequence` (B, L, 3)."""
+    def energies(self, batch: Batch, sequence: torch.Tensor, internal: bool = True) -> dict[str, torch.Tensor]:
+        """Energies (B,) per prior term with the sequence at local positions `sequence` (B, L, 3).
+        `internal=False` leaves out the bonded terms whose atoms all belong to the sequence (the
+        generated shape's own strain), keeping those that join it to its environment."""
         x = self._coordinates(batch, sequence)
-        return {**self._bonded(batch, x), "lj": self._lj_pairs(batch, x).sum((1, 2))}
+        return {**self._bonded(batch, x, internal), "lj": self._lj_pairs(batch, x).sum((1, 2))}
 
-    def total_and_worst_pair(self, batch: Batch, sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) energy summed over the prior terms (as `energies`) and (B,) the highest Lennard-Jones
-        energy of any one pair of a sequence atom (kJ/mol): a single strained contact the sum hides."""
+    def total_and_strain(self, batch: Batch, sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B,) energy summed over the prior terms (as `energies`), (B,) the highest Lennard-Jones
+        energy of any one pair of a sequence atom and (B,) the highest energy of any one angle or
+        dihedral term (kJ/mol; bonds are left out: the sampler restores them): a single strained
+        contact or bent joint the sum hides."""
         x = self._coordinates(batch, sequence)
         pairs = self._lj_pairs(batch, x)
-        return sum(self._bonded(batch, x).values()) + pairs.sum((1, 2)), pairs.amax((1, 2))
+        rows = self._bonded_rows(batch, x)
+        bent = torch.stack([rows[name].amax(-1) for name in BONDED if name != "bond"]).amax(0)
+        return sum(e.sum(-1) for e in rows.values()) + pairs.sum((1, 2)), pairs.amax((1, 2)), bent
 
-    def _bonded(self, batch: Batch, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _bonded(self, batch: Batch, x: torch.Tensor, internal: bool = True) -> dict[str, torch.Tensor]:
+        return {name: e.sum(-1) for name, e in self._bonded_rows(batch, x, internal).items()}
+
+    def _bonded_rows(self, batch: Batch, x: torch.Tensor, internal: bool = True) -> dict[str, torch.Tensor]:
+        """Energy (B, T) of each bonded term row a step touches, 0 where absent (see `energies`)."""
         lookup = self._positions(batch)
         out = {}
         for name, (_, params, _) in self.terms.items():
             rows, where, valid = self._term_slots(name, batch, lookup)
+            if not internal:
+                valid = valid & ~(where >= batch.env_atoms.shape[1]).all(-1)
             energy = bonded_row_energies(name, x, where.clamp(min=0), params[rows.clamp(min=0)].to(x))
-            out[name] = torch.where(valid, energy, torch.zeros((), dtype=x.dtype)).sum(-1)
+            out[name] = torch.where(valid, energy, torch.zeros((), dtype=x.dtype))
         return out
 
     def centre_of_mass(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:

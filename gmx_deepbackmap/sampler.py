@@ -6,7 +6,9 @@ order, all molecules in one batch per rank), then Gibbs sweeps that re-place eve
 other atoms. In a Gibbs sweep, beads whose neighbourhoods overlap are never re-placed in the same
 batch: the beads are coloured so that no two neighbours share a colour, and one colour is one
 batch (chromatic Gibbs). Every item is generated under K turns about its frame axis, all in the
-same batch, and the turn with the lowest local force-field energy is kept, among those that keep
+same batch, and the turn with the lowest local force-field energy with its surroundings is kept
+(`RANKINGS`: by default the step's own bonded terms do not count: choosing the most ideal of K
+shapes made sPS rings too flat at 568 K; the turn is chosen for its fit), among those that keep
 the handedness of the chiral centres the model recorded from its training structures (`stereo`:
 the force field cannot tell mirror images apart; atoms not yet placed stand at their beads, so
 the forward pass decides a centre's handedness when the first of its atoms is placed). In the
@@ -19,7 +21,8 @@ over the whole frame, after the last sweep, keeping the generated shape (`constr
 of sPS frames and left clashes: the generator then builds on environments the projection has bent.)
 
 Between the sweeps and that restoration, repair rounds re-place, under `REPAIR_ORIENTATIONS`
-turns, the beads with a strained contact (one Lennard-Jones pair above `STRAINED_PAIR`) and, in the
+turns, the beads with a strained contact (one Lennard-Jones pair above `STRAINED_PAIR`) or a bent
+joint (one angle or dihedral term above `STRAINED_TERM`) and, in the
 first `OUTLIER_ROUNDS`, those with a step whose energy is an outlier among the copies of the same
 step in other molecules (`repair_steps`): about one bead in five of an sPS frame ends the sweeps
 strained (an angle bent by 40 degrees, a methine hydrogen 0.18 nm from a ring carbon), and these few
@@ -69,8 +72,17 @@ MIN_COPIES = 8  # templates with fewer copies in the system are never called out
 # kJ/mol: one Lennard-Jones pair this high is a strained contact (sPS at 568 K: 1 reference chain in
 # 360 has a pair above 30; sampled frames had one in five, mostly methine H against a ring carbon).
 STRAINED_PAIR = 25.0
-OUTLIER_ROUNDS = 3  # repair rounds that also re-place energy outliers; later ones only strained contacts
+# kJ/mol: one angle or dihedral term this high is a bent joint (sPS: the most in 10 reference frames is
+# 36 at 568 K and 18 at 313 K; sampled 568 K frames had 1-19 above 40, at backbone junctions, and one
+# such frame stopped MD on LINCS warnings).
+STRAINED_TERM = 40.0
+OUTLIER_ROUNDS = 3  # repair rounds that also re-place energy outliers; later ones only strained steps
 MAX_ITEMS = 512  # items (orientations included) per network call: bounds memory, not results
+# What the choice among turns minimises: "environment", the energy of the step with its
+# surroundings (Lennard-Jones and the bonded terms that join it to atoms in place; its own bonded
+# terms are left as generated), or "all", that plus the step's own bonds, angles and dihedrals.
+RANKINGS = ("environment", "all")
+DEFAULT_RANKING = "environment"
 
 
 # --------------------------------------------------------------------------- whole molecules
@@ -190,25 +202,27 @@ class _FrameState:
     positions: torch.Tensor  # (N, 3) float64, every atom near its owner bead
     angles: torch.Generator
     device: torch.device
+    ranking: str
 
 
-def _standing_energies(state: _FrameState) -> tuple[np.ndarray, np.ndarray]:
+def _standing_energies(state: _FrameState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(S,) local energy of every step's atoms where they stand now, each seeing every other atom
-    (hydrogens included), and (S,) the energy of each step's worst Lennard-Jones pair, kJ/mol."""
-    out, worst = np.empty(len(state.plan.step_bead)), np.empty(len(state.plan.step_bead))
-    for chunk in _chunks(np.arange(len(out)), 1):
+    (hydrogens included), (S,) the energy of each step's worst Lennard-Jones pair and (S,) of its
+    worst angle or dihedral term, kJ/mol (`LocalPrior.total_and_strain`)."""
+    out = np.empty((3, len(state.plan.step_bead)))
+    for chunk in _chunks(np.arange(out.shape[1]), 1):
         items = torch.from_numpy(chunk)
         batch = _trim(gather(state.plan, state.hood, state.positions, state.cg, state.box, items,
                              torch.full((len(chunk),), GIBBS), torch.zeros(len(chunk), dtype=torch.float64),
                              state.model.half_extent, score_hidden=True))
-        total, pair = state.prior.total_and_worst_pair(batch, batch.target)
-        out[chunk], worst[chunk] = total.numpy(), pair.numpy()
-    return out, worst
+        out[:, chunk] = torch.stack(state.prior.total_and_strain(batch, batch.target)).numpy()
+    return out[0], out[1], out[2]
 
 
 def _place(state: _FrameState, steps: np.ndarray, context: int, k: int, score_hidden: bool = False) -> None:
-    """Generate the steps under k turns each and write to the frame the lowest-energy turn of those
-    that invert or flatten the fewest recorded chiral centres. `score_hidden`: see `gather`."""
+    """Generate the steps under k turns each and write to the frame the lowest-energy turn (energy
+    as `state.ranking` says) of those that invert or flatten the fewest recorded chiral centres.
+    `score_hidden`: see `gather`."""
     model, plan = state.model, state.plan
     n = len(steps)
     items = torch.from_numpy(steps).repeat_interleave(k)
@@ -223,7 +237,7 @@ def _place(state: _FrameState, steps: np.ndarray, context: int, k: int, score_hi
     local = coords.to("cpu", torch.float64)
     if context == FORWARD:  # in Gibbs sweeps a bead sits between two joints; shifting it flipped chirality
         local = local + state.prior.junction_shift(batch, local)[:, None]
-    energy = sum(state.prior.energies(batch, local).values()).view(n, k)
+    energy = sum(state.prior.energies(batch, local, internal=state.ranking == "all").values()).view(n, k)
     placed = batch.to_box_frame(local)
     inverted = state.stereo.inverted(batch.steps, batch.sequence_atoms, placed, state.positions, state.box).view(n, k)
     energy = torch.where(inverted == inverted.min(1, keepdim=True).values, energy, torch.inf)
@@ -266,10 +280,11 @@ def outlier_steps(energy: np.ndarray, templates: np.ndarray, mads: float = OUTLI
     return out
 
 
-def repair_steps(energy: np.ndarray, worst: np.ndarray, templates: np.ndarray, outliers_too: bool) -> np.ndarray:
-    """(S,) bool: steps with a strained contact (`STRAINED_PAIR`) and, if `outliers_too`, energy
-    outliers among their template's copies (`outlier_steps`)."""
-    strained = worst > STRAINED_PAIR
+def repair_steps(energy: np.ndarray, worst_pair: np.ndarray, worst_term: np.ndarray, templates: np.ndarray,
+                 outliers_too: bool) -> np.ndarray:
+    """(S,) bool: steps with a strained contact (`STRAINED_PAIR`) or bent term (`STRAINED_TERM`)
+    and, if `outliers_too`, energy outliers among their template's copies (`outlier_steps`)."""
+    strained = (worst_pair > STRAINED_PAIR) | (worst_term > STRAINED_TERM)
     return strained | outlier_steps(energy, templates, OUTLIER_MADS) if outliers_too else strained
 
 
@@ -306,6 +321,7 @@ def backmap_frame(
     gibbs_sweeps: int = DEFAULT_GIBBS_SWEEPS,
     orientations: int = DEFAULT_ORIENTATIONS,
     repair_rounds: int = DEFAULT_REPAIR_ROUNDS,
+    ranking: str = DEFAULT_RANKING,
     generator: torch.Generator | int = 0,
     device: str | torch.device = "cpu",
     constraints: Constraints | None = None,
@@ -317,7 +333,8 @@ def backmap_frame(
 
     `plan` must be built with the model's feature layout. After the sweeps, up to `repair_rounds`
     rounds re-place the strained beads (`repair_steps`, `repair_schedule`) under
-    `REPAIR_ORIENTATIONS` turns (a round with none ends them). `generator` (or a seed) fixes every random
+    `REPAIR_ORIENTATIONS` turns (a round with none ends them). `ranking` (`RANKINGS`): which
+    energy picks the turn. `generator` (or a seed) fixes every random
     choice: the same seed gives the same structure; the global RNG state is left untouched.
     `constraints` (see `bond_constraints`): bond lengths restored to them, None: left as
     generated. `stereo`: chiral centres whose handedness candidates must keep (see `StereoCheck`),
@@ -330,6 +347,8 @@ def backmap_frame(
     if orientations < 1 or gibbs_sweeps < 0 or repair_rounds < 0:
         raise InputError("need orientations >= 1, gibbs_sweeps >= 0 and repair_rounds >= 0 "
                          f"(got {orientations}, {gibbs_sweeps}, {repair_rounds})")
+    if ranking not in RANKINGS:
+        raise InputError(f"ranking '{ranking}': expected one of {', '.join(RANKINGS)}")
     gen = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(int(generator))
     device = torch.device(device)
     if device.type == "cpu":
@@ -338,7 +357,7 @@ def backmap_frame(
     hood = neighbourhood(plan, cg, box, reach(model.half_extent))
     stereo = stereo or StereoCheck(plan, np.zeros((0, 4), dtype=np.int64), np.zeros(0))
     state = _FrameState(model, plan, prior, stereo, hood, cg_t, box_t, cg_t[torch.from_numpy(plan.atom_owner)].clone(),
-                        gen, device)
+                        gen, device, ranking)
     sweep = gibbs_schedule(plan, hood.beads)
     passes = [("forward", forward_schedule(plan), FORWARD)] + [(f"sweep {k + 1}", sweep, GIBBS)
                                                                for k in range(gibbs_sweeps)]
@@ -361,8 +380,9 @@ def backmap_frame(
         for name, schedule, context in passes:
             run(name, schedule, context, orientations)
         for k in range(repair_rounds):
-            energy, worst = _standing_energies(state)
-            schedule = repair_schedule(plan, hood.beads, repair_steps(energy, worst, templates, k < OUTLIER_ROUNDS))
+            energy, pair, term = _standing_energies(state)
+            chosen = repair_steps(energy, pair, term, templates, k < OUTLIER_ROUNDS)
+            schedule = repair_schedule(plan, hood.beads, chosen)
             if not schedule:
                 break
             run(f"repair {k + 1}", schedule, GIBBS, REPAIR_ORIENTATIONS, score_hidden=True)
@@ -425,6 +445,7 @@ def backmap(
     gibbs_sweeps: int = DEFAULT_GIBBS_SWEEPS,
     orientations: int = DEFAULT_ORIENTATIONS,
     repair_rounds: int = DEFAULT_REPAIR_ROUNDS,
+    ranking: str = DEFAULT_RANKING,
     constrain: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -453,7 +474,7 @@ def backmap(
                 raise InputError(f"frame {cg.step} has no periodic box", trajectory or structure)
             with tqdm(total=per_frame, unit="atom", desc=f"frame {cg.step}", leave=False, disable=disable) as bar:
                 x = backmap_frame(net, system.plan, system.prior, cg.positions, cg.box, gibbs_sweeps=gibbs_sweeps,
-                                  orientations=orientations, repair_rounds=repair_rounds,
+                                  orientations=orientations, repair_rounds=repair_rounds, ranking=ranking,
                                   generator=frame_seed(seed, cg.step), device=device,
                                   constraints=system.constraints, stereo=system.stereo, progress=_growing(bar))
             whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), levels).numpy()

@@ -17,12 +17,14 @@ from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.cli import main
 from gmx_deepbackmap.constraints import Constraints, bond_constraints, project_bonds, restore_bonds
 from gmx_deepbackmap.environment import plan_system
+from gmx_deepbackmap.errors import InputError
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import MODELS_DIR, load_model, new_model, save_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.pbc import minimum_image
 from gmx_deepbackmap.sampler import (
     STRAINED_PAIR,
+    STRAINED_TERM,
     backmap_frame,
     outlier_steps,
     prepare_system,
@@ -147,6 +149,19 @@ def test_same_seed_same_structure_other_seed_other_structure(backmapped, system,
     assert np.abs(first - read_frames(other)[0].positions).max() > 0.01
 
 
+def test_ranking_picks_other_turns_and_is_checked(backmapped, system, tmp_path):
+    """`--ranking all` also counts the placed atoms' own bonded terms: other turns win."""
+    ranked = tmp_path / "all.gro"
+    assert run(system, ranked, "--seed", "5", "--ranking", "all").exit_code == 0
+    assert not np.array_equal(read_frames(backmapped)[0].positions, read_frames(ranked)[0].positions)
+    topology = read_topology(system["top"])
+    model = load_model(system["model"])
+    parts = prepare_system(model, topology, read_mapping(system["map"], topology))
+    cg = read_frames(system["gro"])[0]
+    with pytest.raises(InputError, match="ranking 'ideal': expected one of environment, all"):
+        backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, ranking="ideal")
+
+
 def test_stages_report_each_pass_and_the_restored_bonds_last(system):
     topology = read_topology(system["top"])
     model = load_model(system["model"])
@@ -181,12 +196,13 @@ def test_repairs_re_place_whole_beads(system):
     assert sorted(redone.tolist()) == np.flatnonzero(plan.step_bead == plan.step_bead[heavy]).tolist()
 
 
-def test_strained_contacts_are_repaired_in_every_round_outliers_in_the_first():
+def test_strained_steps_are_repaired_in_every_round_outliers_in_the_first():
     energy = np.r_[np.arange(10.0), 200.0]
-    worst = np.r_[np.zeros(5), STRAINED_PAIR + 1, np.zeros(5)]
+    pair = np.r_[np.zeros(5), STRAINED_PAIR + 1, np.zeros(5)]
+    term = np.r_[np.zeros(7), STRAINED_TERM + 1, np.zeros(3)]
     templates = np.zeros(11, dtype=int)
-    assert np.flatnonzero(repair_steps(energy, worst, templates, outliers_too=True)).tolist() == [5, 10]
-    assert np.flatnonzero(repair_steps(energy, worst, templates, outliers_too=False)).tolist() == [5]
+    assert np.flatnonzero(repair_steps(energy, pair, term, templates, outliers_too=True)).tolist() == [5, 7, 10]
+    assert np.flatnonzero(repair_steps(energy, pair, term, templates, outliers_too=False)).tolist() == [5, 7]
 
 
 def test_repairs_place_each_colour_whole(system):

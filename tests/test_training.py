@@ -145,6 +145,23 @@ def test_junction_shift_repairs_the_bonds_to_placed_atoms(sps_system, snapshot):
     assert (after[1:] < 0.5 * before[1:]).all()
 
 
+def test_environment_energy_leaves_out_the_sequences_own_terms(sps_system, snapshot):
+    """Without the internal terms the energy is what joins the sequence to its environment: moving
+    the sequence rigidly changes both energies alike, and its own terms are what they differ by."""
+    topology, _, plan = sps_system
+    frame, cg = snapshot
+    batch = environments(plan, frame, cg, 0.3)
+    prior = LocalPrior(topology, plan)
+    moved = batch.target + torch.tensor([0.02, 0.01, -0.03], dtype=torch.float64)
+    for name in ("bond", "angle", "proper", "improper"):
+        own = [prior.energies(batch, x)[name] - prior.energies(batch, x, internal=False)[name]
+               for x in (batch.target, moved)]
+        torch.testing.assert_close(own[0], own[1])
+    ring = 1  # item 1 re-places a phenyl ring: its in-ring angles are its own
+    assert prior.energies(batch, batch.target)["angle"][ring] > prior.energies(batch, batch.target,
+                                                                               internal=False)["angle"][ring]
+
+
 def test_hidden_hydrogens_enter_the_energy_not_the_network(sps_system, snapshot):
     """Item 1 re-places a ring in a Gibbs sweep: its molecule's hydrogens are hidden from the
     network. With `score_hidden` the energy sees them (the methine H beside the ring among them),
@@ -163,22 +180,23 @@ def test_hidden_hydrogens_enter_the_energy_not_the_network(sps_system, snapshot)
     assert prior.energies(scored, scored.target)["lj"][1] != prior.energies(hidden, hidden.target)["lj"][1]
 
 
-def test_worst_pair_finds_one_strained_contact(sps_system, snapshot):
+def test_strain_finds_one_strained_contact_and_its_bent_joints(sps_system, snapshot):
     topology, _, plan = sps_system
     frame, cg = snapshot
     batch = environments(plan, frame, cg, 0.3)
     prior = LocalPrior(topology, plan)
-    total, at_reference = prior.total_and_worst_pair(batch, batch.target)
+    total, at_reference, bent = prior.total_and_strain(batch, batch.target)
     torch.testing.assert_close(total, sum(prior.energies(batch, batch.target).values()))
-    assert (at_reference < 25.0).all()  # an equilibrated structure
+    assert (at_reference < 25.0).all() and (bent < 40.0).all()  # an equilibrated structure
     moved = batch.target.clone()
     atoms = batch.env_atoms[2]
     other = (atoms >= 0) & (torch.from_numpy(plan.atom_molecule)[atoms.clamp(min=0)]
                             != plan.atom_molecule[int(batch.sequence_atoms[2, 0])])
     env = int(torch.nonzero(other)[0, 0])  # 0.11 nm from an atom of another molecule
     moved[2, 0] = batch.particles[2, env] + torch.tensor([0.11, 0.0, 0.0], dtype=torch.float64)
-    worst = prior.total_and_worst_pair(batch, moved)[1]
+    _, worst, bent_moved = prior.total_and_strain(batch, moved)
     assert worst[2] > 1000.0 and torch.equal(worst[[0, 1, 3, 4]], at_reference[[0, 1, 3, 4]])
+    assert bent_moved[2] > 40.0 and torch.equal(bent_moved[[0, 1, 3, 4]], bent[[0, 1, 3, 4]])  # its joints bent
 
 
 def test_sampling_rollout_skips_padded_steps(sps_system, snapshot):
