@@ -250,8 +250,9 @@ def compare_command(structure, topology, reference, labels, output, frames, obse
     """Compare sets of atomistic frames with reference frames (method.md section 7).
 
     Bonded distributions, per-molecule LJ energy, carbon pair distances, GROMACS energies per term,
-    bond lengths, clashes, ring planarity and chirality; scores (Jensen-Shannon divergence,
-    1-Wasserstein distance) against the reference.
+    bonded energies per atom-type tuple, bond lengths, clashes, ring planarity and chirality;
+    scores (Jensen-Shannon divergence, 1-Wasserstein distance, % of the reference's energy)
+    against the reference.
     """
     from .analysis import compare
     from .structure import parse_frames
