@@ -272,6 +272,10 @@ class FrameContext:
         """Minimum-image displacements x_j - x_i (..., 3)."""
         return minimum_image(self.positions[torch.as_tensor(j)] - self.positions[torch.as_tensor(i)], self.box)
 
+    def chain_vectors(self, tuples: np.ndarray) -> list[torch.Tensor]:
+        """Minimum-image vectors x_(k+1) - x_k (n, 3) along atom tuples (n, m): m - 1 of them."""
+        return [self.vectors(tuples[:, k], tuples[:, k + 1]) for k in range(tuples.shape[1] - 1)]
+
 
 def frame_context(positions: np.ndarray, box: np.ndarray, excluded_keys: np.ndarray, cutoff: float) -> FrameContext:
     """Neighbour search of one frame; excluded pairs (keys i * N + j, ascending) are dropped."""
@@ -342,7 +346,7 @@ class BondedDistribution(Distribution):
         return self.spec.unit
 
     def single_frame(self, ctx: FrameContext) -> np.ndarray:
-        steps = [ctx.vectors(self.tuples[:, k], self.tuples[:, k + 1]) for k in range(self.tuples.shape[1] - 1)]
+        steps = ctx.chain_vectors(self.tuples)
         value = _geometry(steps).numpy()
         return value if len(steps) == 1 else np.degrees(value)
 
@@ -533,8 +537,7 @@ class BondedEnergyByType(Observable):
     def single_frame(self, ctx: FrameContext) -> np.ndarray:
         out = np.zeros((1, len(self.groups)))
         for term, (indices, params, group) in self.terms.items():
-            vectors = [ctx.vectors(indices[:, k], indices[:, k + 1]) for k in range(indices.shape[1] - 1)]
-            energy = vector_energies(term, vectors, torch.as_tensor(params)).numpy()
+            energy = vector_energies(term, ctx.chain_vectors(indices), torch.as_tensor(params)).numpy()
             out[0] += np.bincount(group, energy, minlength=len(self.groups))
         return out
 
