@@ -11,8 +11,10 @@ compare` of the result (and of `baseline-<T>.xtc` from bench_baseline.py, when -
 for the same frames) against the reference frames, and prints one table per temperature: JSD and W1
 per observable against the published DeepBackmap figures, frame-mean energies per term as % of the
 reference, bond-length RMS deviation, clashes, chirality flips, and speed (seconds per frame, frames
-per minute, atoms per second). Writes the backmapped frames, the compare reports (`compare-<T>/`)
-and `bench_backmap.md` to --out.
+per minute, atoms per second). A last column scores the held-out reference frames halfway between
+the selected ones ("reference, other frames": 4:80:8 for 0:80:8) the same way: the sampling noise
+of that many frames, below which a figure is not resolved. Writes the backmapped frames, the
+compare reports (`compare-<T>/`) and `bench_backmap.md` to --out.
 Speed is only meaningful on an idle machine.
 """
 
@@ -49,6 +51,15 @@ PUBLISHED = {
 }
 TERMS = ("Bond", "Angle", "Proper Dih.", "Improper Dih.", "LJ (SR)", "Coulomb (SR)")
 MODEL = "DeepBackmap"
+FLOOR = "reference, other frames"
+
+
+def other_frames(frames: slice) -> slice | None:
+    """The frames halfway between the selected ones (0:80:8 -> 4:80:8), None if they leave no gap.
+    Scored against the reference, they show how far two sets of this many reference frames differ
+    by sampling alone: smaller differences are not resolved."""
+    start, stop, step = frames.indices(10**9)
+    return slice(start + step // 2, frames.stop, step) if step > 1 else None
 
 
 def held_out(universe, name: str, frames: slice):
@@ -57,11 +68,11 @@ def held_out(universe, name: str, frames: slice):
     return (frame for i, frame in zip(indices, iter_frames(universe, frames)) if i not in TRAINING_FRAMES[name])
 
 
-def held_out_frames(name: str, frames: slice, out: Path) -> tuple[Path, Path, int]:
+def held_out_frames(name: str, frames: slice, out: Path, tag: str = "heldout") -> tuple[Path, Path, int]:
     """CG and AA trajectories of the selected frames that are not training snapshots."""
     cg = load_universe(DATA / "cg.gro", DATA / name / "cg.xtc")
     aa = load_universe(DATA / "aa.gro", DATA / name / "aa.xtc")
-    paths = out / f"heldout-{name}-cg.xtc", out / f"heldout-{name}-aa.xtc"
+    paths = out / f"{tag}-{name}-cg.xtc", out / f"{tag}-{name}-aa.xtc"
     for universe, path in zip((cg, aa), paths):
         kept = list(held_out(universe, name, frames))
         atoms = universe.atoms
@@ -131,6 +142,9 @@ def main() -> None:
         baseline = Path(args.baseline_dir or out) / f"baseline-{name}.xtc"
         if baseline.is_file() and len(load_universe(DATA / "aa.gro", baseline).trajectory) == n:
             sets["baseline"] = baseline
+        floor = other_frames(parse_frames(args.frames))
+        if floor is not None:
+            sets[FLOOR] = held_out_frames(name, floor, out, tag="other")[1]
         report = compare(DATA / "aa.gro", top, aa, sets, out / f"compare-{name}", overwrite=True)
         table = bar_table(report, name, seconds, n_atoms)
         text.append(f"## {name[1:]} K: {n} held-out frames\n\n{table}")

@@ -17,7 +17,9 @@ vectors for the bonded ones. Frames are analysed in parallel worker processes. T
   ring torsions, 0 for a flat ring).
 - `MoleculeLJ`: LJ energy per molecule: each non-excluded pair within the cut-off (1.0 nm,
   potential-shift, minimum image) contributes half its energy to each of its two atoms; atoms are
-  summed per molecule. Over all molecules this is GROMACS' "LJ (SR)".
+  summed per molecule. Over all molecules this is GROMACS' "LJ (SR)". Also split into the pairs
+  within one molecule and those between two (their sum is the total): a per-molecule spread wider
+  than the reference's then shows whether the molecules' own shapes or their packing make it.
 - `PairDistances`: counts per frame of non-excluded pair distances between atoms of the chosen
   elements (default C-C, 0.01 nm bins from 0 to 0.9 nm).
 - `BondDeviation`: RMS deviation of bond (and constraint) lengths from b0, per frame.
@@ -74,6 +76,9 @@ ENERGY_TERMS = (*GMX_TERM_NAMES.values(), "Potential")
 LJ_BINS = 60
 LJ_RANGE = (0.5, 99.5)  # percentiles of the reference that span the LJ bins ...
 LJ_WIDEN = 0.2  # ... widened by this fraction of their width (half on each side)
+# MoleculeLJ parts and their observable names: all pairs, then pairs within / between molecules
+LJ_PARTS = {"total": "LJ energy per molecule", "intra": "LJ energy per molecule, intramolecular pairs",
+            "inter": "LJ energy per molecule, intermolecular pairs"}
 NEIGHBOUR_SKIN = 1e-3  # nm: the grid search runs in float32; the exact cut-off is applied after it
 
 
@@ -357,7 +362,9 @@ class BondedDistribution(Distribution):
 @dataclass
 class MoleculeLJ(Distribution):
     """LJ energy of each molecule: every non-excluded pair's potential-shifted LJ energy within the
-    cut-off, half to each of its two atoms, summed over the molecule's atoms (kJ/mol)."""
+    cut-off, half to each of its two atoms, summed over the molecule's atoms (kJ/mol). `part`
+    (`LJ_PARTS`) keeps all pairs, only those within one molecule, or only those between two: which
+    of the two makes a per-molecule spread the reference does not have."""
 
     molecule_index: np.ndarray  # (N,)
     type_index: np.ndarray  # (N,)
@@ -365,14 +372,21 @@ class MoleculeLJ(Distribution):
     c12: np.ndarray
     cutoff: float
     molecules: np.ndarray  # which molecules to report
-    name = "LJ energy per molecule"
+    part: str = "total"
     unit = "kJ/mol"
 
+    @property
+    def name(self) -> str:
+        return LJ_PARTS[self.part]
+
     def single_frame(self, ctx: FrameContext) -> np.ndarray:
-        i, j = ctx.pairs[:, 0], ctx.pairs[:, 1]
+        same = self.molecule_index[ctx.pairs[:, 0]] == self.molecule_index[ctx.pairs[:, 1]]
+        keep = {"total": slice(None), "intra": same, "inter": ~same}[self.part]
+        pairs, distances = ctx.pairs[keep], ctx.distances[keep]
+        i, j = pairs[:, 0], pairs[:, 1]
         pair_type = self.type_index[i] * len(self.c6) + self.type_index[j]
         c6, c12 = (torch.from_numpy(np.take(table, pair_type)) for table in (self.c6, self.c12))
-        energy = lj_row_energies(torch.from_numpy(ctx.distances**2), c6, c12, self.cutoff).numpy()
+        energy = lj_row_energies(torch.from_numpy(distances**2), c6, c12, self.cutoff).numpy()
         n = int(self.molecule_index.max()) + 1
         per_molecule = (np.bincount(self.molecule_index[i], 0.5 * energy, minlength=n)
                         + np.bincount(self.molecule_index[j], 0.5 * energy, minlength=n))
@@ -609,8 +623,8 @@ class Analysis:
                                          for spec in config.distributions]
         names = np.array([name for name, _ in topology.molecules])
         wanted = np.isin(names, config.molecule_types) if config.molecule_types else np.ones(len(names), bool)
-        observables.append(MoleculeLJ(topology.molecule_index, topology.type_index, topology.c6, topology.c12,
-                                      config.cutoff, np.flatnonzero(wanted)))
+        observables += [MoleculeLJ(topology.molecule_index, topology.type_index, topology.c6, topology.c12,
+                                   config.cutoff, np.flatnonzero(wanted), part) for part in LJ_PARTS]
         observables.append(PairDistances(np.isin(topology.elements, config.pair_elements), config.pair_r_max,
                                          config.pair_width, config.pair_elements))
         bonds = np.concatenate([topology.bonds.indices, topology.constraints.indices]).reshape(-1, 2)

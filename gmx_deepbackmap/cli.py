@@ -249,10 +249,10 @@ def compare_command(structure, topology, reference, labels, output, frames, obse
                     no_progress, overwrite):
     """Compare sets of atomistic frames with reference frames (method.md section 7).
 
-    Bonded distributions, per-molecule LJ energy, carbon pair distances, GROMACS energies per term,
-    bonded energies per atom-type tuple, bond lengths, clashes, ring planarity and chirality;
-    scores (Jensen-Shannon divergence, 1-Wasserstein distance, % of the reference's energy)
-    against the reference.
+    Bonded distributions, per-molecule LJ energy (all pairs, and split into pairs within and
+    between molecules), carbon pair distances, GROMACS energies per term, bonded energies per
+    atom-type tuple, bond lengths, clashes, ring planarity and chirality; scores (Jensen-Shannon
+    divergence, 1-Wasserstein distance, % of the reference's energy) against the reference.
     """
     from .analysis import compare
     from .structure import parse_frames

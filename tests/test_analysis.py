@@ -185,6 +185,14 @@ def test_reference_rings_are_planar(analysis, frames):
     assert 0 < values.max() < 0.02
 
 
+def test_molecule_lj_parts_add_up(analysis, frames):
+    ctx = frame_context(frames[0].positions, frames[0].box, analysis.excluded_keys, analysis.cutoff)
+    parts = {o.part: o.single_frame(ctx) for o in analysis.observables if isinstance(o, MoleculeLJ)}
+    assert set(parts) == {"total", "intra", "inter"}
+    np.testing.assert_allclose(parts["intra"] + parts["inter"], parts["total"], atol=1e-9)
+    assert (parts["inter"] < 0).all()  # packed chains attract one another
+
+
 def test_molecule_lj_adds_up_to_gromacs(analysis, topology, frames, sps_data):
     try:
         engine = get_engine()
