@@ -58,8 +58,8 @@ def other_frames(frames: slice) -> slice | None:
     """The frames halfway between the selected ones (0:80:8 -> 4:80:8), None if they leave no gap.
     Scored against the reference, they show how far two sets of this many reference frames differ
     by sampling alone: smaller differences are not resolved."""
-    start, _, step = frames.indices(10**9)
-    first = start + step // 2
+    step = frames.step or 1
+    first = (frames.start or 0) + step // 2
     return slice(first, frames.stop, step) if step > 1 and (frames.stop is None or first < frames.stop) else None
 
 
