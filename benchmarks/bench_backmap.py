@@ -15,7 +15,10 @@ per minute, atoms per second). A last column scores the held-out reference frame
 the selected ones ("reference, other frames": 4:80:8 for 0:80:8) the same way: the sampling noise
 of that many frames, below which a figure is not resolved. Writes the backmapped frames, the
 compare reports (`compare-<T>/`) and `bench_backmap.md` to --out.
-Speed is only meaningful on an idle machine.
+The frames are backmapped in resumable chunks (`gmx_deepbackmap.chunks`, --chunk-size frames each)
+under --out, so a long bench (all held-out frames: --frames 0:80:1) that is stopped resumes where
+it was when rerun with the same arguments; the speed is the wall time over the frames backmapped
+by all runs of it (`speed-<T>.json`). Speed is only meaningful on an idle machine.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 
 from gmx_deepbackmap.analysis import compare
 from gmx_deepbackmap.bundled import bundled_path
+from gmx_deepbackmap.chunks import backmap_in_chunks, merge_chunks
 from gmx_deepbackmap.report import markdown_table
 from gmx_deepbackmap.sampler import (
     DEFAULT_GIBBS_SWEEPS,
@@ -36,7 +40,6 @@ from gmx_deepbackmap.sampler import (
     DEFAULT_RANKING,
     DEFAULT_REPAIR_ROUNDS,
     RANKINGS,
-    backmap,
 )
 from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames, write_frames
 
@@ -81,6 +84,21 @@ def held_out_frames(name: str, frames: slice, out: Path, tag: str = "heldout") -
     return *paths, len(kept)
 
 
+def backmap_resumably(cg: Path, result: Path, tag: str, chunk_size: int, **settings) -> float:
+    """Backmap the frames of cg into result through a chunk folder beside it, skipping the chunks a
+    stopped run finished; returns the wall seconds per frame over all runs (kept in speed-<tag>.json)."""
+    work, speed = result.parent / f"chunks-{tag}", result.parent / f"speed-{tag}.json"
+    spent = json.loads(speed.read_text()) if speed.is_file() else {"seconds": 0.0, "frames": 0}
+    start = time.perf_counter()
+    done = backmap_in_chunks(DATA / "cg.gro", bundled_path("sps/topol.top"), work, chunk_size=chunk_size,
+                             trajectory=cg, **settings)
+    if done:
+        spent = {"seconds": spent["seconds"] + time.perf_counter() - start, "frames": spent["frames"] + done}
+        speed.write_text(json.dumps(spent))
+    merge_chunks(work, result, overwrite=True)
+    return spent["seconds"] / spent["frames"] if spent["frames"] else float("nan")
+
+
 def bar_table(report: dict, name: str, seconds_per_frame: float, n_atoms: int) -> str:
     """Markdown table: the bar of issue #4 against what each set reaches."""
     sets = list(report["sets"])
@@ -121,6 +139,7 @@ def main() -> None:
     parser.add_argument("--gibbs-sweeps", type=int, default=DEFAULT_GIBBS_SWEEPS)
     parser.add_argument("--repair-rounds", type=int, default=DEFAULT_REPAIR_ROUNDS)
     parser.add_argument("--ranking", choices=RANKINGS, default=DEFAULT_RANKING)
+    parser.add_argument("--chunk-size", type=int, default=4, help="frames per resumable chunk (default 4)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -134,11 +153,11 @@ def main() -> None:
     for name in ("t568", "t313"):
         cg, aa, n = held_out_frames(name, parse_frames(args.frames), out)
         result = out / f"dbm-{name}.xtc"
-        start = time.perf_counter()
-        backmap(DATA / "cg.gro", top, result, trajectory=cg, model=args.model, seed=args.seed, device=args.device,
-                orientations=args.orientations, gibbs_sweeps=args.gibbs_sweeps, ranking=args.ranking,
-                repair_rounds=args.repair_rounds, overwrite=True)
-        seconds = (time.perf_counter() - start) / n
+        tag = f"{name}-{args.frames.replace(':', '_')}"
+        seconds = backmap_resumably(cg, result, tag, args.chunk_size, model=args.model, seed=args.seed,
+                                    device=args.device, orientations=args.orientations,
+                                    gibbs_sweeps=args.gibbs_sweeps, ranking=args.ranking,
+                                    repair_rounds=args.repair_rounds)
         sets = {MODEL: result}
         baseline = Path(args.baseline_dir or out) / f"baseline-{name}.xtc"
         if baseline.is_file() and len(load_universe(DATA / "aa.gro", baseline).trajectory) == n:
