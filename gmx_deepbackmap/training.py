@@ -47,6 +47,13 @@ from .structure import atomic_output, read_frames
 from .topology import read_topology
 from .voxels import Grid, coordinates_to_density, density_to_coordinates, splat, voxelise
 
+# "l1": the paper's per-item |E(reference) - E(generated)|. A generator that ignores its noise
+# minimises it by placing every item at the median of its reference energies, below their mean
+# (sPS: ring terms at 30-50 % of the reference). "energy": the energy score of two independent draws
+# per item, E|E(x) - E(ref)| - E|E(x) - E(x')| / 2, a proper scoring rule: lowest when the draws
+# follow the reference's conditional distribution, spread included (one extra generator pass).
+PRIOR_SCORES = ("l1", "energy")
+
 
 @dataclass
 class TrainConfig:
@@ -68,6 +75,7 @@ class TrainConfig:
     lambda_gp: float = 0.1
     lambda_phi: float = 0.01  # weight of the energy prior once ramped up
     prior_ramp: tuple[int, int] = (6000, 10000)  # steps over which lambda_phi goes 0 -> lambda_phi
+    prior_score: str = "l1"  # how the prior scores generated against reference energies: PRIOR_SCORES
     learning_rate: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
     ema_decay: float = 0.999  # model file: generator weights averaged over ~1/(1 - ema_decay) steps; 0: the last
@@ -108,6 +116,8 @@ class TrainConfig:
         for key in ("prior_ramp", "betas"):
             if key in data:
                 data[key] = tuple(data[key])
+        if data.get("prior_score", "l1") not in PRIOR_SCORES:
+            raise InputError(f"prior_score '{data['prior_score']}': expected one of {', '.join(PRIOR_SCORES)}")
         return cls(network=network, **data)
 
 
@@ -333,29 +343,37 @@ class Trainer:
         return batch, static
 
     def fake_and_real(self, batch: Batch, static: torch.Tensor):
-        """Critic inputs of the real and the generated sequences (valid steps only) and the
-        generated local coordinates (B, L, 3).
-
-        Recurrent (the paper): each generated atom joins the environment of the next one.
-        Teacher-forced (`recurrent = false`): every step sees the real earlier atoms, so all steps
-        of all sequences go through the generator in one batch.
-        """
-        cfg, grid, m = self.config, self.config.grid, batch.step_mask
-        real = coordinates_to_density(batch.target, grid)
-        env_real, _, _ = rollout(self.generator, static, batch, grid, self.n_types, cfg.network.noise_dim, real)
+        """Critic inputs of the real and the generated sequences (valid steps only), the generated
+        local coordinates (B, L, 3) and the real sequence's environments (for `generate`)."""
+        real = coordinates_to_density(batch.target, self.config.grid)
+        env_real, _, _ = rollout(self.generator, static, batch, self.config.grid, self.n_types,
+                                 self.config.network.noise_dim, real)
+        m = batch.step_mask
+        env_fake, fake, coords = self.generate(batch, static, env_real)
         types = torch.nn.functional.one_hot(batch.atom_types[m], self.n_types).to(static)
-        if cfg.recurrent:
-            env_fake, fake, coords = rollout(self.generator, static, batch, grid, self.n_types, cfg.network.noise_dim)
-            env_fake, fake = env_fake[m], fake[m]
-        else:
-            env_fake = env_real[m]
-            z = torch.randn(len(env_fake), cfg.network.noise_dim, device=static.device)
-            fake = self.generator(self.layout(env_fake), z, types)[:, 0]
-            coords = batch.target.new_zeros(batch.target.shape).masked_scatter(
-                m[..., None], density_to_coordinates(fake, grid))
         real_in = (real[m][:, None], self.layout(env_real[m]))
         fake_in = (fake[:, None], self.layout(env_fake))
-        return real_in, fake_in, types, coords
+        return real_in, fake_in, types, coords, env_real
+
+    def generate(self, batch: Batch, static: torch.Tensor, env_real: torch.Tensor):
+        """One draw of the generator for every item: environments and densities of the valid steps
+        and coordinates (B, L, 3).
+
+        Recurrent (the paper): each generated atom joins the environment of the next one.
+        Teacher-forced (`recurrent = false`): every step sees the real earlier atoms (`env_real`),
+        so all steps of all sequences go through the generator in one batch.
+        """
+        cfg, m = self.config, batch.step_mask
+        if cfg.recurrent:
+            env_fake, fake, coords = rollout(self.generator, static, batch, cfg.grid, self.n_types,
+                                             cfg.network.noise_dim)
+            return env_fake[m], fake[m], coords
+        types = torch.nn.functional.one_hot(batch.atom_types[m], self.n_types).to(static)
+        z = torch.randn(int(m.sum()), cfg.network.noise_dim, device=static.device)
+        fake = self.generator(self.layout(env_real[m]), z, types)[:, 0]
+        coords = batch.target.new_zeros(batch.target.shape).masked_scatter(
+            m[..., None], density_to_coordinates(fake, cfg.grid))
+        return env_real[m], fake, coords
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last_3d) if self.config.channels_last else x
@@ -367,7 +385,7 @@ class Trainer:
         batch, static = self.next_batch()
         with self.autocast():
             with torch.no_grad():
-                real_in, fake_in, types, _ = self.fake_and_real(batch, static)
+                real_in, fake_in, types, _, _ = self.fake_and_real(batch, static)
             wasserstein = self.critic(*real_in, types).mean() - self.critic(*fake_in, types).mean()
             penalty = gradient_penalty(self.critic, real_in, fake_in, types, lambda_gp=self.config.lambda_gp)
         loss = (-wasserstein + penalty).float()
@@ -380,9 +398,12 @@ class Trainer:
     def generator_step(self) -> dict[str, float]:
         batch, static = self.next_batch()
         with self.autocast():
-            real_in, fake_in, types, coords = self.fake_and_real(batch, static)
+            real_in, fake_in, types, coords, env_real = self.fake_and_real(batch, static)
             adversarial = -self.critic(*fake_in, types).mean().float()
-        phi, terms = self.prior_loss(batch, coords.float())
+            draws = [coords]
+            if self.config.prior_score == "energy":
+                draws.append(self.generate(batch, static, env_real)[2])
+        phi, terms = self.prior_loss(batch, [x.float() for x in draws])
         lam = self.config.lambda_phi_at(self.step)
         loss = adversarial + lam * phi if lam > 0 else adversarial
         self.opt_g.zero_grad(set_to_none=True)
@@ -392,20 +413,30 @@ class Trainer:
         if self.average is not None:
             update_average(self.average, self.generator, self.config.ema_decay, self.step)
         return {"generator_loss": loss.item(), "adversarial": adversarial.item(), "prior": phi.item(),
-                "lambda_phi": lam, **{f"dE_{k}": v for k, v in terms.items()},
+                "lambda_phi": lam, **terms,
                 **density_diagnostics(real_in[0], fake_in[0], coords, batch)}
 
-    def prior_loss(self, batch: Batch, coords: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Phi: sum over terms of |E(reference) - E(generated)|, plus the centre-of-mass distance."""
-        cpu = coords.to("cpu", torch.float64)
+    def prior_loss(self, batch: Batch, draws: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Phi: summed over terms, the mean |E(reference) - E(generated)| over the draws (B, L, 3)
+        of the items, plus the centre-of-mass distance likewise; with two draws (`prior_score =
+        "energy"`), less half the mean difference between them, the energy score (`PRIOR_SCORES`).
+        Logged: the per-term differences from the reference and the draws' spread."""
+        cpu = [x.to("cpu", torch.float64) for x in draws]
         target = batch.target.to("cpu", torch.float64)
         with torch.no_grad():
-            reference = self.prior.energies(batch, target)
-        generated = self.prior.energies(batch, cpu)
-        diffs = {k: (generated[k] - reference[k]).abs().mean() for k in generated}
-        com = (self.prior.centre_of_mass(batch, cpu) - self.prior.centre_of_mass(batch, target)).norm(dim=-1)
-        phi = sum(diffs.values()) + com.mean()
-        return phi.to(coords.device, torch.float32), {k: v.item() for k, v in diffs.items()}
+            reference = {**self.prior.energies(batch, target), "com": self.prior.centre_of_mass(batch, target)}
+        generated = [{**self.prior.energies(batch, x), "com": self.prior.centre_of_mass(batch, x)} for x in cpu]
+
+        def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return (a - b).norm(dim=-1).mean() if a.dim() > 1 else (a - b).abs().mean()
+
+        diffs = {k: sum(distance(g[k], reference[k]) for g in generated) / len(generated) for k in reference}
+        spread = {k: distance(generated[0][k], generated[1][k]) for k in reference} if len(generated) > 1 else {}
+        phi = sum(diffs.values()) - 0.5 * sum(spread.values())
+        log = {f"dE_{k}": v.item() for k, v in diffs.items() if k != "com"}
+        if spread:
+            log["prior_spread"] = sum(v.item() for k, v in spread.items() if k != "com")
+        return phi.to(draws[0].device, torch.float32), log
 
     def train_step(self) -> dict[str, float]:
         for _ in range(self.config.n_critic):

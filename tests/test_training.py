@@ -17,7 +17,7 @@ import torch
 
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, neighbourhood, plan_system
-from gmx_deepbackmap.errors import TrainingDiverged
+from gmx_deepbackmap.errors import InputError, TrainingDiverged
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
@@ -299,6 +299,22 @@ def test_run_begun_on_cpu_resumes_on_cuda(tmp_path):
     assert [row["step"] for row in log] == ["1", "2", "3"]
     assert all(math.isfinite(float(row[k])) for row in log for k in ("critic_loss", "generator_loss", "prior"))
     assert load_model(tmp_path / "model.pt").network.width == 4
+
+
+def test_energy_score_prior_draws_twice_and_logs_the_spread(tmp_path):
+    """prior_score = "energy": two generator draws per item; their energy difference is logged and
+    the losses stay finite. An unknown score is refused by name."""
+    path = write_config(tmp_path, steps=2)
+    path.write_text(path.read_text().replace("seed = 3", 'seed = 3\nprior_score = "energy"'))
+    config = read_config(path)
+    config.output, config.workdir = str(tmp_path / "model.pt"), str(tmp_path / "run")
+    train(config, progress=False)
+    log = read_log(tmp_path / "run" / "log.csv")
+    assert all(math.isfinite(float(row[k])) for row in log for k in ("generator_loss", "prior", "prior_spread"))
+    assert float(log[-1]["prior_spread"]) > 0
+    path.write_text(path.read_text().replace('"energy"', '"l2"'))
+    with pytest.raises(InputError, match=r"prior_score 'l2': expected one of l1, energy"):
+        read_config(path)
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path):
