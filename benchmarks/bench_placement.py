@@ -60,9 +60,9 @@ def placement_errors(model, plan, prior, aa, cg, context: int, gen: torch.Genera
         batch = to_device(gather(plan, hood, positions, cg_t, box, steps, torch.full((len(steps),), context),
                                  angle, model.half_extent), torch.device("cpu"))
         static = environment_densities(batch, plan.layout.n_channels, model.grid)
-        draws = [rollout(model.generator, static, batch, model.grid, model.network.n_atom_types,
-                         model.network.noise_dim)[1:] for _ in range(2)]
-        (density, coords), (_, other) = draws
+        (density, coords), (_, other) = (rollout(model.generator, static, batch, model.grid,
+                                                 model.network.n_atom_types, model.network.noise_dim)[1:]
+                                         for _ in range(2))
         m = batch.step_mask
         error = (coords - batch.target).norm(dim=-1)[m]
         spread = (coords - other).norm(dim=-1)[m]
