@@ -89,6 +89,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
 
+    def __post_init__(self):
+        if self.prior_score not in PRIOR_SCORES:  # checked here, so configs built in Python are too
+            raise InputError(f"prior_score '{self.prior_score}': expected one of {', '.join(PRIOR_SCORES)}")
+
     @property
     def grid(self) -> Grid:
         return Grid(self.grid_size, self.grid_length, self.sigma)
@@ -116,8 +120,6 @@ class TrainConfig:
         for key in ("prior_ramp", "betas"):
             if key in data:
                 data[key] = tuple(data[key])
-        if data.get("prior_score", "l1") not in PRIOR_SCORES:
-            raise InputError(f"prior_score '{data['prior_score']}': expected one of {', '.join(PRIOR_SCORES)}")
         return cls(network=network, **data)
 
 

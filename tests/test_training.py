@@ -313,8 +313,11 @@ def test_energy_score_prior_draws_twice_and_logs_the_spread(tmp_path):
     assert all(math.isfinite(float(row[k])) for row in log for k in ("generator_loss", "prior", "prior_spread"))
     assert float(log[-1]["prior_spread"]) > 0
     path.write_text(path.read_text().replace('"energy"', '"l2"'))
-    with pytest.raises(InputError, match=r"prior_score 'l2': expected one of l1, energy"):
+    with pytest.raises(InputError, match=r"prior_score 'l2': expected one of l1, energy") as error:
         read_config(path)
+    assert error.value.path == str(path)  # the file is named
+    with pytest.raises(InputError, match=r"prior_score 'l2'"):
+        TrainConfig(prior_score="l2")
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path):
