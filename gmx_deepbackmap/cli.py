@@ -138,6 +138,10 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
                    "Lennard-Jones pair above 25 kJ/mol) or a bent joint (an angle or dihedral term above 40 "
                    "kJ/mol) and, in the first 3, those whose energy is an outlier "
                    "among the same bead's copies in other molecules (0: none).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), metavar="K",
+              help="Temperature of the CG frames when it differs from the model's training frames: the "
+                   "generator's noise is scaled by sqrt(T / T_train), so stiff coordinates get that "
+                   "temperature's spread (the model must record T_train). Default: sample as trained.")
 @click.option("--no-constrain", is_flag=True,
               help="Keep generated bond lengths (default: restore them to the topology's b0, as in an "
                    "ensemble run with constraints = all-bonds, keeping the generated angles, torsions and "
@@ -152,8 +156,8 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @no_progress_option
 @overwrite_option
 def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
-                    orientations, ranking, repair_rounds, no_constrain, workdir, chunk_size, only, no_progress,
-                    overwrite):
+                    orientations, ranking, repair_rounds, temperature, no_constrain, workdir, chunk_size, only,
+                    no_progress, overwrite):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
     Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps, then repair
@@ -167,7 +171,8 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
         raise click.UsageError("give -o, --workdir, or both")
     options = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
                    gibbs_sweeps=gibbs_sweeps, orientations=orientations, ranking=ranking,
-                   repair_rounds=repair_rounds, constrain=not no_constrain, progress=not no_progress)
+                   repair_rounds=repair_rounds, temperature=temperature, constrain=not no_constrain,
+                   progress=not no_progress)
     top = topology or bundled_path("sps/topol.top")
     if workdir is None:
         from .sampler import backmap

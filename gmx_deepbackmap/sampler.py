@@ -203,6 +203,7 @@ class _FrameState:
     angles: torch.Generator
     device: torch.device
     ranking: str
+    noise_scale: float
 
 
 def _standing_energies(state: _FrameState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,7 +234,7 @@ def _place(state: _FrameState, steps: np.ndarray, context: int, k: int, score_hi
     on_device = to_device(batch, state.device)
     static = environment_densities(on_device, plan.layout.n_channels, model.grid)
     _, _, coords = rollout(model.generator, static, on_device, model.grid, model.network.n_atom_types,
-                           model.network.noise_dim, sampling=True)
+                           model.network.noise_dim, sampling=True, noise_scale=state.noise_scale)
     local = coords.to("cpu", torch.float64)
     if context == FORWARD:  # in Gibbs sweeps a bead sits between two joints; shifting it flipped chirality
         local = local + state.prior.junction_shift(batch, local)[:, None]
@@ -322,6 +323,7 @@ def backmap_frame(
     orientations: int = DEFAULT_ORIENTATIONS,
     repair_rounds: int = DEFAULT_REPAIR_ROUNDS,
     ranking: str = DEFAULT_RANKING,
+    noise_scale: float = 1.0,
     generator: torch.Generator | int = 0,
     device: str | torch.device = "cpu",
     constraints: Constraints | None = None,
@@ -334,7 +336,8 @@ def backmap_frame(
     `plan` must be built with the model's feature layout. After the sweeps, up to `repair_rounds`
     rounds re-place the strained beads (`repair_steps`, `repair_schedule`) under
     `REPAIR_ORIENTATIONS` turns (a round with none ends them). `ranking` (`RANKINGS`): which
-    energy picks the turn. `generator` (or a seed) fixes every random
+    energy picks the turn. `noise_scale` multiplies the generator's noise (`noise_scale_for`).
+    `generator` (or a seed) fixes every random
     choice: the same seed gives the same structure; the global RNG state is left untouched.
     `constraints` (see `bond_constraints`): bond lengths restored to them, None: left as
     generated. `stereo`: chiral centres whose handedness candidates must keep (see `StereoCheck`),
@@ -344,9 +347,9 @@ def backmap_frame(
     ("bonds restored"). Atoms lie near their owner beads, so molecules may be broken across the
     box (see `make_whole`).
     """
-    if orientations < 1 or gibbs_sweeps < 0 or repair_rounds < 0:
-        raise InputError("need orientations >= 1, gibbs_sweeps >= 0 and repair_rounds >= 0 "
-                         f"(got {orientations}, {gibbs_sweeps}, {repair_rounds})")
+    if orientations < 1 or gibbs_sweeps < 0 or repair_rounds < 0 or not noise_scale >= 0:
+        raise InputError("need orientations >= 1, gibbs_sweeps >= 0, repair_rounds >= 0 and noise_scale >= 0 "
+                         f"(got {orientations}, {gibbs_sweeps}, {repair_rounds}, {noise_scale})")
     if ranking not in RANKINGS:
         raise InputError(f"ranking '{ranking}': expected one of {', '.join(RANKINGS)}")
     gen = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(int(generator))
@@ -357,7 +360,7 @@ def backmap_frame(
     hood = neighbourhood(plan, cg, box, reach(model.half_extent))
     stereo = stereo or StereoCheck(plan, np.zeros((0, 4), dtype=np.int64), np.zeros(0))
     state = _FrameState(model, plan, prior, stereo, hood, cg_t, box_t, cg_t[torch.from_numpy(plan.atom_owner)].clone(),
-                        gen, device, ranking)
+                        gen, device, ranking, noise_scale)
     sweep = gibbs_schedule(plan, hood.beads)
     passes = [("forward", forward_schedule(plan), FORWARD)] + [(f"sweep {k + 1}", sweep, GIBBS)
                                                                for k in range(gibbs_sweeps)]
@@ -415,6 +418,23 @@ def prepare_system(model: DeepBackmapModel, topology: Topology, mapping: Mapping
                        bond_constraints(topology) if constrain else None)
 
 
+def noise_scale_for(model: DeepBackmapModel, temperature: float | None) -> float:
+    """How much to scale the generator's noise to sample at `temperature` (K): sqrt(T / T_train),
+    T_train the temperature of the model's training frames (its config's `temperature`). Thermal
+    displacements along stiff (harmonic) coordinates grow as sqrt(T), so a generator whose noise
+    carries them draws a colder or hotter spread with it; the CG frame sets everything else.
+    None: the noise as trained (1)."""
+    if temperature is None:
+        return 1.0
+    trained = model.training.get("temperature")
+    if trained is None:
+        raise InputError("the model does not record the temperature of its training frames "
+                         "(training config key `temperature`), so it cannot be sampled at another one")
+    if not temperature > 0:
+        raise InputError(f"temperature must be positive (got {temperature} K)")
+    return math.sqrt(temperature / trained)
+
+
 def _growing(bar) -> Callable[[int], None]:
     """A progress callback for a bar whose total covers the forward pass and sweeps: the repair
     rounds, of a size known only as they run, extend it."""
@@ -446,12 +466,15 @@ def backmap(
     orientations: int = DEFAULT_ORIENTATIONS,
     repair_rounds: int = DEFAULT_REPAIR_ROUNDS,
     ranking: str = DEFAULT_RANKING,
+    temperature: float | None = None,
     constrain: bool = True,
     overwrite: bool = False,
     progress: bool = True,
 ) -> int:
     """Backmap CG frames (a structure, or a trajectory with it) and write the atomistic frames
-    (topology atom names and order, molecules whole, CG box kept); returns the number of frames."""
+    (topology atom names and order, molecules whole, CG box kept); returns the number of frames.
+    `temperature` (K): that of the CG frames, when it differs from the training frames'
+    (`noise_scale_for`); None samples as trained."""
     from tqdm import tqdm
 
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -460,6 +483,7 @@ def backmap(
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
     net.check_system(top, cg_map, resolve_model(model))
+    noise_scale = noise_scale_for(net, temperature)
     universe, n_frames = open_frames(structure, trajectory, cg_map.n_beads, frames, output,
                                      f"the CG mapping of the topology {topology}")
 
@@ -475,7 +499,7 @@ def backmap(
             with tqdm(total=per_frame, unit="atom", desc=f"frame {cg.step}", leave=False, disable=disable) as bar:
                 x = backmap_frame(net, system.plan, system.prior, cg.positions, cg.box, gibbs_sweeps=gibbs_sweeps,
                                   orientations=orientations, repair_rounds=repair_rounds, ranking=ranking,
-                                  generator=frame_seed(seed, cg.step), device=device,
+                                  noise_scale=noise_scale, generator=frame_seed(seed, cg.step), device=device,
                                   constraints=system.constraints, stereo=system.stereo, progress=_growing(bar))
             whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), levels).numpy()
             written.append(Frame(whole, cg.box, cg.time, cg.step))

@@ -63,6 +63,7 @@ class TrainConfig:
     cg: list[str] = field(default_factory=list)  # matching CG structures (paired by name); empty: map
     topology: str = ""
     mapping: list[str] = field(default_factory=list)  # empty: bundled mappings
+    temperature: float | None = None  # K, of the AA frames: lets the sampler draw at others (sampler.noise_scale_for)
     output: str = "model.pt"
     workdir: str = "train-run"  # checkpoint.pt and log.csv
     grid_size: int = 8
@@ -92,6 +93,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.prior_score not in PRIOR_SCORES:  # checked here, so configs built in Python are too
             raise InputError(f"prior_score '{self.prior_score}': expected one of {', '.join(PRIOR_SCORES)}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise InputError(f"temperature {self.temperature}: expected a positive number of kelvin")
 
     @property
     def grid(self) -> Grid:
@@ -261,7 +264,8 @@ def environment_densities(batch: Batch, n_channels: int, grid: Grid) -> torch.Te
 
 
 def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid, n_types: int,
-            noise_dim: int, sequence: torch.Tensor | None = None, sampling: bool = False):
+            noise_dim: int, sequence: torch.Tensor | None = None, sampling: bool = False,
+            noise_scale: float = 1.0):
     """Place the atoms of each sequence one after the other.
 
     With `sequence` None the generator's own densities join the environment (generation);
@@ -269,6 +273,7 @@ def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid
     Returns per-step environments (B, L, C, D, D, D), densities (B, L, D, D, D) and coordinates (B, L, 3).
     `sampling` (generation for the sampler, which needs coordinates only): padded steps are not
     generated (zero density, coordinates 0) and the environments are not kept (None).
+    `noise_scale` multiplies the generator's noise (1: as trained; see `sampler.noise_scale_for`).
     """
     b, n_steps = batch.step_mask.shape
     one_hot = torch.nn.functional.one_hot
@@ -286,7 +291,7 @@ def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid
         if sequence is not None:
             dens.append(sequence[:, step])
             continue
-        z = torch.randn(b, noise_dim, device=static.device, dtype=static.dtype)
+        z = noise_scale * torch.randn(b, noise_dim, device=static.device, dtype=static.dtype)
         live = batch.step_mask[:, step]
         if sampling and not bool(live.all()):
             density = static.new_zeros(b, *static.shape[-3:])

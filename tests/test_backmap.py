@@ -26,6 +26,7 @@ from gmx_deepbackmap.sampler import (
     STRAINED_PAIR,
     STRAINED_TERM,
     backmap_frame,
+    noise_scale_for,
     outlier_steps,
     prepare_system,
     repair_schedule,
@@ -56,9 +57,9 @@ def write_system(folder: Path, sps_data: Path, rename: tuple[str, str] | None = 
     return folder / "topol.top", folder / "PS1.map"
 
 
-def write_model(path: Path, top: Path, mapping: Path, stereo: dict | None = None) -> Path:
+def write_model(path: Path, top: Path, mapping: Path, stereo: dict | None = None, training: dict | None = None) -> Path:
     """A random-weight model (tiny network) for the system of `top` and `mapping`, with chiral
-    centres `stereo` (none by default)."""
+    centres `stereo` (none by default) and training config `training` (empty by default)."""
     topology = read_topology(top)
     cg_map = read_mapping(mapping, topology)
     plan = plan_system(topology, cg_map)
@@ -67,7 +68,7 @@ def write_model(path: Path, top: Path, mapping: Path, stereo: dict | None = None
                             n_env_channels=plan.layout.n_channels)
     grid = Grid()
     model = new_model(Generator(network), network, grid, grid.length / 2 + 2 * grid.sigma, plan, topology, cg_map,
-                      {}, stereo or {})
+                      training or {}, stereo or {})
     return save_model(model, path)
 
 
@@ -160,6 +161,26 @@ def test_ranking_picks_other_turns_and_is_checked(backmapped, system, tmp_path):
     cg = read_frames(system["gro"])[0]
     with pytest.raises(InputError, match="ranking 'ideal': expected one of environment, all"):
         backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, ranking="ideal")
+
+
+def test_temperature_scales_the_noise_of_models_that_record_theirs(backmapped, system, tmp_path):
+    """At the training temperature the noise is as trained (same structure); colder, it shrinks;
+    a model that does not record its training temperature is refused, as is a non-positive one."""
+    assert_one_line_error(run(system, tmp_path / "none.gro", "--temperature", "313"),
+                          "does not record the temperature of its training frames")
+    model = write_model(tmp_path / "t568.pt", system["top"], system["map"], load_model(system["model"]).stereo,
+                        training={"temperature": 568.0})
+    assert noise_scale_for(load_model(model), 313.0) == pytest.approx((313 / 568) ** 0.5)
+    same, cold = tmp_path / "same.gro", tmp_path / "cold.gro"
+    assert run(system, same, "--seed", "5", "--model", str(model)).exit_code == 0
+    assert run(system, cold, "--seed", "5", "--model", str(model), "--temperature", "313").exit_code == 0
+    trained = read_frames(same)[0].positions
+    assert np.array_equal(trained, read_frames(backmapped)[0].positions)  # same weights, same seed
+    at_568 = tmp_path / "at568.gro"
+    assert run(system, at_568, "--seed", "5", "--model", str(model), "--temperature", "568").exit_code == 0
+    assert np.array_equal(trained, read_frames(at_568)[0].positions)
+    assert not np.array_equal(trained, read_frames(cold)[0].positions)
+    assert run(system, tmp_path / "zero.gro", "--temperature", "0").exit_code == 2  # click's usage error
 
 
 def test_stages_report_each_pass_and_the_restored_bonds_last(system):

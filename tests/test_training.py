@@ -303,21 +303,25 @@ def test_run_begun_on_cpu_resumes_on_cuda(tmp_path):
 
 def test_energy_score_prior_draws_twice_and_logs_the_spread(tmp_path):
     """prior_score = "energy": two generator draws per item; their energy difference is logged and
-    the losses stay finite. An unknown score is refused by name."""
+    the losses stay finite. An unknown score is refused by name. The model file records the
+    training frames' temperature, which must be positive."""
     path = write_config(tmp_path, steps=2)
-    path.write_text(path.read_text().replace("seed = 3", 'seed = 3\nprior_score = "energy"'))
+    path.write_text(path.read_text().replace("seed = 3", 'seed = 3\nprior_score = "energy"\ntemperature = 568'))
     config = read_config(path)
     config.output, config.workdir = str(tmp_path / "model.pt"), str(tmp_path / "run")
     train(config, progress=False)
     log = read_log(tmp_path / "run" / "log.csv")
     assert all(math.isfinite(float(row[k])) for row in log for k in ("generator_loss", "prior", "prior_spread"))
     assert float(log[-1]["prior_spread"]) > 0
+    assert load_model(tmp_path / "model.pt").training["temperature"] == 568
     path.write_text(path.read_text().replace('"energy"', '"l2"'))
     with pytest.raises(InputError, match=r"prior_score 'l2': expected one of l1, energy") as error:
         read_config(path)
     assert error.value.path == str(path)  # the file is named
     with pytest.raises(InputError, match=r"prior_score 'l2'"):
         TrainConfig(prior_score="l2")
+    with pytest.raises(InputError, match=r"temperature -5: expected a positive number of kelvin"):
+        TrainConfig(temperature=-5)
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path):
