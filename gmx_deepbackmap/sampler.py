@@ -418,18 +418,19 @@ def prepare_system(model: DeepBackmapModel, topology: Topology, mapping: Mapping
                        bond_constraints(topology) if constrain else None)
 
 
-def noise_scale_for(model: DeepBackmapModel, temperature: float | None) -> float:
+def noise_scale_for(model: DeepBackmapModel, temperature: float | None,
+                    path: str | os.PathLike | None = None) -> float:
     """How much to scale the generator's noise to sample at `temperature` (K): sqrt(T / T_train),
     T_train the temperature of the model's training frames (its config's `temperature`). Thermal
     displacements along stiff (harmonic) coordinates grow as sqrt(T), so a generator whose noise
     carries them draws a colder or hotter spread with it; the CG frame sets everything else.
-    None: the noise as trained (1)."""
+    None: the noise as trained (1). `path`: the model file, named in errors."""
     if temperature is None:
         return 1.0
     trained = model.training.get("temperature")
     if trained is None:
         raise InputError("the model does not record the temperature of its training frames "
-                         "(training config key `temperature`), so it cannot be sampled at another one")
+                         "(training config key `temperature`), so it cannot be sampled at another one", path)
     if not temperature > 0:
         raise InputError(f"temperature must be positive (got {temperature} K)")
     return math.sqrt(temperature / trained)
@@ -483,7 +484,7 @@ def backmap(
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
     net.check_system(top, cg_map, resolve_model(model))
-    noise_scale = noise_scale_for(net, temperature)
+    noise_scale = noise_scale_for(net, temperature, resolve_model(model))
     universe, n_frames = open_frames(structure, trajectory, cg_map.n_beads, frames, output,
                                      f"the CG mapping of the topology {topology}")
 

@@ -167,7 +167,7 @@ def test_temperature_scales_the_noise_of_models_that_record_theirs(backmapped, s
     """At the training temperature the noise is as trained (same structure); colder, it shrinks;
     a model that does not record its training temperature is refused, as is a non-positive one."""
     assert_one_line_error(run(system, tmp_path / "none.gro", "--temperature", "313"),
-                          "does not record the temperature of its training frames")
+                          "tiny.pt: the model does not record the temperature of its training frames")
     model = write_model(tmp_path / "t568.pt", system["top"], system["map"], load_model(system["model"]).stereo,
                         training={"temperature": 568.0})
     assert noise_scale_for(load_model(model), 313.0) == pytest.approx((313 / 568) ** 0.5)
