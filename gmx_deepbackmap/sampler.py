@@ -483,8 +483,9 @@ def backmap(
     net = load_model(model, device)
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
-    net.check_system(top, cg_map, resolve_model(model))
-    noise_scale = noise_scale_for(net, temperature, resolve_model(model))
+    path = resolve_model(model)
+    net.check_system(top, cg_map, path)
+    noise_scale = noise_scale_for(net, temperature, path)
     universe, n_frames = open_frames(structure, trajectory, cg_map.n_beads, frames, output,
                                      f"the CG mapping of the topology {topology}")
 
