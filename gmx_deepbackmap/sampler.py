@@ -432,7 +432,7 @@ def noise_scale_for(model: DeepBackmapModel, temperature: float | None,
         raise InputError("the model does not record the temperature of its training frames "
                          "(training config key `temperature`), so it cannot be sampled at another one", path)
     if not temperature > 0:
-        raise InputError(f"temperature must be positive (got {temperature} K)")
+        raise InputError(f"temperature {temperature}: expected a positive number of kelvin")
     return math.sqrt(temperature / trained)
 
 
