@@ -13,7 +13,7 @@ generated geometry is the target. The projection then makes the lengths exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -63,6 +63,15 @@ class Constraints:
                    torch.from_numpy(_edge_colours(pairs, n)), torch.from_numpy(inverse),
                    torch.from_numpy(bond_paths(pairs, n, 3)), torch.from_numpy(bond_paths(pairs, n, 4)),
                    np.unique(excluded[:, 0] * n + excluded[:, 1]))
+
+
+def moving_only(constraints: Constraints, atoms: np.ndarray) -> Constraints:
+    """The same constraints with every atom but `atoms` held in place: `project_bonds` then fixes
+    only the bonds of those atoms, by moving them."""
+    inverse = torch.zeros_like(constraints.inverse_mass)
+    moving = torch.as_tensor(atoms, dtype=torch.int64)
+    inverse[moving] = constraints.inverse_mass[moving]
+    return replace(constraints, inverse_mass=inverse)
 
 
 def bond_constraints(topology: Topology) -> Constraints:

@@ -33,6 +33,14 @@ between a bead's heavy atoms and a neighbouring bead's hydrogens, invisible to a
 move. Each colour of repaired beads is re-placed whole (heavy atoms, then hydrogens) before the next,
 so no bead is ranked against hydrogens left where their heavy atoms were. Hydrogens of the forward
 pass are tried under at most `FORWARD_HYDROGEN_ORIENTATIONS` turns.
+
+Last, after the bond restoration, every recorded chiral centre still in its mirror image is
+reflected, with its hydrogen, through the plane of its heavy neighbours (`StereoCheck.mirror_inverted`:
+its bonds keep their lengths), and the hydrogens of the beads that own it and its neighbours are
+re-placed around it (`mirror_schedule`) and put on their bonds without moving a heavy atom. Preferring
+candidates that keep the handedness is not enough: where the generator builds a centre's whole
+neighbourhood around the inverted form, every candidate inverts it again (sPS at 568 K: 3-6 centres
+of 324 per frame after the sweeps and repair rounds, which re-placing them whole did not lower).
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .constraints import Constraints, bond_constraints, restore_bonds
+from .constraints import Constraints, bond_constraints, moving_only, project_bonds, restore_bonds
 from .environment import FORWARD, GIBBS, Batch, Neighbourhood, SystemPlan, gather, neighbourhood, plan_system
 from .errors import InputError
 from .mapping import Mapping, read_mapping
@@ -307,6 +315,13 @@ def repair_schedule(plan: SystemPlan, neighbours: torch.Tensor, chosen: np.ndarr
     return [steps for steps in batches if len(steps)]
 
 
+def mirror_schedule(plan: SystemPlan, neighbours: torch.Tensor, atoms: np.ndarray) -> list[np.ndarray]:
+    """Batches of the hydrogen steps of the beads that own `atoms` (mirrored centres and their heavy
+    neighbours, see `StereoCheck.mirror_inverted`): the hydrogens of the mirrored joints, re-placed to fit."""
+    beads = np.unique(plan.atom_owner[atoms])
+    return gibbs_schedule(plan, neighbours, np.flatnonzero(np.isin(plan.step_bead, beads) & ~plan.step_heavy))
+
+
 def _chunks(steps: np.ndarray, orientations: int) -> list[np.ndarray]:
     size = max(MAX_ITEMS // orientations, 1)
     return [steps[i:i + size] for i in range(0, len(steps), size)]
@@ -340,12 +355,13 @@ def backmap_frame(
     `generator` (or a seed) fixes every random
     choice: the same seed gives the same structure; the global RNG state is left untouched.
     `constraints` (see `bond_constraints`): bond lengths restored to them, None: left as
-    generated. `stereo`: chiral centres whose handedness candidates must keep (see `StereoCheck`),
-    None: not checked. `progress` is called with the number of atoms placed after every batch; `stages`
-    (for diagnostics) with a name and a copy of the positions after the forward pass ("forward"),
-    each sweep ("sweep 1", ...), each repair round ("repair 1", ...) and the bond restoration
-    ("bonds restored"). Atoms lie near their owner beads, so molecules may be broken across the
-    box (see `make_whole`).
+    generated. `stereo`: chiral centres whose handedness candidates must keep and that end in it
+    (see `StereoCheck`), None: not checked. `progress` is called with the number of atoms placed
+    after every batch; `stages` (for diagnostics) with a name and a copy of the positions after the
+    forward pass ("forward"), each sweep ("sweep 1", ...), each repair round ("repair 1", ...), the
+    bond restoration ("bonds restored") and, where centres were inverted, their mirroring ("centres
+    mirrored"). Atoms lie near their owner beads, so molecules may be broken across the box (see
+    `make_whole`).
     """
     if orientations < 1 or gibbs_sweeps < 0 or repair_rounds < 0 or not noise_scale >= 0:
         raise InputError("need orientations >= 1, gibbs_sweeps >= 0, repair_rounds >= 0 and noise_scale >= 0 "
@@ -389,10 +405,18 @@ def backmap_frame(
             if not schedule:
                 break
             run(f"repair {k + 1}", schedule, GIBBS, REPAIR_ORIENTATIONS, score_hidden=True)
-    if constraints is not None:
-        state.positions = restore_bonds(state.positions, box_t, constraints)
-        if stages is not None:
-            stages("bonds restored", state.positions.numpy().copy())
+        if constraints is not None:
+            state.positions = restore_bonds(state.positions, box_t, constraints)
+            if stages is not None:
+                stages("bonds restored", state.positions.numpy().copy())
+        mirrored = state.stereo.mirror_inverted(state.positions, box_t)
+        if len(mirrored):
+            schedule = mirror_schedule(plan, hood.beads, mirrored)
+            run("centres mirrored", schedule, GIBBS, orientations)
+            if constraints is not None:  # the re-placed hydrogens onto their bonds; heavy atoms stay
+                hydrogens = plan.step_atoms[np.concatenate(schedule)]
+                moving = moving_only(constraints, hydrogens[hydrogens >= 0])
+                state.positions = project_bonds(state.positions, box_t, moving)
     return state.positions.numpy()
 
 

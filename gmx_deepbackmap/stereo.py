@@ -13,7 +13,9 @@ length the volume is about 0.77 at an ideal tetrahedron and 0 at a flat centre.
 The sampler judges a centre as soon as one of its atoms is placed: neighbours not yet placed stand
 at their owner bead (where the sampler keeps unplaced atoms). In the forward pass a side group's
 handedness is decided when the group is placed, before the next backbone bead exists; checking
-only complete centres left half of the sPS centres inverted after the forward pass.
+only complete centres left half of the sPS centres inverted after the forward pass. A centre the
+sampler still ends with inverted is reflected through the plane of its heavy neighbours
+(`StereoCheck.mirror_inverted`).
 """
 
 from __future__ import annotations
@@ -35,18 +37,32 @@ AGREEMENT = 0.98  # fraction of training molecules x frames that must share a ce
 MIN_VOLUME = 0.25
 
 
+def _bond_ends(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
+    """Both directions of every chemical bond (bonds and constraints): (from, to), sorted by from, then to."""
+    bonds = np.concatenate([b.indices for b in (topology.bonds, topology.constraints)]).reshape(-1, 2)
+    directed = np.unique(np.concatenate([bonds, bonds[:, ::-1]]), axis=0)
+    return directed[:, 0], directed[:, 1]
+
+
 def chiral_centres(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
     """Carbons with four bonds, three to heavy atoms and one to hydrogen: the centres (C,) and their
     heavy neighbours (C, 3) in atom index order."""
-    bonds = np.concatenate([b.indices for b in (topology.bonds, topology.constraints)]).reshape(-1, 2)
-    directed = np.unique(np.concatenate([bonds, bonds[:, ::-1]]), axis=0)  # sorted by centre, then index
-    centre, other = directed[:, 0], directed[:, 1]
+    centre, other = _bond_ends(topology)
     degree = np.bincount(centre, minlength=topology.n_atoms)
     heavy = topology.elements[other] != "H"
     n_heavy = np.bincount(centre, weights=heavy, minlength=topology.n_atoms)
     is_centre = (topology.elements == "C") & (degree == 4) & (n_heavy == 3)
     keep = is_centre[centre] & heavy
     return np.flatnonzero(is_centre), other[keep].reshape(-1, 3)
+
+
+def centre_hydrogens(topology: Topology, centres: np.ndarray) -> np.ndarray:
+    """(C,) the hydrogen bonded to each of the `centres` (as `chiral_centres` finds them: one each)."""
+    centre, other = _bond_ends(topology)
+    hydrogen = np.full(topology.n_atoms, -1, dtype=np.int64)
+    is_h = topology.elements[other] == "H"
+    hydrogen[centre[is_h]] = other[is_h]
+    return hydrogen[np.asarray(centres, dtype=np.int64)]
 
 
 def signed_volume(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -88,25 +104,52 @@ def learn_stereo(topology: Topology, frames: Iterable[tuple[torch.Tensor, torch.
     return out
 
 
-def system_stereo(topology: Topology, stereo: dict[str, dict]) -> tuple[np.ndarray, np.ndarray]:
-    """The recorded centres of every molecule of the system: atoms (C, 4) [centre, a, b, d] and
-    signs (C,)."""
+def system_stereo(topology: Topology, stereo: dict[str, dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The recorded centres of every molecule of the system: atoms (C, 4) [centre, a, b, d],
+    signs (C,) and the centres' hydrogens (C,)."""
     atoms, signs = [np.zeros((0, 4), dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for name, start in topology.molecules:
         if name in stereo:
             atoms.append(np.asarray(stereo[name]["atoms"], dtype=np.int64) + start)
             signs.append(np.asarray(stereo[name]["signs"], dtype=np.int64))
-    return np.concatenate(atoms), np.concatenate(signs)
+    atoms = np.concatenate(atoms)
+    return atoms, np.concatenate(signs), centre_hydrogens(topology, atoms[:, 0])
 
 
 class StereoCheck:
     """The recorded chiral centres of a system, checked against candidate placements of steps."""
 
-    def __init__(self, plan: SystemPlan, atoms: np.ndarray, signs: np.ndarray):
-        """`atoms` (C, 4) [centre, a, b, d] and `signs` (C,) as from `system_stereo`."""
+    def __init__(self, plan: SystemPlan, atoms: np.ndarray, signs: np.ndarray, hydrogens: np.ndarray | None = None):
+        """`atoms` (C, 4) [centre, a, b, d], `signs` (C,) and the centres' `hydrogens` (C,) (-1 or
+        None: none) as from `system_stereo`."""
         self.atoms = torch.as_tensor(atoms, dtype=torch.int64)
         self.signs = torch.as_tensor(signs, dtype=torch.float64)
+        self.hydrogens = torch.as_tensor(np.full(len(self.atoms), -1) if hydrogens is None else hydrogens,
+                                         dtype=torch.int64)
         self.of_step = terms_of_steps(plan, np.asarray(atoms, dtype=np.int64).reshape(-1, 4))
+
+    def mirror_inverted(self, positions: torch.Tensor, box: torch.Tensor) -> np.ndarray:
+        """Reflect every centre in the mirror image of its recorded handedness, with its hydrogen,
+        through the plane of its heavy neighbours (in place in `positions` (N, 3)); returns the
+        atoms (M, 4) [centre, a, b, d] of the centres reflected. The reflection keeps the centre's
+        bond lengths and angles; its neighbours' hydrogens no longer fit (see `sampler.mirror_schedule`)."""
+        if not len(self.atoms):
+            return np.zeros((0, 4), dtype=np.int64)
+        box = box.to(positions)
+        p = positions[self.atoms]
+        v = minimum_image(p[:, 1:] - p[:, :1], box)  # (C, 3, 3) centre -> neighbours
+        wrong = signed_volume(v[:, 0], v[:, 1], v[:, 2]) * self.signs.to(v) < 0
+        if not bool(wrong.any()):
+            return np.zeros((0, 4), dtype=np.int64)
+        v, centres, hydrogens = v[wrong], self.atoms[wrong, 0], self.hydrogens[wrong]
+        normal = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+        normal = normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        has_h = hydrogens >= 0
+        to_h = minimum_image(positions[hydrogens[has_h]] - positions[centres[has_h]], box)
+        h_height = ((to_h - v[has_h, 0]) * normal[has_h]).sum(-1, keepdim=True)
+        positions[hydrogens[has_h]] -= 2 * h_height * normal[has_h]
+        positions[centres] += 2 * (v[:, 0] * normal).sum(-1, keepdim=True) * normal
+        return self.atoms[wrong].numpy()
 
     def inverted(self, steps: torch.Tensor, sequence_atoms: torch.Tensor, sequence: torch.Tensor,
                  positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,10 @@ from gmx_deepbackmap.errors import InputError, TrainingDiverged
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
+from gmx_deepbackmap.pbc import minimum_image
 from gmx_deepbackmap.prior import LocalPrior
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
-from gmx_deepbackmap.stereo import StereoCheck, learn_stereo, system_stereo
+from gmx_deepbackmap.stereo import StereoCheck, handedness, learn_stereo, system_stereo
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
 from gmx_deepbackmap.training import (
@@ -261,6 +262,30 @@ def test_stereo_check_judges_placements_with_unplaced_neighbours_at_their_beads(
     assert mirrored.sum() == 324 * 3  # each centre: the heavy steps of B_k (C, CH2), S_k (ipso), B_k+1 (CH2)
     empty = StereoCheck(plan, np.zeros((0, 4), dtype=np.int64), np.zeros(0))
     assert empty.inverted(steps, atoms, x[atoms.clamp(min=0)] * flip, x * flip, box).sum() == 0
+
+
+def test_mirroring_inverted_centres_restores_their_handedness_and_keeps_their_bonds(sps_system, snapshot):
+    """Against the opposite handedness, every reference centre is inverted: each is reflected with its
+    hydrogen through the plane of its heavy neighbours, which keeps its distances to all four, and
+    then has the opposite sign; a frame with no inverted centre is left as it is."""
+    topology, _, plan = sps_system
+    frame, _ = snapshot
+    x, box = torch.as_tensor(frame.positions), torch.as_tensor(frame.box)
+    atoms, signs, hydrogens = system_stereo(topology, learn_stereo(topology, [(x, box)]))
+    assert (topology.elements[hydrogens] == "H").all()
+    kept = x.clone()
+    assert len(StereoCheck(plan, atoms, signs, hydrogens).mirror_inverted(kept, box)) == 0
+    assert torch.equal(kept, x)
+    mirrored = x.clone()
+    done = StereoCheck(plan, atoms, -signs, hydrogens).mirror_inverted(mirrored, box)
+    assert np.array_equal(done, atoms)
+    assert handedness(mirrored, box, atoms[:, 0], atoms[:, 1:]).tolist() == (-signs).tolist()
+
+    def distances(y: torch.Tensor) -> torch.Tensor:
+        ends = np.column_stack([atoms[:, 1:], hydrogens])
+        return minimum_image(y[ends] - y[atoms[:, :1]], box).norm(dim=-1)
+
+    torch.testing.assert_close(distances(mirrored), distances(x))
 
 
 def test_tiny_training_writes_reloads_and_continues(tmp_path):
