@@ -413,7 +413,7 @@ def backmap_frame(
         if len(mirrored):
             schedule = mirror_schedule(plan, hood.beads, mirrored)
             run("centres mirrored", schedule, GIBBS, orientations)
-            if constraints is not None:  # the re-placed hydrogens onto their bonds; heavy atoms stay
+            if constraints is not None and schedule:  # the re-placed hydrogens onto their bonds; heavy atoms stay
                 hydrogens = plan.step_atoms[np.concatenate(schedule)]
                 moving = moving_only(constraints, hydrogens[hydrogens >= 0])
                 state.positions = project_bonds(state.positions, box_t, moving)
