@@ -398,13 +398,18 @@ def backmap_frame(
         torch.manual_seed(noise_seed)
         for name, schedule, context in passes:
             run(name, schedule, context, orientations)
-        for k in range(repair_rounds):
+        least = None  # the least strained frame the repair rounds leave: (strain, positions)
+        for k in range(repair_rounds + 1):
             energy, pair, term = _standing_energies(state)
+            strain = np.clip(pair - STRAINED_PAIR, 0, None).sum() + np.clip(term - STRAINED_TERM, 0, None).sum()
+            if least is None or strain <= least[0]:
+                least = (strain, state.positions.clone())
             chosen = repair_steps(energy, pair, term, templates, k < OUTLIER_ROUNDS)
             schedule = repair_schedule(plan, hood.beads, chosen)
-            if not schedule:
+            if k == repair_rounds or not schedule:
                 break
             run(f"repair {k + 1}", schedule, GIBBS, REPAIR_ORIENTATIONS, score_hidden=True)
+        state.positions = least[1]
         if constraints is not None:
             state.positions = restore_bonds(state.positions, box_t, constraints)
             if stages is not None:
