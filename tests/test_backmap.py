@@ -280,6 +280,22 @@ def test_repair_rounds_follow_the_sweeps(system, monkeypatch):
     assert seen == ["forward", "sweep 1", "repair 1", "repair 2"]
 
 
+def test_repairs_end_on_the_least_strained_frame_they_passed(system, monkeypatch):
+    """Every step counts as strained (thresholds below any energy): each round re-places every bead,
+    and the frame kept is the one of the sweep or a round with the least summed excess strain."""
+    monkeypatch.setattr(sampler, "STRAINED_PAIR", -1e9)
+    topology = read_topology(system["top"])
+    model = load_model(system["model"])
+    parts = prepare_system(model, topology, read_mapping(system["map"], topology))
+    cg = read_frames(system["gro"])[0]
+    seen = {}
+    x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=1, orientations=2,
+                      repair_rounds=2, stages=lambda name, positions: seen.setdefault(name, positions))
+    assert list(seen) == ["forward", "sweep 1", "repair 1", "repair 2"]
+    kept = [name for name in ("sweep 1", "repair 1", "repair 2") if np.array_equal(seen[name], x)]
+    assert len(kept) == 1
+
+
 def test_trajectory_output_and_frame_selection(system, tmp_path):
     from MDAnalysis.coordinates.XTC import XTCReader
 
