@@ -40,7 +40,8 @@ pass are tried under at most `FORWARD_HYDROGEN_ORIENTATIONS` turns.
 
 Last, after the bond restoration, every recorded chiral centre still in its mirror image is
 reflected, with its hydrogen, through the plane of its heavy neighbours (`StereoCheck.mirror_inverted`:
-its bonds keep their lengths), and the hydrogens of the beads that own it and its neighbours are
+its bonds keep their lengths; a centre left nearly flat is lifted off that plane, so that the
+0.001 nm rounding of .xtc files cannot invert it), and the hydrogens of the beads that own it and its neighbours are
 re-placed around it (`mirror_schedule`) and put on their bonds without moving a heavy atom. Preferring
 candidates that keep the handedness is not enough: where the generator builds a centre's whole
 neighbourhood around the inverted form, every candidate inverts it again (sPS at 568 K: 3-6 centres

@@ -35,6 +35,8 @@ AGREEMENT = 0.98  # fraction of training molecules x frames that must share a ce
 # handedness: flat centres, which a small move (the final bond projection) can invert, count as
 # inverted. Never reached in the sPS reference (every 4th frame of t568 and t313: smallest 0.34, mean 0.69).
 MIN_VOLUME = 0.25
+MAX_LIFT = 0.05  # nm: the farthest `StereoCheck.mirror_inverted` moves a flat centre off its neighbours' plane
+LIFT_BISECTIONS = 30
 
 
 def _bond_ends(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
@@ -129,27 +131,48 @@ class StereoCheck:
         self.of_step = terms_of_steps(plan, np.asarray(atoms, dtype=np.int64).reshape(-1, 4))
 
     def mirror_inverted(self, positions: torch.Tensor, box: torch.Tensor) -> np.ndarray:
-        """Reflect every centre in the mirror image of its recorded handedness, with its hydrogen,
-        through the plane of its heavy neighbours (in place in `positions` (N, 3)); returns the
-        atoms (M, 4) [centre, a, b, d] of the centres reflected. The reflection keeps the centre's
-        bond lengths and angles; its neighbours' hydrogens no longer fit (see `sampler.mirror_schedule`)."""
+        """Put every centre that is in the mirror image of its recorded handedness, or (nearly) flat
+        (`MIN_VOLUME`), back in it with its hydrogen (in place in `positions` (N, 3)); returns the
+        atoms (M, 4) [centre, a, b, d] of the centres moved. An inverted centre is reflected through
+        the plane of its heavy neighbours, which keeps its bond lengths and angles; one still flat
+        then moves off that plane until its volume is `MIN_VOLUME` (sPS: about 0.015 nm, its bonds
+        0.001 nm longer), so that rounding (0.001 nm in .xtc files) cannot invert it. Its
+        neighbours' hydrogens no longer fit (see `sampler.mirror_schedule`)."""
         if not len(self.atoms):
             return np.zeros((0, 4), dtype=np.int64)
         box = box.to(positions)
         p = positions[self.atoms]
         v = minimum_image(p[:, 1:] - p[:, :1], box)  # (C, 3, 3) centre -> neighbours
-        wrong = signed_volume(v[:, 0], v[:, 1], v[:, 2]) * self.signs.to(v) < 0
-        if not bool(wrong.any()):
+        sign = self.signs.to(v)
+
+        def volume(vectors: torch.Tensor, move: torch.Tensor | float = 0.0) -> torch.Tensor:
+            """Signed volume, in the recorded sense, with the centre moved by `move` (M, 3)."""
+            moved = vectors - (move[:, None] if torch.is_tensor(move) else move)
+            return signed_volume(moved[:, 0], moved[:, 1], moved[:, 2])
+
+        bad = volume(v) * sign < MIN_VOLUME
+        if not bool(bad.any()):
             return np.zeros((0, 4), dtype=np.int64)
-        v, centres, hydrogens = v[wrong], self.atoms[wrong, 0], self.hydrogens[wrong]
+        v, sign, centres, hydrogens = v[bad], sign[bad, None], self.atoms[bad, 0], self.hydrogens[bad]
         normal = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
         normal = normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        mirror = torch.where(volume(v)[:, None] * sign < 0, 2 * (v[:, 0] * normal).sum(-1, keepdim=True), 0.0)
+        reflect = mirror * normal  # the centre's move to its mirror image (0: not inverted)
+        up = torch.where(volume(v, reflect + 1e-4 * normal)[:, None] * sign
+                         > volume(v, reflect - 1e-4 * normal)[:, None] * sign, normal, -normal)
+        low, high = torch.zeros_like(mirror), torch.full_like(mirror, MAX_LIFT)
+        for _ in range(LIFT_BISECTIONS):
+            mid = (low + high) / 2
+            enough = volume(v, reflect + mid * up)[:, None] * sign >= MIN_VOLUME
+            low, high = torch.where(enough, low, mid), torch.where(enough, mid, high)
+        lift = torch.where(volume(v, reflect)[:, None] * sign >= MIN_VOLUME, 0.0, high) * up
         has_h = hydrogens >= 0
         to_h = minimum_image(positions[hydrogens[has_h]] - positions[centres[has_h]], box)
         h_height = ((to_h - v[has_h, 0]) * normal[has_h]).sum(-1, keepdim=True)
-        positions[hydrogens[has_h]] -= 2 * h_height * normal[has_h]
-        positions[centres] += 2 * (v[:, 0] * normal).sum(-1, keepdim=True) * normal
-        return self.atoms[wrong].numpy()
+        h_mirror = torch.where(mirror[has_h] != 0, 2 * h_height, 0.0) * normal[has_h]
+        positions[hydrogens[has_h]] += lift[has_h] - h_mirror
+        positions[centres] += reflect + lift
+        return self.atoms[bad].numpy()
 
     def inverted(self, steps: torch.Tensor, sequence_atoms: torch.Tensor, sequence: torch.Tensor,
                  positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:

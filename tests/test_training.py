@@ -24,7 +24,7 @@ from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.pbc import minimum_image
 from gmx_deepbackmap.prior import LocalPrior
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
-from gmx_deepbackmap.stereo import StereoCheck, handedness, learn_stereo, system_stereo
+from gmx_deepbackmap.stereo import MIN_VOLUME, StereoCheck, handedness, learn_stereo, signed_volume, system_stereo
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
 from gmx_deepbackmap.training import (
@@ -267,7 +267,8 @@ def test_stereo_check_judges_placements_with_unplaced_neighbours_at_their_beads(
 def test_mirroring_inverted_centres_restores_their_handedness_and_keeps_their_bonds(sps_system, snapshot):
     """Against the opposite handedness, every reference centre is inverted: each is reflected with its
     hydrogen through the plane of its heavy neighbours, which keeps its distances to all four, and
-    then has the opposite sign; a frame with no inverted centre is left as it is."""
+    then has the opposite sign; a frame with no inverted centre is left as it is. A centre put into
+    its neighbours' plane is lifted off it to `MIN_VOLUME`, its bonds barely longer."""
     topology, _, plan = sps_system
     frame, _ = snapshot
     x, box = torch.as_tensor(frame.positions), torch.as_tensor(frame.box)
@@ -286,6 +287,18 @@ def test_mirroring_inverted_centres_restores_their_handedness_and_keeps_their_bo
         return minimum_image(y[ends] - y[atoms[:, :1]], box).norm(dim=-1)
 
     torch.testing.assert_close(distances(mirrored), distances(x))
+    flat = x.clone()  # the first centre put into the plane of its heavy neighbours
+    a, b, d = minimum_image(flat[atoms[0, 1:]] - flat[atoms[0, 0]], box)
+    normal = torch.linalg.cross(b - a, d - a)
+    normal /= normal.norm()
+    flat[atoms[0, 0]] += (a @ normal) * normal
+    lifted = flat.clone()
+    check = StereoCheck(plan, atoms, signs, hydrogens)
+    assert np.array_equal(check.mirror_inverted(lifted, box), atoms[:1])
+    a, b, d = minimum_image(lifted[atoms[0, 1:]] - lifted[atoms[0, 0]], box)
+    volume = signed_volume(a, b, d) * signs[0]
+    assert MIN_VOLUME <= volume < MIN_VOLUME + 1e-6
+    assert (distances(lifted)[0, :3] - distances(flat)[0, :3]).abs().max() < 0.003
 
 
 def test_tiny_training_writes_reloads_and_continues(tmp_path):
