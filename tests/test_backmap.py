@@ -109,6 +109,14 @@ def run(system: dict[str, Path], output: Path, *extra: str, structure: Path | No
     return CliRunner().invoke(main, args)
 
 
+def sampling_inputs(system: dict[str, Path]):
+    """Topology, tiny model, prepared system parts and first CG frame of `system`, for `backmap_frame`."""
+    topology = read_topology(system["top"])
+    model = load_model(system["model"])
+    return topology, model, prepare_system(model, topology, read_mapping(system["map"], topology)), \
+        read_frames(system["gro"])[0]
+
+
 def assert_one_line_error(result, *fragments: str) -> None:
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
@@ -155,10 +163,7 @@ def test_ranking_picks_other_turns_and_is_checked(backmapped, system, tmp_path):
     ranked = tmp_path / "all.gro"
     assert run(system, ranked, "--seed", "5", "--ranking", "all").exit_code == 0
     assert not np.array_equal(read_frames(backmapped)[0].positions, read_frames(ranked)[0].positions)
-    topology = read_topology(system["top"])
-    model = load_model(system["model"])
-    parts = prepare_system(model, topology, read_mapping(system["map"], topology))
-    cg = read_frames(system["gro"])[0]
+    topology, model, parts, cg = sampling_inputs(system)
     with pytest.raises(InputError, match="ranking 'ideal': expected one of environment, all"):
         backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, ranking="ideal")
 
@@ -184,10 +189,7 @@ def test_temperature_scales_the_noise_of_models_that_record_theirs(backmapped, s
 
 
 def test_stages_report_each_pass_and_the_restored_bonds_last(system):
-    topology = read_topology(system["top"])
-    model = load_model(system["model"])
-    parts = prepare_system(model, topology, read_mapping(system["map"], topology))
-    cg = read_frames(system["gro"])[0]
+    topology, model, parts, cg = sampling_inputs(system)
     seen = {}
     x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=2, orientations=2,
                       repair_rounds=0, constraints=parts.constraints, stereo=parts.stereo,
@@ -202,10 +204,7 @@ def test_stages_report_each_pass_and_the_restored_bonds_last(system):
 def test_every_recorded_centre_ends_in_its_handedness_with_bonds_at_b0(system):
     """The random tiny model inverts and flattens centres; they are mirrored and lifted at the end,
     their hydrogens re-placed and put on their bonds, and nothing moves them afterwards."""
-    topology = read_topology(system["top"])
-    model = load_model(system["model"])
-    parts = prepare_system(model, topology, read_mapping(system["map"], topology))
-    cg = read_frames(system["gro"])[0]
+    topology, model, parts, cg = sampling_inputs(system)
     seen = []
     x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=1, orientations=2,
                       repair_rounds=0, constraints=parts.constraints, stereo=parts.stereo,
@@ -272,10 +271,7 @@ def test_repairs_place_each_colour_whole(system):
 def test_repair_rounds_follow_the_sweeps(system, monkeypatch):
     monkeypatch.setattr(sampler, "MIN_COPIES", CHAINS)  # two chains: every template has two copies,
     monkeypatch.setattr(sampler, "OUTLIER_MADS", -1.0)  # and every step is an outlier
-    topology = read_topology(system["top"])
-    model = load_model(system["model"])
-    parts = prepare_system(model, topology, read_mapping(system["map"], topology))
-    cg = read_frames(system["gro"])[0]
+    topology, model, parts, cg = sampling_inputs(system)
     seen = []
     backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=1, orientations=2,
                   repair_rounds=2, stereo=parts.stereo, stages=lambda name, positions: seen.append(name))
@@ -286,10 +282,7 @@ def test_repairs_end_on_the_least_strained_frame_they_passed(system, monkeypatch
     """Every step counts as strained (thresholds below any energy): each round re-places every bead,
     and the frame kept is the one of the sweep or a round with the least summed excess strain."""
     monkeypatch.setattr(sampler, "STRAINED_PAIR", -1e9)
-    topology = read_topology(system["top"])
-    model = load_model(system["model"])
-    parts = prepare_system(model, topology, read_mapping(system["map"], topology))
-    cg = read_frames(system["gro"])[0]
+    topology, model, parts, cg = sampling_inputs(system)
     seen = {}
     x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=1, orientations=2,
                       repair_rounds=2, stages=lambda name, positions: seen.setdefault(name, positions))
