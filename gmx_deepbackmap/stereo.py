@@ -146,7 +146,7 @@ class StereoCheck:
         sign = self.signs.to(v)
 
         def volume(vectors: torch.Tensor, move: torch.Tensor | float = 0.0) -> torch.Tensor:
-            """Signed volume, in the recorded sense, with the centre moved by `move` (M, 3)."""
+            """`signed_volume` of the centres with each moved by `move` (M, 3)."""
             moved = vectors - (move[:, None] if torch.is_tensor(move) else move)
             return signed_volume(moved[:, 0], moved[:, 1], moved[:, 2])
 
