@@ -144,32 +144,31 @@ class StereoCheck:
         p = positions[self.atoms]
         v = minimum_image(p[:, 1:] - p[:, :1], box)  # (C, 3, 3) centre -> neighbours
         sign = self.signs.to(v)
-
-        def volume(vectors: torch.Tensor, move: torch.Tensor | float = 0.0) -> torch.Tensor:
-            """`signed_volume` of the centres with each moved by `move` (M, 3)."""
-            moved = vectors - (move[:, None] if torch.is_tensor(move) else move)
-            return signed_volume(moved[:, 0], moved[:, 1], moved[:, 2])
-
-        bad = volume(v) * sign < MIN_VOLUME
+        bad = signed_volume(v[:, 0], v[:, 1], v[:, 2]) * sign < MIN_VOLUME
         if not bool(bad.any()):
             return np.zeros((0, 4), dtype=np.int64)
         v, sign, centres, hydrogens = v[bad], sign[bad, None], self.atoms[bad, 0], self.hydrogens[bad]
+
+        def recorded(move: torch.Tensor | float = 0.0) -> torch.Tensor:
+            """(M, 1) volume in the recorded sense with each centre moved by `move` (M, 3)."""
+            moved = v - (move[:, None] if torch.is_tensor(move) else move)
+            return signed_volume(moved[:, 0], moved[:, 1], moved[:, 2])[:, None] * sign
+
         normal = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
         normal = normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        mirror = torch.where(volume(v)[:, None] * sign < 0, 2 * (v[:, 0] * normal).sum(-1, keepdim=True), 0.0)
-        reflect = mirror * normal  # the centre's move to its mirror image (0: not inverted)
-        up = torch.where(volume(v, reflect + 1e-4 * normal)[:, None] * sign
-                         > volume(v, reflect - 1e-4 * normal)[:, None] * sign, normal, -normal)
-        low, high = torch.zeros_like(mirror), torch.full_like(mirror, MAX_LIFT)
+        inverted = recorded() < 0
+        reflect = torch.where(inverted, 2 * (v[:, 0] * normal).sum(-1, keepdim=True), 0.0) * normal
+        up = torch.where(recorded(reflect + 1e-4 * normal) > recorded(reflect - 1e-4 * normal), normal, -normal)
+        low, high = torch.zeros_like(sign), torch.full_like(sign, MAX_LIFT)
         for _ in range(LIFT_BISECTIONS):
             mid = (low + high) / 2
-            enough = volume(v, reflect + mid * up)[:, None] * sign >= MIN_VOLUME
+            enough = recorded(reflect + mid * up) >= MIN_VOLUME
             low, high = torch.where(enough, low, mid), torch.where(enough, mid, high)
-        lift = torch.where(volume(v, reflect)[:, None] * sign >= MIN_VOLUME, 0.0, high) * up
+        lift = torch.where(recorded(reflect) >= MIN_VOLUME, 0.0, high) * up
         has_h = hydrogens >= 0
         to_h = minimum_image(positions[hydrogens[has_h]] - positions[centres[has_h]], box)
         h_height = ((to_h - v[has_h, 0]) * normal[has_h]).sum(-1, keepdim=True)
-        h_mirror = torch.where(mirror[has_h] != 0, 2 * h_height, 0.0) * normal[has_h]
+        h_mirror = torch.where(inverted[has_h], 2 * h_height, 0.0) * normal[has_h]
         positions[hydrogens[has_h]] += lift[has_h] - h_mirror
         positions[centres] += reflect + lift
         return self.atoms[bad].numpy()
