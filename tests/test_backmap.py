@@ -26,6 +26,7 @@ from gmx_deepbackmap.sampler import (
     STRAINED_PAIR,
     STRAINED_TERM,
     backmap_frame,
+    mirror_schedule,
     noise_scale_for,
     outlier_steps,
     prepare_system,
@@ -195,7 +196,7 @@ def test_stages_report_each_pass_and_the_restored_bonds_last(system):
                       repair_rounds=0, constraints=parts.constraints, stereo=parts.stereo,
                       stages=lambda name, positions: seen.setdefault(name, positions))
     assert list(seen)[:4] == ["forward", "sweep 1", "sweep 2", "bonds restored"]
-    assert list(seen)[4:] in ([], ["centres mirrored"])
+    assert list(seen)[4:] in ([], ["side groups re-placed", "centres mirrored"])
     if len(seen) == 4:
         assert np.array_equal(seen["bonds restored"], x)
     assert not np.array_equal(seen["sweep 1"], seen["sweep 2"])  # copies, not views of the frame
@@ -218,6 +219,22 @@ def test_every_recorded_centre_ends_in_its_handedness_with_bonds_at_b0(system):
     to_hydrogen = torch.as_tensor(topology.elements[pairs.numpy()] == "H").any(1)
     assert ((bonds - lengths).abs() / lengths)[to_hydrogen].max() < 1e-3  # as restore_bonds leaves them
     assert (bonds - lengths).square().mean().sqrt() < 0.002  # flat centres lifted off their neighbours' plane
+
+
+def test_mirroring_re_places_side_groups_whole_and_the_centres_beads_hydrogens_only(system):
+    topology, model, parts, cg = sampling_inputs(system)
+    plan = parts.plan
+    atoms, _, _ = system_stereo(topology, model.stereo)
+    no_neighbours = torch.full((len(plan.bead_type), 1), -1)
+    heavy, hydrogens = mirror_schedule(plan, no_neighbours, atoms[:1], atoms[:, 0])
+    centre_bead = plan.atom_owner[atoms[0, 0]]
+    side = set(plan.atom_owner[atoms[0, 1:]].tolist()) - set(plan.atom_owner[atoms[:, 0]].tolist())
+    assert side  # sPS: the phenyl ring of the centre's monomer
+    assert sorted(np.concatenate(heavy).tolist()) == np.flatnonzero(
+        np.isin(plan.step_bead, list(side)) & plan.step_heavy).tolist()
+    redone = np.concatenate(hydrogens)
+    assert not plan.step_heavy[redone].any()
+    assert centre_bead in plan.step_bead[redone] and side <= set(plan.step_bead[redone].tolist())
 
 
 def test_outliers_are_judged_among_copies_of_the_same_step():
