@@ -140,14 +140,20 @@ def restore_bonds(positions: torch.Tensor, box: torch.Tensor, constraints: Const
     plus the squared changes of every bond-graph angle (radians, `ANGLE_WEIGHT`), 1 - cos of every
     torsion's change, the squared shrinkage of non-bonded pairs closer than `CONTACT_RANGE` (per 0.01 nm,
     `CONTACT_WEIGHT`) and a weak anchor to the start; then `project_bonds` makes the lengths
-    exact. Massless particles stay put. Returns a new tensor.
+    exact. Massless particles, and atoms held by `moving_only`, stay put. Returns a new tensor.
     """
     c = constraints
     x0 = positions.detach().to(torch.float64)
     box = box.to(x0)
     context = frame_context(x0.numpy(), box.numpy(), c.excluded_keys, CONTACT_RANGE)
     contacts = torch.from_numpy(context.pairs)
-    chains = {"bond": c.pairs, "angle": c.angles, "torsion": c.torsions, "contact": contacts}
+    moves = c.inverse_mass > 0
+    # terms among held atoms only are constant and left out (with `moving_only`: nearly all of them)
+    bond_kept, contact_kept = moves[c.pairs].any(1), moves[contacts].any(1)
+    chains = {"bond": c.pairs[bond_kept], "angle": c.angles[moves[c.angles].any(1)],
+              "torsion": c.torsions[moves[c.torsions].any(1)], "contact": contacts[contact_kept]}
+    lengths = c.lengths.to(x0)[bond_kept]
+    contact0 = torch.from_numpy(context.distances)[contact_kept]
     shifts = {name: [image_shifts(x0[idx[:, k + 1]] - x0[idx[:, k]], box) for k in range(idx.shape[1] - 1)]
               for name, idx in chains.items()}
 
@@ -156,9 +162,7 @@ def restore_bonds(positions: torch.Tensor, box: torch.Tensor, constraints: Const
         return [x[idx[:, k + 1]] - x[idx[:, k]] + s for k, s in enumerate(shifts[name])]
 
     angle0, torsion0 = _geometry(vectors(x0, "angle")), _geometry(vectors(x0, "torsion"))
-    contact0 = torch.from_numpy(context.distances)
-    lengths = c.lengths.to(x0)
-    movable = (c.inverse_mass > 0).to(x0)[:, None]
+    movable = moves.to(x0)[:, None]
     delta = torch.zeros_like(x0, requires_grad=True)
     optimiser = torch.optim.LBFGS([delta], max_iter=iterations, history_size=20, line_search_fn="strong_wolfe")
 

@@ -375,9 +375,9 @@ def backmap_frame(
     (see `StereoCheck`), None: not checked. `progress` is called with the number of atoms placed
     after every batch; `stages` (for diagnostics) with a name and a copy of the positions after the
     forward pass ("forward"), each sweep ("sweep 1", ...), each repair round ("repair 1", ...), the
-    bond restoration ("bonds restored") and, where centres were inverted, their mirroring ("centres
-    mirrored"). Atoms lie near their owner beads, so molecules may be broken across the box (see
-    `make_whole`).
+    bond restoration ("bonds restored") and, where centres were inverted, the re-placement of the
+    side groups around them ("side groups re-placed") and of their hydrogens ("centres mirrored").
+    Atoms lie near their owner beads, so molecules may be broken across the box (see `make_whole`).
     """
     if orientations < 1 or gibbs_sweeps < 0 or repair_rounds < 0 or not noise_scale >= 0:
         raise InputError("need orientations >= 1, gibbs_sweeps >= 0, repair_rounds >= 0 and noise_scale >= 0 "

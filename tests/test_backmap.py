@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from gmx_deepbackmap import sampler
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.cli import main
-from gmx_deepbackmap.constraints import Constraints, bond_constraints, project_bonds, restore_bonds
+from gmx_deepbackmap.constraints import Constraints, bond_constraints, moving_only, project_bonds, restore_bonds
 from gmx_deepbackmap.environment import plan_system
 from gmx_deepbackmap.errors import InputError
 from gmx_deepbackmap.mapping import read_mapping
@@ -434,3 +434,14 @@ def test_restoring_bond_lengths_keeps_the_angles_that_projection_bends(distorted
     print(f"mean angle change: {kept:.2f} degrees restored, {bent:.2f} projected")
     assert bond_rms(restored, box, constraints) < 2e-6
     assert kept < bent / 2
+
+
+def test_restoring_only_some_atoms_leaves_the_others_where_they_stand(distorted_chain):
+    x, box, constraints = distorted_chain
+    start = project_bonds(x, box, constraints)
+    moving = np.arange(16, 32)  # the second monomer
+    start[moving] += 0.02 * torch.randn(len(moving), 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    restored = restore_bonds(start, box, moving_only(constraints, moving))
+    held = np.setdiff1d(np.arange(len(x)), moving)
+    assert torch.equal(restored[held], start[held])
+    assert bond_rms(start, box, constraints) > 0.005 and bond_rms(restored, box, constraints) < 2e-6
