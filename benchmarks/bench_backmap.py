@@ -2,12 +2,14 @@
 
     python benchmarks/bench_backmap.py [--model sps-568] [--frames 0:80:8] [--baseline-dir bench-out]
         [--out bench-out] [--device cpu] [--threads 2] [--orientations K] [--gibbs-sweeps N] [--repair-rounds R]
-        [--ranking environment|all] [--temperature-noise] [--sets t568 t313]
+        [--ranking environment|all] [--thermal-hydrogens planar|all|none] [--temperature-noise]
+        [--sets t568 t313]
 
 For t568 and t313: takes the selected frames of cg.xtc/aa.xtc (at 568 K without the 7 frames that
 are also training snapshots), backmaps them with `gmx_deepbackmap.sampler.backmap` (default settings
-unless --orientations/--gibbs-sweeps/--repair-rounds/--ranking say otherwise; --temperature-noise:
-each set sampled at its own temperature, `backmap(temperature=568 or 313)`), runs `gmx-dbm
+unless --orientations/--gibbs-sweeps/--repair-rounds/--ranking/--thermal-hydrogens say otherwise; each
+set at its own temperature, `backmap(temperature=568 or 313)`; --temperature-noise: the generator's
+noise scaled to it too, `scale_noise=True`), runs `gmx-dbm
 compare` of the result (and of `baseline-<T>.xtc` from bench_baseline.py, when --baseline-dir has it
 for the same frames) against the reference frames, and prints one table per temperature: JSD and W1
 per observable against the published DeepBackmap figures, frame-mean energies per term as % of the
@@ -40,7 +42,9 @@ from gmx_deepbackmap.sampler import (
     DEFAULT_ORIENTATIONS,
     DEFAULT_RANKING,
     DEFAULT_REPAIR_ROUNDS,
+    DEFAULT_THERMAL_HYDROGENS,
     RANKINGS,
+    THERMAL_HYDROGENS,
 )
 from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames, write_frames
 
@@ -141,8 +145,9 @@ def main() -> None:
     parser.add_argument("--gibbs-sweeps", type=int, default=DEFAULT_GIBBS_SWEEPS)
     parser.add_argument("--repair-rounds", type=int, default=DEFAULT_REPAIR_ROUNDS)
     parser.add_argument("--ranking", choices=RANKINGS, default=DEFAULT_RANKING)
+    parser.add_argument("--thermal-hydrogens", choices=THERMAL_HYDROGENS, default=DEFAULT_THERMAL_HYDROGENS)
     parser.add_argument("--temperature-noise", action="store_true",
-                        help="sample each set at its temperature (generator noise scaled by sqrt(T / T_train))")
+                        help="scale the generator's noise to each set's temperature (sqrt(T / T_train))")
     parser.add_argument("--sets", nargs="+", choices=TEMPERATURES, default=list(TEMPERATURES),
                         help="temperatures to bench (default both)")
     parser.add_argument("--chunk-size", type=int, default=4, help="frames per resumable chunk (default 4)")
@@ -154,7 +159,8 @@ def main() -> None:
     top = bundled_path("sps/topol.top")
     n_atoms = len(load_universe(DATA / "aa.gro").atoms)
     text = [f"model {args.model}, frames {args.frames}, {args.orientations} orientations, {args.gibbs_sweeps} Gibbs "
-            f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, device {args.device}, "
+            f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, thermal hydrogens "
+            f"{args.thermal_hydrogens}, device {args.device}, "
             f"{args.threads} threads, seed {args.seed}"
             + (", noise scaled to each temperature" if args.temperature_noise else "")]
     for name in args.sets:
@@ -164,8 +170,8 @@ def main() -> None:
         seconds = backmap_resumably(cg, result, tag, args.chunk_size, model=args.model, seed=args.seed,
                                     device=args.device, orientations=args.orientations,
                                     gibbs_sweeps=args.gibbs_sweeps, ranking=args.ranking,
-                                    repair_rounds=args.repair_rounds,
-                                    temperature=TEMPERATURES[name] if args.temperature_noise else None)
+                                    repair_rounds=args.repair_rounds, temperature=TEMPERATURES[name],
+                                    thermal_hydrogens=args.thermal_hydrogens, scale_noise=args.temperature_noise)
         sets = {MODEL: result}
         baseline = Path(args.baseline_dir or out) / f"baseline-{name}.xtc"
         if baseline.is_file() and len(load_universe(DATA / "aa.gro", baseline).trajectory) == n:

@@ -139,9 +139,16 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
                    "kJ/mol) and, in the first 3, those whose energy is an outlier "
                    "among the same bead's copies in other molecules (0: none).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), metavar="K",
-              help="Temperature of the CG frames when it differs from the model's training frames: the "
-                   "generator's noise is scaled by sqrt(T / T_train), so stiff coordinates get that "
-                   "temperature's spread (the model must record T_train). Default: sample as trained.")
+              help="Temperature of the CG frames (default: the model's training temperature, when it records "
+                   "one). The --thermal-hydrogens are drawn at it.")
+@click.option("--thermal-hydrogens", type=click.Choice(["planar", "all", "none"]), default="planar",
+              show_default=True,
+              help="Hydrogens drawn last from their Boltzmann distribution at --temperature, every other atom held "
+                   "(Metropolis, 40 sweeps): 'planar', those held in a plane by an improper dihedral (sp2 C-H, "
+                   "which the generator leaves too flat); 'all'; 'none' (as generated).")
+@click.option("--scale-noise", is_flag=True,
+              help="Also scale the generator's noise by sqrt(T / T_train) (the model must record T_train), so "
+                   "that coordinates the noise carries get the spread of --temperature.")
 @click.option("--no-constrain", is_flag=True,
               help="Keep generated bond lengths (default: restore them to the topology's b0, as in an "
                    "ensemble run with constraints = all-bonds, keeping the generated angles, torsions and "
@@ -156,12 +163,13 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @no_progress_option
 @overwrite_option
 def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
-                    orientations, ranking, repair_rounds, temperature, no_constrain, workdir, chunk_size, only,
-                    no_progress, overwrite):
+                    orientations, ranking, repair_rounds, temperature, thermal_hydrogens, scale_noise, no_constrain,
+                    workdir, chunk_size, only, no_progress, overwrite):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
     Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps, then repair
-    rounds for the few beads left strained; no energy minimisation. Output atoms follow the
+    rounds for the few beads left strained, and last the chosen hydrogens drawn from the force field
+    at the frames' temperature; no energy minimisation. Output atoms follow the
     topology (names, residues, order); molecules are whole and the CG box is kept.
     """
     from .bundled import bundled_path
@@ -171,7 +179,8 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
         raise click.UsageError("give -o, --workdir, or both")
     options = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
                    gibbs_sweeps=gibbs_sweeps, orientations=orientations, ranking=ranking,
-                   repair_rounds=repair_rounds, temperature=temperature, constrain=not no_constrain,
+                   repair_rounds=repair_rounds, temperature=temperature, thermal_hydrogens=thermal_hydrogens,
+                   scale_noise=scale_noise, constrain=not no_constrain,
                    progress=not no_progress)
     top = topology or bundled_path("sps/topol.top")
     if workdir is None:

@@ -63,7 +63,7 @@ class TrainConfig:
     cg: list[str] = field(default_factory=list)  # matching CG structures (paired by name); empty: map
     topology: str = ""
     mapping: list[str] = field(default_factory=list)  # empty: bundled mappings
-    temperature: float | None = None  # K, of the AA frames: lets the sampler draw at others (sampler.noise_scale_for)
+    temperature: float | None = None  # K, of the AA frames: the sampler's default (sampler.frames_temperature)
     output: str = "model.pt"
     workdir: str = "train-run"  # checkpoint.pt and log.csv
     grid_size: int = 8

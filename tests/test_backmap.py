@@ -100,7 +100,8 @@ def system(tmp_path_factory, sps_data) -> dict[str, Path]:
     aa = read_frames(sps_data / "aa.gro")[0]
     n_atoms = CHAINS * ATOMS_PER_CHAIN
     stereo = learn_stereo(read_topology(top), [(torch.as_tensor(aa.positions[:n_atoms]), torch.as_tensor(aa.box))])
-    model = write_model(folder / "tiny.pt", top, mapping, stereo)  # the sampler's stereo check runs
+    model = write_model(folder / "tiny.pt", top, mapping, stereo,  # the sampler's stereo check runs
+                        training={"temperature": 568.0})
     return {"top": top, "map": mapping, "gro": gro, "xtc": xtc, "model": model}
 
 
@@ -169,36 +170,47 @@ def test_ranking_picks_other_turns_and_is_checked(backmapped, system, tmp_path):
         backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, ranking="ideal")
 
 
-def test_temperature_scales_the_noise_of_models_that_record_theirs(backmapped, system, tmp_path):
-    """At the training temperature the noise is as trained (same structure); colder, it shrinks;
-    a model that does not record its training temperature is refused, as is a non-positive one."""
-    assert_one_line_error(run(system, tmp_path / "none.gro", "--temperature", "313"),
-                          "tiny.pt: the model does not record the temperature of its training frames")
-    model = write_model(tmp_path / "t568.pt", system["top"], system["map"], load_model(system["model"]).stereo,
-                        training={"temperature": 568.0})
-    assert noise_scale_for(load_model(model), 313.0) == pytest.approx((313 / 568) ** 0.5)
-    same, cold = tmp_path / "same.gro", tmp_path / "cold.gro"
-    assert run(system, same, "--seed", "5", "--model", str(model)).exit_code == 0
-    assert run(system, cold, "--seed", "5", "--model", str(model), "--temperature", "313").exit_code == 0
-    trained = read_frames(same)[0].positions
-    assert np.array_equal(trained, read_frames(backmapped)[0].positions)  # same weights, same seed
-    at_568 = tmp_path / "at568.gro"
-    assert run(system, at_568, "--seed", "5", "--model", str(model), "--temperature", "568").exit_code == 0
-    assert np.array_equal(trained, read_frames(at_568)[0].positions)
-    assert not np.array_equal(trained, read_frames(cold)[0].positions)
+def test_temperature_draws_the_hydrogens_and_scales_the_noise_on_request(backmapped, system, tmp_path):
+    """The frames' temperature defaults to the model's training temperature; another one changes
+    the drawn (planar) hydrogens only, and with --scale-noise the generated atoms too. A model that
+    records none needs --temperature (or no drawn hydrogens), and --scale-noise needs T_train."""
+    heavy = read_topology(system["top"]).elements != "H"
+
+    def positions(name: str, *extra: str) -> np.ndarray:
+        result = run(system, tmp_path / name, "--seed", "5", *extra)
+        assert result.exit_code == 0, result.output
+        return read_frames(tmp_path / name)[0].positions
+
+    trained = read_frames(backmapped)[0].positions
+    assert np.array_equal(trained, positions("568.gro", "--temperature", "568"))
+    cold = positions("313.gro", "--temperature", "313")
+    assert np.array_equal(trained[heavy], cold[heavy]) and not np.array_equal(trained, cold)
+    scaled = positions("313-scaled.gro", "--temperature", "313", "--scale-noise")
+    assert not np.array_equal(trained[heavy], scaled[heavy])
+    assert noise_scale_for(load_model(system["model"]), 313.0) == pytest.approx((313 / 568) ** 0.5)
+
+    bare = write_model(tmp_path / "bare.pt", system["top"], system["map"], load_model(system["model"]).stereo)
+    assert_one_line_error(run({**system, "model": bare}, tmp_path / "bare.gro"),
+                          "bare.pt: the hydrogens are drawn at the temperature of the CG frames", "--temperature")
+    assert_one_line_error(run({**system, "model": bare}, tmp_path / "bare.gro", "--temperature", "313",
+                              "--scale-noise"), "bare.pt: the model does not record the temperature")
+    assert run({**system, "model": bare}, tmp_path / "bare.gro", "--thermal-hydrogens", "none").exit_code == 0
     assert run(system, tmp_path / "zero.gro", "--temperature", "0").exit_code == 2  # click's usage error
 
 
-def test_stages_report_each_pass_and_the_restored_bonds_last(system):
+def test_stages_report_each_pass_and_the_drawn_hydrogens_last(system):
     topology, model, parts, cg = sampling_inputs(system)
     seen = {}
     x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=2, orientations=2,
                       repair_rounds=0, constraints=parts.constraints, stereo=parts.stereo,
+                      hydrogens=parts.hydrogens, temperature=568.0,
                       stages=lambda name, positions: seen.setdefault(name, positions))
     assert list(seen)[:4] == ["forward", "sweep 1", "sweep 2", "bonds restored"]
-    assert list(seen)[4:] in ([], ["side groups re-placed", "centres mirrored"])
-    if len(seen) == 4:
-        assert np.array_equal(seen["bonds restored"], x)
+    assert list(seen)[4:] in (["hydrogens thermalised"],
+                              ["side groups re-placed", "centres mirrored", "hydrogens thermalised"])
+    assert np.array_equal(seen["hydrogens thermalised"], x)
+    with pytest.raises(InputError, match="sampling the hydrogens needs a positive number of kelvin"):
+        backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, hydrogens=parts.hydrogens)
     assert not np.array_equal(seen["sweep 1"], seen["sweep 2"])  # copies, not views of the frame
 
 
