@@ -132,6 +132,15 @@ def bar_table(report: dict, name: str, seconds_per_frame: float, n_atoms: int) -
     return markdown_table(["", "bar", *sets], table)
 
 
+def publish(out: Path, stem: str, text: list[str], name: str, report: dict) -> None:
+    """Print the newest table; keep the report of set `name` as <stem>-<name>.json and every table
+    so far as <stem>.md in `out`."""
+    print(text[-1], flush=True)
+    (out / f"{stem}-{name}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.md").write_text("\n\n".join(text) + "\n")
+    print(f"written to {out / f'{stem}.md'}\n", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sps-568", help="bundled model name or model file")
@@ -182,10 +191,7 @@ def main() -> None:
         report = compare(DATA / "aa.gro", top, aa, sets, out / f"compare-{name}", overwrite=True)
         table = bar_table(report, name, seconds, n_atoms)
         text.append(f"## {name[1:]} K: {n} held-out frames\n\n{table}")
-        print(text[-1], flush=True)
-        (out / f"bench_backmap-{name}.json").write_text(json.dumps(report, indent=1))
-    (out / "bench_backmap.md").write_text("\n\n".join(text) + "\n")
-    print(f"\nwritten to {out / 'bench_backmap.md'}")
+        publish(out, "bench_backmap", text, name, report)
 
 
 if __name__ == "__main__":

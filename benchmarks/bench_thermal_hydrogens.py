@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_backmap import DATA, MODEL, TEMPERATURES, bar_table
+from bench_backmap import DATA, MODEL, TEMPERATURES, bar_table, publish
 from tqdm import tqdm
 
 from gmx_deepbackmap.analysis import compare
@@ -81,10 +81,7 @@ def main() -> None:
         table = bar_table(report, name, before + stage, n_atoms)
         text.append(f"## {name[1:]} K: {n} held-out frames\n\nWall time: {before:.1f} s per frame before the "
                     f"stage (the earlier run), {stage:.1f} s for the stage.\n\n{table}")
-        print(text[-1], flush=True)
-        (out / f"bench_thermal_hydrogens-{name}.json").write_text(json.dumps(report, indent=1))
-    (out / "bench_thermal_hydrogens.md").write_text("\n\n".join(text) + "\n")
-    print(f"\nwritten to {out / 'bench_thermal_hydrogens.md'}")
+        publish(out, "bench_thermal_hydrogens", text, name, report)
 
 
 if __name__ == "__main__":
