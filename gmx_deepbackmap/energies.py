@@ -211,7 +211,7 @@ class ForceField:
         first = np.flatnonzero(is_active[atoms])
         gi, gj = atoms[first][:, None], atoms[None, :]
         keys = np.minimum(gi, gj) * self.n_atoms + np.maximum(gi, gj)
-        drop = (is_active[gj] & (gj <= gi)) | _contains(self._exclusion_keys, keys)
+        drop = (is_active[gj] & (gj <= gi)) | contains_sorted(self._exclusion_keys, keys)
         pad = self._real(np.where(drop, 4 * self.cutoff**2, 0.0))
         gi, gj = np.broadcast_arrays(gi, gj)
         return self._long(first), pad, *self._pair_parameters(self._long(gi), self._long(gj))
@@ -277,7 +277,7 @@ class ForceField:
         pairs, shifts = neighbour_pairs(
             x.detach().cpu().double().numpy(), box.detach().cpu().double().numpy(),
             self.cutoff + _NEIGHBOUR_SKIN)
-        keep = ~_contains(self._exclusion_keys, pairs[:, 0] * self.n_atoms + pairs[:, 1])
+        keep = ~contains_sorted(self._exclusion_keys, pairs[:, 0] * self.n_atoms + pairs[:, 1])
         pairs = self._long(pairs[keep])
         return pairs[:, 0], pairs[:, 1], self._real(shifts[keep])
 
@@ -384,7 +384,7 @@ def _minimum_image(d: torch.Tensor, box) -> torch.Tensor:
     return minimum_image(d, box)
 
 
-def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def contains_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Which keys occur in an ascending array."""
     if len(sorted_keys) == 0:
         return np.zeros(keys.shape, dtype=bool)

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .energies import BONDED_TERMS, ForceField, _contains, lj_row_energies, vector_energies
+from .energies import BONDED_TERMS, ForceField, contains_sorted, lj_row_energies, vector_energies
 from .pbc import image_shifts, minimum_image, neighbour_pairs
 from .topology import Topology
 
 BOLTZMANN = 0.0083144626  # kJ/mol/K
 COUPLING_RANGE = 0.4  # nm: hydrogens closer than this (or sharing a term) are never moved together
-NEIGHBOUR_SKIN = 0.1  # nm beyond the cut-off kept in the pair list; no hydrogen moves that far
+NEIGHBOUR_SKIN = 0.1  # nm beyond the cut-off kept in the pair list (made once; a pair that comes in from
+# further away is missed, where the shifted Lennard-Jones and the reaction-field Coulomb are near zero)
 DEFAULT_SWEEPS = 40
 TARGET_ACCEPTANCE = 0.4  # the move size is tuned towards this in the first half of the sweeps
 INITIAL_STEP = 0.1  # radians: about the thermal out-of-plane spread of an sPS ring hydrogen at 568 K
@@ -131,7 +132,7 @@ class _GroupEnergy:
         own_np, other_np = np.concatenate(own), np.concatenate(other)
         atom_np = moves.hydrogens[group][own_np]
         keys = np.minimum(atom_np, other_np) * n_atoms + np.maximum(atom_np, other_np)
-        excluded = _contains(moves.excluded_keys, keys)
+        excluded = contains_sorted(moves.excluded_keys, keys)
         self.own, self.atom, self.other = (torch.from_numpy(a) for a in (own_np, atom_np, other_np))
         self.members = torch.from_numpy(moves.hydrogens[group])
         self.shift, self.excluded = torch.from_numpy(np.concatenate(shift)), torch.from_numpy(excluded)
