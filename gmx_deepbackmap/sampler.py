@@ -108,9 +108,10 @@ RANKINGS = ("environment", "all")
 DEFAULT_RANKING = "environment"
 # Which hydrogens are drawn last from the force field at the CG frames' temperature (`thermal`):
 # "planar", those held in a plane by an improper dihedral (sp2 C-H: the generator leaves them
-# nearly in it); "all"; "none". sPS: resampling the sp3 hydrogens too raised the 568 K angle energy
-# to 114 % of the reference and the 313 K LJ energy by 5 %: the generated backbone leaves them less
-# room than the reference's does (benchmarks/results/sps-568-37900it-thermal-hydrogens-2026-12-05/).
+# nearly in it); "all"; "none". sPS, 6 frames per temperature: resampling the sp3 hydrogens too
+# raised the 568 K angle energy to 113.5 % of the reference and the 313 K LJ energy by 5 %: the
+# generated backbone leaves them less room than the reference's does
+# (benchmarks/results/sps-568-37900it-thermal-hydrogens-2026-12-05/).
 THERMAL_HYDROGENS = ("planar", "all", "none")
 DEFAULT_THERMAL_HYDROGENS = "planar"
 
