@@ -214,9 +214,9 @@ class ForceField:
         drop = (is_active[gj] & (gj <= gi)) | contains_sorted(self._exclusion_keys, keys)
         pad = self._real(np.where(drop, 4 * self.cutoff**2, 0.0))
         gi, gj = np.broadcast_arrays(gi, gj)
-        return self._long(first), pad, *self._pair_parameters(self._long(gi), self._long(gj))
+        return self._long(first), pad, *self.pair_parameters(self._long(gi), self._long(gj))
 
-    def _pair_parameters(self, i: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def pair_parameters(self, i: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """c6, c12, f q_i q_j and the LJ value at the cut-off (the potential shift) of pairs."""
         ti, tj = self.type_index[i], self.type_index[j]
         c6, c12 = self.c6[ti, tj], self.c12[ti, tj]
@@ -267,7 +267,7 @@ class ForceField:
         for b in range(len(x)):
             i, j, shifts = self._neighbours(x[b], box if box.dim() == 2 else box[b])
             r2 = _square(x[b, j] - x[b, i] + shifts)
-            energies = self._pair_energies(r2[None], *self._pair_parameters(i, j))
+            energies = self._pair_energies(r2[None], *self.pair_parameters(i, j))
             lj.append(energies[0])
             coulomb.append(energies[1])
         return torch.cat(lj), torch.cat(coulomb)
@@ -283,11 +283,19 @@ class ForceField:
 
     def _pair_energies(self, r2, c6, c12, qq, lj_shift) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed LJ and RF Coulomb (B,) of pairs at squared distances r2 (B, ...)."""
+        lj, coulomb = self.pair_rows(r2, c6, c12, qq, lj_shift)
+        return lj.flatten(1).sum(-1), coulomb.flatten(1).sum(-1)
+
+    def pair_rows(self, r2, c6, c12, qq, lj_shift, excluded=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """LJ and reaction-field Coulomb of each pair at squared distances r2, with the parameters
+        of `pair_parameters`; zero beyond the cut-off. `excluded` (bool, like r2): pairs that only
+        carry the reaction-field correction of excluded pairs, `f q_i q_j (k_rf r^2 - c_rf)`."""
         inside = r2 < self.cutoff**2
-        coulomb = qq * (r2.rsqrt() + self.k_rf * r2 - self.c_rf)
         zero = torch.zeros((), dtype=r2.dtype, device=r2.device)
-        return (torch.where(inside, _lj(r2, c6, c12, lj_shift), zero).flatten(1).sum(-1),
-                torch.where(inside, coulomb, zero).flatten(1).sum(-1))
+        inverse = r2.rsqrt() if excluded is None else torch.where(excluded, zero, r2.rsqrt())
+        lj = _lj(r2, c6, c12, lj_shift)
+        lj = torch.where(inside, lj, zero) if excluded is None else torch.where(inside & ~excluded, lj, zero)
+        return lj, torch.where(inside, qq * (inverse + self.k_rf * r2 - self.c_rf), zero)
 
     def _excluded_rf(self, r2: torch.Tensor) -> torch.Tensor:
         """Reaction-field correction of excluded pairs at squared distances r2 (B, E) within the

@@ -155,6 +155,23 @@ class Neighbourhood:
     atoms: torch.Tensor  # (M, Ka) atoms owned by those beads, -1 padded
     atom_shifts: torch.Tensor  # (M, Ka, 3) nm
 
+def graph_colours(neighbours: torch.Tensor | np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Colours of `members` such that no two of them that are neighbours (rows of `neighbours`,
+    -1 padded) share one: greedy, largest degree first. Beads of one colour never see each
+    other's atoms, so they are conditionally independent given the rest (chromatic Gibbs); the
+    sampler's hydrogens of one colour are moved together (`thermal`)."""
+    member = np.zeros(len(neighbours), dtype=bool)
+    member[members] = True
+    rows = np.asarray(neighbours)[members]
+    rows = np.where((rows >= 0) & member[rows.clip(min=0)], rows, -1)
+    colour = np.full(len(member), -1, dtype=np.int64)
+    for k in np.argsort(-(rows >= 0).sum(1), kind="stable"):
+        taken = colour[rows[k][rows[k] >= 0]]
+        free = np.ones(len(members) + 1, dtype=bool)
+        free[taken[taken >= 0]] = False
+        colour[members[k]] = int(np.argmax(free))
+    return colour[members]
+
 
 def neighbourhood(plan: SystemPlan, cg: np.ndarray, box: np.ndarray, reach: float) -> Neighbourhood:
     """Beads within `reach` nm of each bead, the atoms they own, and their periodic shifts."""

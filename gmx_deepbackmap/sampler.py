@@ -69,7 +69,17 @@ import torch
 
 from .constraints import Constraints, bond_constraints, moving_only, restore_bonds
 from .energies import ForceField
-from .environment import FORWARD, GIBBS, Batch, Neighbourhood, SystemPlan, gather, neighbourhood, plan_system
+from .environment import (
+    FORWARD,
+    GIBBS,
+    Batch,
+    Neighbourhood,
+    SystemPlan,
+    gather,
+    graph_colours,
+    neighbourhood,
+    plan_system,
+)
 from .errors import InputError
 from .mapping import Mapping, read_mapping
 from .model import DeepBackmapModel, load_model, resolve_model
@@ -184,7 +194,7 @@ def forward_schedule(plan: SystemPlan) -> list[np.ndarray]:
 def gibbs_schedule(plan: SystemPlan, neighbours: torch.Tensor, steps: np.ndarray | None = None) -> list[np.ndarray]:
     """Step batches of one Gibbs sweep over `steps` (default: all): heavy phase, then hydrogens.
 
-    In each phase, steps of one length are coloured among themselves (`bead_colours` on the bead
+    In each phase, steps of one length are coloured among themselves (`graph_colours` on the bead
     neighbourhood graph) and one colour is one batch: no batch pads short steps to long ones.
     """
     chosen = np.zeros(len(plan.step_bead), dtype=bool)
@@ -194,26 +204,9 @@ def gibbs_schedule(plan: SystemPlan, neighbours: torch.Tensor, steps: np.ndarray
         phase = np.flatnonzero((plan.step_heavy == heavy) & chosen)
         for length in np.unique(plan.step_length[phase]):
             members = phase[plan.step_length[phase] == length]
-            colour = bead_colours(neighbours, plan.step_bead[members])
+            colour = graph_colours(neighbours, plan.step_bead[members])
             batches += [members[colour == k] for k in np.unique(colour)]
     return batches
-
-
-def bead_colours(neighbours: torch.Tensor, beads: np.ndarray) -> np.ndarray:
-    """Colours of `beads` such that no two of them that are neighbours (rows of `neighbours`,
-    -1 padded) share one: greedy, largest degree first. Beads of one colour never see each
-    other's atoms, so they are conditionally independent given the rest (chromatic Gibbs)."""
-    member = np.zeros(len(neighbours), dtype=bool)
-    member[beads] = True
-    rows = neighbours.numpy()[beads]
-    rows = np.where((rows >= 0) & member[rows.clip(min=0)], rows, -1)
-    colour = np.full(len(member), -1, dtype=np.int64)
-    for k in np.argsort(-(rows >= 0).sum(1), kind="stable"):
-        taken = colour[rows[k][rows[k] >= 0]]
-        free = np.ones(len(beads) + 1, dtype=bool)
-        free[taken[taken >= 0]] = False
-        colour[beads[k]] = int(np.argmax(free))
-    return colour[beads]
 
 
 # --------------------------------------------------------------------------- one frame
@@ -331,7 +324,7 @@ def repair_schedule(plan: SystemPlan, neighbours: torch.Tensor, chosen: np.ndarr
     if not len(beads):
         return []
     colour = np.full(len(plan.bead_rank), -1)
-    colour[beads] = bead_colours(neighbours, beads)
+    colour[beads] = graph_colours(neighbours, beads)
     step_colour = colour[plan.step_bead]
     batches = [np.flatnonzero((step_colour == c) & (plan.step_heavy == heavy))
                for c in np.unique(colour[beads]) for heavy in (True, False)]

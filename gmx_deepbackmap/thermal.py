@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .energies import BONDED_TERMS, ForceField, contains_sorted, lj_row_energies, vector_energies
+from .environment import graph_colours
 from .pbc import image_shifts, minimum_image, neighbour_pairs
 from .topology import Topology
 
@@ -81,8 +82,8 @@ def hydrogen_moves(topology: Topology, force_field: ForceField, planar_only: boo
 
 
 def _groups(moves: HydrogenMoves, positions: np.ndarray, box: np.ndarray) -> list[np.ndarray]:
-    """Indices into `moves.hydrogens`, coloured so that no two of one colour share a bonded term
-    or lie within `COUPLING_RANGE`: greedy, most conflicts first."""
+    """Indices into `moves.hydrogens`, coloured (`graph_colours`) so that no two of one colour share
+    a bonded term or lie within `COUPLING_RANGE`."""
     n = len(moves.hydrogens)
     edges = [neighbour_pairs(positions[moves.hydrogens], box, COUPLING_RANGE)[0]]
     for idx, _, mover in moves.bonded.values():  # rows of one term are adjacent, one per hydrogen in it
@@ -90,13 +91,14 @@ def _groups(moves: HydrogenMoves, positions: np.ndarray, box: np.ndarray) -> lis
         edges.append(np.stack([mover[:-1][same_term], mover[1:][same_term]], 1))
     neighbours: list[set[int]] = [set() for _ in range(n)]
     for a, b in np.concatenate(edges).reshape(-1, 2).tolist():
-        neighbours[a].add(b)
-        neighbours[b].add(a)
-    colour = np.full(n, -1)
-    for h in np.argsort([-len(nb) for nb in neighbours], kind="stable"):
-        taken = {colour[b] for b in neighbours[h]}
-        colour[h] = next(c for c in range(n + 1) if c not in taken)
-    return [np.flatnonzero(colour == c) for c in range(colour.max() + 1)]
+        if a != b:
+            neighbours[a].add(b)
+            neighbours[b].add(a)
+    padded = np.full((n, max((len(nb) for nb in neighbours), default=0) + 1), -1)
+    for h, nb in enumerate(neighbours):
+        padded[h, :len(nb)] = sorted(nb)
+    colour = graph_colours(padded, np.arange(n))
+    return [np.flatnonzero(colour == c) for c in range(colour.max(initial=-1) + 1)]
 
 
 class _GroupEnergy:
@@ -136,10 +138,7 @@ class _GroupEnergy:
         self.own, self.atom, self.other = (torch.from_numpy(a) for a in (own_np, atom_np, other_np))
         self.members = torch.from_numpy(moves.hydrogens[group])
         self.shift, self.excluded = torch.from_numpy(np.concatenate(shift)), torch.from_numpy(excluded)
-        types = force_field.type_index
-        self.c6 = force_field.c6[types[self.atom], types[self.other]]
-        self.c12 = force_field.c12[types[self.atom], types[self.other]]
-        self.qq = force_field.f_elec * force_field.charges[self.atom] * force_field.charges[self.other]
+        self.parameters = force_field.pair_parameters(self.atom, self.other)
 
     def __call__(self, members: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(n,) with the group's hydrogens at `members` (n, 3) and every other atom, the other
@@ -149,18 +148,15 @@ class _GroupEnergy:
         for name, idx, bond_shifts, params, owner in self.bonded:
             vectors = [alone[idx[:, k + 1]] - alone[idx[:, k]] + shift for k, shift in enumerate(bond_shifts)]
             out.index_add_(0, owner, self._bonded(name, vectors, params))
-        ff = self.ff
         r2 = (x[self.other] - members[self.own] + self.shift).square().sum(-1)
-        lj = lj_row_energies(r2, self.c6, self.c12, ff.cutoff, ff.lj_shift)
-        inverse = torch.where(self.excluded, 0.0, r2.rsqrt())
-        coulomb = torch.where(r2 < ff.cutoff**2, self.qq * (inverse + ff.k_rf * r2 - ff.c_rf), 0.0)
-        return out.index_add_(0, self.own, torch.where(self.excluded, 0.0, lj) + coulomb)
+        lj, coulomb = self.ff.pair_rows(r2, *self.parameters, excluded=self.excluded)
+        return out.index_add_(0, self.own, lj + coulomb)
 
     def _bonded(self, name: str, vectors: list[torch.Tensor], params: torch.Tensor) -> torch.Tensor:
         if name != "pairs":
             return vector_energies(name, vectors, params)
         r2 = vectors[0].square().sum(-1)  # 1-4 pairs: plain LJ, Coulomb scaled by fudgeQQ, no cut-off
-        return params[:, 1] * r2.pow(-6) - params[:, 0] * r2.pow(-3) + params[:, 2] * r2.rsqrt()
+        return lj_row_energies(r2, params[:, 0], params[:, 1], float("inf"), shift=False) + params[:, 2] * r2.rsqrt()
 
 
 def thermalise_hydrogens(positions: np.ndarray | torch.Tensor, box: np.ndarray, moves: HydrogenMoves,
