@@ -2,12 +2,12 @@
 
     python benchmarks/bench_backmap.py [--model sps-568] [--frames 0:80:8] [--baseline-dir bench-out]
         [--out bench-out] [--device cpu] [--threads 2] [--orientations K] [--gibbs-sweeps N] [--repair-rounds R]
-        [--ranking environment|all] [--thermal-hydrogens planar|all|none] [--temperature-noise]
+        [--ranking environment|all] [--thermal groups|hydrogens|planar-hydrogens|none] [--temperature-noise]
         [--sets t568 t313]
 
 For t568 and t313: takes the selected frames of cg.xtc/aa.xtc (at 568 K without the 7 frames that
 are also training snapshots), backmaps them with `gmx_deepbackmap.sampler.backmap` (default settings
-unless --orientations/--gibbs-sweeps/--repair-rounds/--ranking/--thermal-hydrogens say otherwise; each
+unless --orientations/--gibbs-sweeps/--repair-rounds/--ranking/--thermal say otherwise; each
 set at its own temperature, `backmap(temperature=568 or 313)`; --temperature-noise: the generator's
 noise scaled to it too, `scale_noise=True`), runs `gmx-dbm
 compare` of the result (and of `baseline-<T>.xtc` from bench_baseline.py, when --baseline-dir has it
@@ -42,9 +42,9 @@ from gmx_deepbackmap.sampler import (
     DEFAULT_ORIENTATIONS,
     DEFAULT_RANKING,
     DEFAULT_REPAIR_ROUNDS,
-    DEFAULT_THERMAL_HYDROGENS,
+    DEFAULT_THERMAL,
     RANKINGS,
-    THERMAL_HYDROGENS,
+    THERMAL,
 )
 from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames, write_frames
 
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--gibbs-sweeps", type=int, default=DEFAULT_GIBBS_SWEEPS)
     parser.add_argument("--repair-rounds", type=int, default=DEFAULT_REPAIR_ROUNDS)
     parser.add_argument("--ranking", choices=RANKINGS, default=DEFAULT_RANKING)
-    parser.add_argument("--thermal-hydrogens", choices=THERMAL_HYDROGENS, default=DEFAULT_THERMAL_HYDROGENS)
+    parser.add_argument("--thermal", choices=THERMAL, default=DEFAULT_THERMAL)
     parser.add_argument("--temperature-noise", action="store_true",
                         help="scale the generator's noise to each set's temperature (sqrt(T / T_train))")
     parser.add_argument("--sets", nargs="+", choices=TEMPERATURES, default=list(TEMPERATURES),
@@ -168,8 +168,8 @@ def main() -> None:
     top = bundled_path("sps/topol.top")
     n_atoms = len(load_universe(DATA / "aa.gro").atoms)
     text = [f"model {args.model}, frames {args.frames}, {args.orientations} orientations, {args.gibbs_sweeps} Gibbs "
-            f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, thermal hydrogens "
-            f"{args.thermal_hydrogens}, device {args.device}, "
+            f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, thermal "
+            f"{args.thermal}, device {args.device}, "
             f"{args.threads} threads, seed {args.seed}"
             + (", noise scaled to each temperature" if args.temperature_noise else "")]
     for name in args.sets:
@@ -180,7 +180,7 @@ def main() -> None:
                                     device=args.device, orientations=args.orientations,
                                     gibbs_sweeps=args.gibbs_sweeps, ranking=args.ranking,
                                     repair_rounds=args.repair_rounds, temperature=TEMPERATURES[name],
-                                    thermal_hydrogens=args.thermal_hydrogens, scale_noise=args.temperature_noise)
+                                    thermal=args.thermal, scale_noise=args.temperature_noise)
         sets = {MODEL: result}
         baseline = Path(args.baseline_dir or out) / f"baseline-{name}.xtc"
         if baseline.is_file() and len(load_universe(DATA / "aa.gro", baseline).trajectory) == n:

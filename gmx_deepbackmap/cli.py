@@ -140,12 +140,13 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
                    "among the same bead's copies in other molecules (0: none).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), metavar="K",
               help="Temperature of the CG frames (default: the model's training temperature, when it records "
-                   "one). The --thermal-hydrogens are drawn at it.")
-@click.option("--thermal-hydrogens", type=click.Choice(["planar", "all", "none"]), default="planar",
+                   "one). The --thermal stage samples at it.")
+@click.option("--thermal", type=click.Choice(["groups", "hydrogens", "planar-hydrogens", "none"]), default="groups",
               show_default=True,
-              help="Hydrogens drawn last from their Boltzmann distribution at --temperature, every other atom held "
-                   "(Metropolis, 40 sweeps): 'planar', those held in a plane by an improper dihedral (sp2 C-H, "
-                   "which the generator leaves too flat); 'all'; 'none' (as generated).")
+              help="Last stage: 30 Metropolis sweeps with the force field at --temperature, bond lengths kept and "
+                   "bead centres held to the CG frame. 'groups': hydrogens, and heavy atoms with what hangs off "
+                   "them, turned about their neighbours; 'hydrogens'; 'planar-hydrogens' (sp2 C-H only); "
+                   "'none' (as generated).")
 @click.option("--scale-noise", is_flag=True,
               help="Also scale the generator's noise by sqrt(T / T_train) (the model must record T_train), so "
                    "that coordinates the noise carries get the spread of --temperature.")
@@ -163,13 +164,13 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @no_progress_option
 @overwrite_option
 def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
-                    orientations, ranking, repair_rounds, temperature, thermal_hydrogens, scale_noise, no_constrain,
+                    orientations, ranking, repair_rounds, temperature, thermal, scale_noise, no_constrain,
                     workdir, chunk_size, only, no_progress, overwrite):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
     Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps, then repair
-    rounds for the few beads left strained, and last the chosen hydrogens drawn from the force field
-    at the frames' temperature; no energy minimisation. Output atoms follow the
+    rounds for the few beads left strained, and last Metropolis sweeps with the force field at the
+    frames' temperature on the CG frame; no energy minimisation. Output atoms follow the
     topology (names, residues, order); molecules are whole and the CG box is kept.
     """
     from .bundled import bundled_path
@@ -179,7 +180,7 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
         raise click.UsageError("give -o, --workdir, or both")
     options = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
                    gibbs_sweeps=gibbs_sweeps, orientations=orientations, ranking=ranking,
-                   repair_rounds=repair_rounds, temperature=temperature, thermal_hydrogens=thermal_hydrogens,
+                   repair_rounds=repair_rounds, temperature=temperature, thermal=thermal,
                    scale_noise=scale_noise, constrain=not no_constrain,
                    progress=not no_progress)
     top = topology or bundled_path("sps/topol.top")

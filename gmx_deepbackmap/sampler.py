@@ -50,10 +50,12 @@ candidates that keep the handedness is not enough: where the generator builds a 
 neighbourhood around the inverted form, every candidate inverts it again (sPS at 568 K: 3-6 centres
 of 324 per frame after the sweeps and repair rounds, which re-placing them whole did not lower).
 
-Very last, the hydrogens chosen by `THERMAL_HYDROGENS` are drawn from their Boltzmann distribution
-at the frames' temperature with every other atom held (`thermal`): the generator places atoms on a
-0.15 nm grid and leaves the sPS ring hydrogens nearly ideal (their out-of-plane energy a third of
-the reference's, their in-plane bending half), a spread the force field gives exactly.
+Very last, Metropolis sweeps with the force field at the frames' temperature turn small groups
+of atoms (hydrogens; atoms with their side groups about two of their neighbours; side groups about
+the atom they hang from), bond lengths kept and bead centres restrained to the CG frame
+(`thermal`; what moves: `THERMAL`). The generator places atoms on a 0.15 nm grid and draws the
+right shapes with the wrong thermal spread: on sPS it leaves ring hydrogens and ring carbons nearly
+ideal and the backbone angles and dihedrals too strained, which the force field corrects exactly.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ from .pbc import minimum_image
 from .prior import LocalPrior
 from .stereo import StereoCheck, system_stereo
 from .structure import Frame, iter_frames, open_frames, write_frames
-from .thermal import HydrogenMoves, hydrogen_moves, thermalise_hydrogens
+from .thermal import SELECTIONS, ThermalMoves, thermal_moves, thermalise
 from .topology import Topology, read_topology, system_residue_numbers
 from .training import environment_densities, reach, rollout, to_device
 
@@ -116,14 +118,9 @@ MAX_ITEMS = 512  # items (orientations included) per network call: bounds memory
 # terms are left as generated), or "all", that plus the step's own bonds, angles and dihedrals.
 RANKINGS = ("environment", "all")
 DEFAULT_RANKING = "environment"
-# Which hydrogens are drawn last from the force field at the CG frames' temperature (`thermal`):
-# "planar", those held in a plane by an improper dihedral (sp2 C-H: the generator leaves them
-# nearly in it); "all"; "none". sPS, 6 frames per temperature: resampling the sp3 hydrogens too
-# raised the 568 K angle energy to 113.5 % of the reference and the 313 K LJ energy by 5 %: the
-# generated backbone leaves them less room than the reference's does
-# (benchmarks/results/sps-568-37900it-thermal-hydrogens-2026-12-05/).
-THERMAL_HYDROGENS = ("planar", "all", "none")
-DEFAULT_THERMAL_HYDROGENS = "planar"
+# What the last stage moves at the CG frames' temperature (`thermal.SELECTIONS`), or "none".
+THERMAL = (*SELECTIONS, "none")
+DEFAULT_THERMAL = "groups"
 
 
 # --------------------------------------------------------------------------- whole molecules
@@ -367,7 +364,7 @@ def backmap_frame(
     device: str | torch.device = "cpu",
     constraints: Constraints | None = None,
     stereo: StereoCheck | None = None,
-    hydrogens: HydrogenMoves | None = None,
+    thermal: ThermalMoves | None = None,
     temperature: float | None = None,
     progress: Callable[[int], object] | None = None,
     stages: Callable[[str, np.ndarray], object] | None = None,
@@ -382,14 +379,14 @@ def backmap_frame(
     choice: the same seed gives the same structure; the global RNG state is left untouched.
     `constraints` (see `bond_constraints`): bond lengths restored to them, None: left as
     generated. `stereo`: chiral centres whose handedness candidates must keep and that end in it
-    (see `StereoCheck`), None: not checked. `hydrogens` (see `thermal.hydrogen_moves`): drawn last
-    from the force field at `temperature` (K), every other atom held; None: left as generated.
+    (see `StereoCheck`), None: not checked. `thermal` (see `thermal.thermal_moves`): moved last by
+    Metropolis sweeps at `temperature` (K), bead centres restrained to `cg`; None: no such stage.
     `progress` is called with the number of atoms placed
     after every batch; `stages` (for diagnostics) with a name and a copy of the positions after the
     forward pass ("forward"), each sweep ("sweep 1", ...), each repair round ("repair 1", ...), the
     bond restoration ("bonds restored"), where centres were inverted, the re-placement of the
     side groups around them ("side groups re-placed") and of their hydrogens ("centres mirrored"),
-    and the hydrogens' Boltzmann sampling ("hydrogens thermalised").
+    and the Metropolis sweeps ("thermalised").
     Atoms lie near their owner beads, so molecules may be broken across the box (see `make_whole`).
     """
     if orientations < 1 or gibbs_sweeps < 0 or repair_rounds < 0 or not noise_scale >= 0:
@@ -397,8 +394,8 @@ def backmap_frame(
                          f"(got {orientations}, {gibbs_sweeps}, {repair_rounds}, {noise_scale})")
     if ranking not in RANKINGS:
         raise InputError(f"ranking '{ranking}': expected one of {', '.join(RANKINGS)}")
-    if hydrogens is not None and not (temperature is not None and temperature > 0):
-        raise InputError(f"temperature {temperature}: sampling the hydrogens needs a positive number of kelvin")
+    if thermal is not None and not (temperature is not None and temperature > 0):
+        raise InputError(f"temperature {temperature}: the Metropolis sweeps need a positive number of kelvin")
     gen = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(int(generator))
     device = torch.device(device)
     if device.type == "cpu":
@@ -454,11 +451,11 @@ def backmap_frame(
                 moved = plan.step_atoms[np.concatenate(heavy + light)]
                 state.positions = restore_bonds(state.positions, box_t, moving_only(constraints, moved[moved >= 0]))
             state.stereo.mirror_inverted(state.positions, box_t)  # a re-placed neighbour may invert one again
-        if hydrogens is not None:
-            state.positions = torch.from_numpy(thermalise_hydrogens(state.positions, box, hydrogens, temperature,
-                                                                    generator=gen))
+        if thermal is not None:
+            state.positions = torch.from_numpy(thermalise(state.positions, box, thermal, temperature, generator=gen,
+                                                          cg=cg))
             if stages is not None:
-                stages("hydrogens thermalised", state.positions.numpy().copy())
+                stages("thermalised", state.positions.numpy().copy())
     return state.positions.numpy()
 
 
@@ -473,20 +470,19 @@ class SystemParts:
     prior: LocalPrior
     stereo: StereoCheck
     constraints: Constraints | None
-    hydrogens: HydrogenMoves | None
+    thermal: ThermalMoves | None
 
 
 def prepare_system(model: DeepBackmapModel, topology: Topology, mapping: Mapping, constrain: bool = True,
-                   thermal_hydrogens: str = DEFAULT_THERMAL_HYDROGENS) -> SystemParts:
+                   thermal: str = DEFAULT_THERMAL) -> SystemParts:
     """The plan, energy prior, chiral-centre check, (if `constrain`) bond constraints and the
-    hydrogens to draw from the force field (`THERMAL_HYDROGENS`) of a system for `backmap_frame`."""
-    if thermal_hydrogens not in THERMAL_HYDROGENS:
-        raise InputError(f"thermal hydrogens '{thermal_hydrogens}': expected one of {', '.join(THERMAL_HYDROGENS)}")
+    moves of the last stage (`THERMAL`) of a system for `backmap_frame`."""
+    if thermal not in THERMAL:
+        raise InputError(f"thermal '{thermal}': expected one of {', '.join(THERMAL)}")
     plan = plan_system(topology, mapping, model.layout)
-    hydrogens = None if thermal_hydrogens == "none" else hydrogen_moves(topology, ForceField(topology),
-                                                                          planar_only=thermal_hydrogens == "planar")
+    moves = None if thermal == "none" else thermal_moves(topology, ForceField(topology), thermal, mapping)
     return SystemParts(plan, LocalPrior(topology, plan), StereoCheck(plan, *system_stereo(topology, model.stereo)),
-                       bond_constraints(topology) if constrain else None, hydrogens)
+                       bond_constraints(topology) if constrain else None, moves)
 
 
 def noise_scale_for(model: DeepBackmapModel, temperature: float | None,
@@ -507,14 +503,14 @@ def noise_scale_for(model: DeepBackmapModel, temperature: float | None,
     return math.sqrt(temperature / trained)
 
 
-def frames_temperature(model: DeepBackmapModel, temperature: float | None, thermal_hydrogens: str,
+def frames_temperature(model: DeepBackmapModel, temperature: float | None, thermal: str,
                        path: str | os.PathLike | None = None) -> float | None:
     """The temperature (K) of the CG frames: `temperature`, else that of the model's training
-    frames. Needed unless `thermal_hydrogens` is "none"; `path`: the model file, named in errors."""
+    frames. Needed unless `thermal` is "none"; `path`: the model file, named in errors."""
     kelvin = model.training.get("temperature") if temperature is None else temperature
-    if kelvin is None and thermal_hydrogens != "none":
-        raise InputError("the hydrogens are drawn at the temperature of the CG frames, and the model does not "
-                         "record that of its training frames: give --temperature (or --thermal-hydrogens none)", path)
+    if kelvin is None and thermal != "none":
+        raise InputError("the last stage samples at the temperature of the CG frames, and the model does not "
+                         "record that of its training frames: give --temperature (or --thermal none)", path)
     return kelvin
 
 
@@ -550,7 +546,7 @@ def backmap(
     repair_rounds: int = DEFAULT_REPAIR_ROUNDS,
     ranking: str = DEFAULT_RANKING,
     temperature: float | None = None,
-    thermal_hydrogens: str = DEFAULT_THERMAL_HYDROGENS,
+    thermal: str = DEFAULT_THERMAL,
     scale_noise: bool = False,
     constrain: bool = True,
     overwrite: bool = False,
@@ -559,7 +555,7 @@ def backmap(
     """Backmap CG frames (a structure, or a trajectory with it) and write the atomistic frames
     (topology atom names and order, molecules whole, CG box kept); returns the number of frames.
     `temperature` (K): that of the CG frames (`frames_temperature`; default: the model's training
-    frames'), at which the `thermal_hydrogens` (`THERMAL_HYDROGENS`) are drawn; `scale_noise`: the
+    frames'), at which the last stage moves the `thermal` atoms (`THERMAL`); `scale_noise`: the
     generator's noise scaled to it too (`noise_scale_for`)."""
     from tqdm import tqdm
 
@@ -571,11 +567,11 @@ def backmap(
     path = resolve_model(model)
     net.check_system(top, cg_map, path)
     noise_scale = noise_scale_for(net, temperature, path) if scale_noise else 1.0
-    kelvin = frames_temperature(net, temperature, thermal_hydrogens, path)
+    kelvin = frames_temperature(net, temperature, thermal, path)
     universe, n_frames = open_frames(structure, trajectory, cg_map.n_beads, frames, output,
                                      f"the CG mapping of the topology {topology}")
 
-    system = prepare_system(net, top, cg_map, constrain, thermal_hydrogens)
+    system = prepare_system(net, top, cg_map, constrain, thermal)
     levels = unwrap_levels(top)
     per_frame = int(system.plan.step_length.sum()) * (1 + gibbs_sweeps)
     disable = None if progress else True  # None: tqdm shows bars on terminals only
@@ -588,7 +584,7 @@ def backmap(
                 x = backmap_frame(net, system.plan, system.prior, cg.positions, cg.box, gibbs_sweeps=gibbs_sweeps,
                                   orientations=orientations, repair_rounds=repair_rounds, ranking=ranking,
                                   noise_scale=noise_scale, generator=frame_seed(seed, cg.step), device=device,
-                                  constraints=system.constraints, stereo=system.stereo, hydrogens=system.hydrogens,
+                                  constraints=system.constraints, stereo=system.stereo, thermal=system.thermal,
                                   temperature=kelvin, progress=_growing(bar))
             whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), levels).numpy()
             written.append(Frame(whole, cg.box, cg.time, cg.step))

@@ -1,19 +1,30 @@
-"""Hydrogens drawn from their Boltzmann distribution given the heavy atoms (Metropolis).
+"""The sampler's last stage: Metropolis sweeps with the force field at the CG frames' temperature.
 
-The generator places an atom at the centre of a density on a 0.15 nm grid; the thermal spread of
-a hydrogen about its heavy-atom frame is a few hundredths of a nm, and the generated hydrogens come
-out nearly ideal: on sPS at 568 K the ring hydrogens' out-of-plane (improper) energy is a third of
-the reference's and their in-plane bending half of it. With every heavy atom held, the exact
-conditional distribution of the hydrogens is known from the force field, exp(-U / k_B T), so the
-sampler finishes with Metropolis sweeps over the hydrogens alone at the temperature of the CG frames
-(a Gibbs step whose conditional is the force field's, not the network's). Each move turns one
-hydrogen about its bonded heavy atom, keeping its bond length (constrained in the reference
-ensemble). Heavy atoms never move; this is sampling at temperature T, not a minimisation.
+The generator places each atom at the centre of a density on a 0.15 nm grid and learns the
+conditional distribution of a whole local environment from a few frames; what it draws is close
+in shape but not in its thermal spread (sPS at 568 K: ring hydrogens nearly ideal, backbone angles
+and dihedrals too strained). Given the other atoms, the conditional distribution of a small group
+of atoms is known exactly from the force field, exp(-U / k_B T), so the sampler finishes with a
+few Metropolis sweeps over such groups at the temperature of the CG frames: Gibbs steps whose
+conditional is the force field's instead of the network's. This is sampling at T, not a
+minimisation, and it is local: every move is a rigid turn of a few atoms.
 
-Hydrogens are moved group by group: no two in a group share a bonded term or lie within
-`COUPLING_RANGE` of each other, and each move is accepted on its energy change as if it alone were
-made; what the other moves of the group add to it is second order in the step (sPS ring hydrogens
-0.4 nm apart, 0.02 nm steps: about 0.02 kJ/mol, against k_B T = 2.6-4.7 kJ/mol).
+Moves keep every bond length (bonds are constrained in the reference ensemble, and the
+`[ constraints ]` of a topology count as bonds):
+
+- "hydrogen": a hydrogen with one bond turns about the atom it is bonded to;
+- "crankshaft": a heavy atom with what hangs off it (its hydrogens, a side group) turns about the
+  axis through two of its heavy neighbours;
+- "pivot": a side group (what hangs off a heavy atom through one bond) turns about that atom.
+
+A group is at most `MAX_GROUP` atoms. Each CG bead's centre is held near its CG position by a
+harmonic restraint whose thermal spread is `CENTRE_SPREAD`, so the stage keeps the structure on its
+CG frame (without it, 20 sweeps took the sPS bead centres from 0.020 to 0.049 nm RMS off theirs).
+
+Groups are moved colour by colour: no two of one colour share an atom, a bonded term or a bead,
+turn about an atom the other moves, or come within `COUPLING_RANGE` of each other. Each move is
+accepted on its energy change as if it alone were made; what the other moves of the colour add is
+second order in the step.
 """
 
 from __future__ import annotations
@@ -25,169 +36,371 @@ import torch
 
 from .energies import BONDED_TERMS, ForceField, contains_sorted, lj_row_energies, vector_energies
 from .environment import graph_colours
+from .mapping import Mapping
 from .pbc import image_shifts, minimum_image, neighbour_pairs
 from .topology import Topology
 
 BOLTZMANN = 0.0083144626  # kJ/mol/K
-COUPLING_RANGE = 0.4  # nm: hydrogens closer than this (or sharing a term) are never moved together
-NEIGHBOUR_SKIN = 0.1  # nm beyond the cut-off kept in the pair list (made once; a pair that comes in from
-# further away is missed, where the shifted Lennard-Jones and the reaction-field Coulomb are near zero)
-DEFAULT_SWEEPS = 40
-TARGET_ACCEPTANCE = 0.4  # the move size is tuned towards this in the first half of the sweeps
-INITIAL_STEP = 0.1  # radians: about the thermal out-of-plane spread of an sPS ring hydrogen at 568 K
+# What the stage moves: "groups" (every kind of move), "hydrogens" (hydrogens only),
+# "planar-hydrogens" (the hydrogens held in a plane by an improper dihedral: sp2 C-H)
+SELECTIONS = ("groups", "hydrogens", "planar-hydrogens")
+KINDS = ("hydrogen", "crankshaft", "pivot")
+INITIAL_STEP = {"hydrogen": 0.1, "crankshaft": 0.06, "pivot": 0.03}  # radians, tuned during the first half
+TARGET_ACCEPTANCE = 0.4
+DEFAULT_SWEEPS = 30
+MAX_GROUP = 16  # atoms moved by one move at most (an sPS methine with its phenyl: 13)
+CENTRE_SPREAD = 0.015  # nm: thermal spread of a bead centre about its CG position under the restraint
+COUPLING_RANGE = 0.4  # nm: groups with atoms closer than this are never moved together
+NEIGHBOUR_SKIN = 0.1  # nm beyond the cut-off kept in the pair list (made once per frame; a pair that comes in
+# from further away is missed, where the shifted Lennard-Jones and the reaction-field Coulomb are near zero)
 
 
 @dataclass(frozen=True)
-class HydrogenMoves:
-    """Which hydrogens move, about which atom, and which bonded terms each move changes."""
+class CentreMembers:
+    """Which atoms make each CG bead's centre, with their normalised weights (`Mapping`'s)."""
+
+    atoms: np.ndarray  # (K,)
+    beads: np.ndarray  # (K,)
+    weights: np.ndarray  # (K,)
+
+
+@dataclass(frozen=True)
+class ThermalMoves:
+    """The moves of a topology: which atoms each turns, about what, and what the energies need."""
 
     force_field: ForceField  # of the whole system: cut-off, reaction field, Lennard-Jones tables, charges
-    hydrogens: np.ndarray  # (H,) atom indices, each bonded to exactly one atom
-    anchors: np.ndarray  # (H,) the atom each is bonded to
-    # term name -> (atoms (T, k), parameters (T, p) in topology units, the moving hydrogen (T,) as
-    # an index into `hydrogens`): one row per term and hydrogen in it; `[ pairs ]` rows carry their
-    # scaled f q_i q_j as a third parameter
-    bonded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    starts: np.ndarray  # (G + 1,) move g turns atoms[starts[g]:starts[g + 1]]
+    atoms: np.ndarray  # (sum of sizes,)
+    pivots: np.ndarray  # (G, 2) the atom turned about, and the axis' second atom (crankshafts) or -1
+    kinds: np.ndarray  # (G,) index into KINDS
+    # term name -> (atoms (T, k), parameters (T, p)); `[ pairs ]` rows carry their scaled f q_i q_j
+    terms: dict[str, tuple[np.ndarray, np.ndarray]]
     excluded_keys: np.ndarray  # the topology's exclusions as i * N + j (i < j), ascending
+    conflicts: np.ndarray  # (E, 2) moves that share an atom, a term, a bead or a pivot: never together
+    centres: CentreMembers | None  # the beads held near their CG positions; None: no restraint
+
+    @property
+    def owners(self) -> np.ndarray:
+        """(sum of sizes,) the move of each entry of `atoms`."""
+        return np.repeat(np.arange(len(self.kinds)), np.diff(self.starts))
 
 
-def hydrogen_moves(topology: Topology, force_field: ForceField, planar_only: bool = False) -> HydrogenMoves:
-    """The hydrogens of a topology that can turn about their one bond (or constraint), and the
-    bonded terms (`[ pairs ]` included) each one is part of. `planar_only`: only those in an
-    improper dihedral (held in a plane: sp2 C-H)."""
-    bonds = np.concatenate([topology.bonds.indices, topology.constraints.indices]).reshape(-1, 2)
-    degree = np.bincount(bonds.ravel(), minlength=topology.n_atoms)
-    chosen = (topology.elements == "H") & (degree == 1)
-    if planar_only:
-        improper = np.concatenate([topology.impropers.indices, topology.periodic_impropers.indices]).ravel()
-        chosen &= np.isin(np.arange(topology.n_atoms), improper)
-    slot = np.full(topology.n_atoms, -1)
-    hydrogens = np.flatnonzero(chosen)
-    slot[hydrogens] = np.arange(len(hydrogens))
-    anchors = np.empty(len(hydrogens), dtype=np.int64)
-    for end in (0, 1):
-        moving = slot[bonds[:, end]] >= 0
-        anchors[slot[bonds[moving, end]]] = bonds[moving, 1 - end]
-    bonded = {}
+def thermal_moves(topology: Topology, force_field: ForceField, selection: str = "groups",
+                  mapping: Mapping | None = None) -> ThermalMoves:
+    """The moves of `selection` (`SELECTIONS`) in a topology; with a `mapping`, bead centres are
+    restrained to the CG positions given to `thermalise`."""
+    neighbours = _bonded_neighbours(topology)
+    heavy = topology.elements != "H"
+    found: dict[tuple[frozenset, tuple[int, int]], int] = {}
+    in_improper = np.zeros(topology.n_atoms, dtype=bool)
+    in_improper[np.concatenate([topology.impropers.indices, topology.periodic_impropers.indices]).ravel()] = True
+    for a in range(topology.n_atoms):
+        if not heavy[a]:
+            if len(neighbours[a]) == 1 and (selection != "planar-hydrogens" or in_improper[a]):
+                found[(frozenset([a]), (neighbours[a][0], -1))] = KINDS.index("hydrogen")
+            continue
+        if selection != "groups":
+            continue
+        for p in neighbours[a]:
+            group = _hanging(neighbours, a, (p,))
+            if group is not None:
+                found.setdefault((group, (p, -1)), KINDS.index("pivot"))
+        axis_atoms = [p for p in neighbours[a] if heavy[p]]
+        for k, p in enumerate(axis_atoms):
+            for q in axis_atoms[k + 1:]:
+                group = _hanging(neighbours, a, (p, q))
+                if group is not None:
+                    found.setdefault((group, (min(p, q), max(p, q))), KINDS.index("crankshaft"))
+    moves = list(found.items())
+    starts = np.cumsum([0] + [len(group) for (group, _), _ in moves]).astype(np.int64)
+    atoms = np.array([i for (group, _), _ in moves for i in sorted(group)], dtype=np.int64)
+    pivots = np.array([pivot for (_, pivot), _ in moves], dtype=np.int64).reshape(-1, 2)
+    kinds = np.array([kind for _, kind in moves], dtype=np.int64)
+    terms = {}
     for name, attribute in {**BONDED_TERMS, "pairs": "pairs"}.items():
-        terms = getattr(topology, attribute)
-        rows, column = np.nonzero(slot[terms.indices] >= 0) if len(terms) else (np.zeros(0, dtype=np.int64),) * 2
-        idx, params = terms.indices[rows], terms.params[rows]
-        if name == "pairs":
-            charges = topology.charges[idx]
+        rows = getattr(topology, attribute)
+        params = rows.params
+        if name == "pairs" and len(rows):
+            charges = topology.charges[rows.indices]
             params = np.column_stack([params, topology.fudge_qq * force_field.f_elec * charges[:, 0] * charges[:, 1]])
-        bonded[name] = (idx, params, slot[idx[np.arange(len(rows)), column]])
+        terms[name] = (rows.indices, params)
+    centres = None if mapping is None else CentreMembers(mapping.member_atoms, mapping.member_beads,
+                                                         mapping.member_weights)
     keys = np.unique(topology.exclusions[:, 0] * topology.n_atoms + topology.exclusions[:, 1])
-    return HydrogenMoves(force_field, hydrogens, anchors, bonded, keys)
+    moves_so_far = ThermalMoves(force_field, starts, atoms, pivots, kinds, terms, keys, np.zeros((0, 2), np.int64),
+                                centres)
+    return ThermalMoves(**{**moves_so_far.__dict__, "conflicts": _conflicts(moves_so_far, topology.n_atoms)})
 
 
-def _groups(moves: HydrogenMoves, positions: np.ndarray, box: np.ndarray) -> list[np.ndarray]:
-    """Indices into `moves.hydrogens`, coloured (`graph_colours`) so that no two of one colour share
-    a bonded term or lie within `COUPLING_RANGE`."""
-    n = len(moves.hydrogens)
-    edges = [neighbour_pairs(positions[moves.hydrogens], box, COUPLING_RANGE)[0]]
-    for idx, _, mover in moves.bonded.values():  # rows of one term are adjacent, one per hydrogen in it
-        same_term = (idx[1:] == idx[:-1]).all(1) if len(idx) else np.zeros(0, dtype=bool)
-        edges.append(np.stack([mover[:-1][same_term], mover[1:][same_term]], 1))
-    neighbours: list[set[int]] = [set() for _ in range(n)]
-    for a, b in np.concatenate(edges).reshape(-1, 2).tolist():
-        if a != b:
-            neighbours[a].add(b)
-            neighbours[b].add(a)
-    padded = np.full((n, max((len(nb) for nb in neighbours), default=0) + 1), -1)
-    for h, nb in enumerate(neighbours):
-        padded[h, :len(nb)] = sorted(nb)
+def _bonded_neighbours(topology: Topology) -> list[list[int]]:
+    bonds = np.concatenate([topology.bonds.indices, topology.constraints.indices]).reshape(-1, 2)
+    neighbours: list[list[int]] = [[] for _ in range(topology.n_atoms)]
+    for i, j in bonds.tolist():
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+    return neighbours
+
+
+def _hanging(neighbours: list[list[int]], start: int, held: tuple[int, ...]) -> frozenset | None:
+    """The atoms joined to `start` once the `held` atoms are taken out, if they are at most
+    `MAX_GROUP` and each held atom is bonded to `start` alone among them (so a rigid turn about
+    the held atoms keeps every bond length); else None."""
+    seen, todo = {start}, [start]
+    while todo:
+        for b in neighbours[todo.pop()]:
+            if b not in held and b not in seen:
+                if len(seen) == MAX_GROUP:
+                    return None
+                seen.add(b)
+                todo.append(b)
+    if len(held) > 1 and any(sum(b in seen for b in neighbours[h]) != 1 for h in held):
+        return None
+    return frozenset(seen)
+
+
+def _csr(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Order and start offsets that list the entries of `rows` (values < n) by value."""
+    order = np.argsort(rows, kind="stable")
+    return order, np.searchsorted(rows[order], np.arange(n + 1))
+
+
+def _gather(order: np.ndarray, starts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `values`, the entries listed for it (`_csr`): (which value, entry) pairs."""
+    counts = starts[values + 1] - starts[values]
+    which = np.repeat(np.arange(len(values)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return which, order[starts[values][which] + offsets]
+
+
+def _mover_pairs(moves: ThermalMoves, atom_pairs: np.ndarray, n_atoms: int) -> np.ndarray:
+    """(E, 2) moves that move the first and the second atom of any of `atom_pairs`."""
+    order, starts = _csr(moves.atoms, n_atoms)
+    owners = moves.owners
+    row, first = _gather(order, starts, atom_pairs[:, 0])
+    row2, second = _gather(order, starts, atom_pairs[row, 1])
+    return np.stack([owners[first[row2]], owners[second]], 1)
+
+
+def _conflicts(moves: ThermalMoves, n_atoms: int) -> np.ndarray:
+    """Moves that touch the same atom, term or bead, or where one moves the other's pivot."""
+    links = [np.repeat(np.arange(n_atoms)[:, None], 2, 1)]
+    for idx, _ in moves.terms.values():
+        for a in range(idx.shape[1]):
+            for b in range(a + 1, idx.shape[1]):
+                links.append(idx[:, [a, b]])
+    if moves.centres is not None:  # atoms of one bead
+        order, starts = _csr(moves.centres.beads, int(moves.centres.beads.max(initial=-1)) + 1)
+        which, other = _gather(order, starts, moves.centres.beads)
+        links.append(np.stack([moves.centres.atoms[which], moves.centres.atoms[other]], 1))
+    pivot_rows = np.flatnonzero(moves.pivots.ravel() >= 0)
+    pivot_of = np.stack([pivot_rows // 2, moves.pivots.ravel()[pivot_rows]], 1)  # (move, pivot atom)
+    edges = [_mover_pairs(moves, np.concatenate(links), n_atoms)]
+    order, starts = _csr(moves.atoms, n_atoms)
+    which, entry = _gather(order, starts, pivot_of[:, 1])
+    edges.append(np.stack([pivot_of[which, 0], moves.owners[entry]], 1))
+    return _unique_edges(np.concatenate(edges), len(moves.kinds))
+
+
+def _unique_edges(edges: np.ndarray, n: int) -> np.ndarray:
+    edges = np.sort(edges[edges[:, 0] != edges[:, 1]], 1)
+    keys = np.unique(edges[:, 0] * n + edges[:, 1])
+    return np.stack([keys // n, keys % n], 1)
+
+
+def _colours(moves: ThermalMoves, close: np.ndarray, n_atoms: int) -> list[np.ndarray]:
+    """Moves coloured (`graph_colours`) so that none of one colour conflict or move atoms of one of
+    the `close` (P, 2) atom pairs."""
+    n = len(moves.kinds)
+    edges = _unique_edges(np.concatenate([moves.conflicts, _mover_pairs(moves, close, n_atoms)]), n)
+    both = np.concatenate([edges, edges[:, ::-1]])
+    order, starts = _csr(both[:, 0], n)
+    padded = np.full((n, int(np.diff(starts).max(initial=0)) + 1), -1)
+    padded[both[order, 0], np.arange(len(both)) - starts[both[order, 0]]] = both[order, 1]
     colour = graph_colours(padded, np.arange(n))
     return [np.flatnonzero(colour == c) for c in range(colour.max(initial=-1) + 1)]
 
 
-class _GroupEnergy:
-    """Energy (kJ/mol) of each hydrogen of one group with everything around it: its bonded
-    terms, and its Lennard-Jones and reaction-field Coulomb pairs (`ForceField`'s forms). Periodic
-    images are fixed when built from `x`: moves keep each hydrogen in its image."""
+@dataclass(frozen=True)
+class _PairList:
+    """Every pair within the cut-off (plus skin) listed from both ends, by atom (`_csr`)."""
 
-    def __init__(self, moves: HydrogenMoves, x: torch.Tensor, box: torch.Tensor, pairs: np.ndarray,
-                 shifts: np.ndarray, group: np.ndarray):
+    atom: np.ndarray  # (2P,)
+    other: np.ndarray  # (2P,)
+    shift: np.ndarray  # (2P, 3) nm: x[other] - x[atom] + shift is the minimum image
+    order: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def build(cls, x: np.ndarray, box: np.ndarray, cutoff: float) -> _PairList:
+        pairs, shifts = neighbour_pairs(x, box, cutoff)
+        atom, other = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
+        return cls(atom, other, np.concatenate([shifts, -shifts]), *_csr(atom, len(x)))
+
+    def close(self, x: np.ndarray, distance: float) -> np.ndarray:
+        """(P, 2) the pairs closer than `distance`, each once."""
+        d = x[self.other] - x[self.atom] + self.shift
+        keep = (self.atom < self.other) & (np.einsum("ij,ij->i", d, d) < distance**2)
+        return np.stack([self.atom[keep], self.other[keep]], 1)
+
+
+class _ColourEnergy:
+    """Energy change (kJ/mol) of each move of one colour made alone: its bonded terms, its
+    Lennard-Jones and reaction-field Coulomb pairs (`ForceField`'s forms) and the centre restraint
+    of its beads. Periodic images are fixed when built from `x`: moves keep atoms in their image."""
+
+    def __init__(self, moves: ThermalMoves, colour: np.ndarray, x: torch.Tensor, box: torch.Tensor,
+                 pairs: _PairList, stiffness: float):
         force_field = moves.force_field
         n_atoms = force_field.n_atoms
-        member = np.full(len(moves.hydrogens), -1)
-        member[group] = np.arange(len(group))
-        self.size, self.ff = len(group), force_field
+        entries = np.concatenate([np.arange(moves.starts[g], moves.starts[g + 1]) for g in colour])
+        members, owner = moves.atoms[entries], np.repeat(np.arange(len(colour)), np.diff(moves.starts)[colour])
+        where = np.full(n_atoms, -1)
+        where[members] = owner
+        self.size, self.ff, self.stiffness = len(colour), force_field, stiffness
+        self.members, self.owner = torch.from_numpy(members), torch.from_numpy(owner)
         self.bonded = []
-        for name, (idx, params, mover) in moves.bonded.items():
-            rows = member[mover] >= 0
+        for name, (idx, params) in moves.terms.items():
+            local = where[idx]
+            rows = (local >= 0).any(1) & ~(local == local[:, :1]).all(1)  # terms inside one group never change
             if rows.any():
                 atoms = torch.from_numpy(idx[rows])
                 bond_shifts = [image_shifts(x[atoms[:, k + 1]] - x[atoms[:, k]], box)
                                for k in range(atoms.shape[1] - 1)]
                 self.bonded.append((name, atoms, bond_shifts, torch.from_numpy(params[rows]),
-                                    torch.from_numpy(member[mover[rows]])))
-        where = np.full(n_atoms, -1)
-        where[moves.hydrogens[group]] = np.arange(len(group))
-        # each pair once per end that is in the group; `shift` makes x[other] - x[atom] the minimum image
-        own, other, shift = [], [], []
-        for end, sign in ((0, 1.0), (1, -1.0)):
-            rows = where[pairs[:, end]] >= 0
-            own.append(where[pairs[rows, end]])
-            other.append(pairs[rows, 1 - end])
-            shift.append(sign * shifts[rows])
-        own_np, other_np = np.concatenate(own), np.concatenate(other)
-        atom_np = moves.hydrogens[group][own_np]
-        keys = np.minimum(atom_np, other_np) * n_atoms + np.maximum(atom_np, other_np)
-        excluded = contains_sorted(moves.excluded_keys, keys)
-        self.own, self.atom, self.other = (torch.from_numpy(a) for a in (own_np, atom_np, other_np))
-        self.members = torch.from_numpy(moves.hydrogens[group])
-        self.shift, self.excluded = torch.from_numpy(np.concatenate(shift)), torch.from_numpy(excluded)
-        self.parameters = force_field.pair_parameters(self.atom, self.other)
+                                    torch.from_numpy(local[rows].max(1))))
+        which, entry = _gather(pairs.order, pairs.starts, members)
+        other = pairs.other[entry]
+        keep = where[other] != owner[which]
+        which, entry, other = which[keep], entry[keep], other[keep]
+        keys = np.minimum(members[which], other) * n_atoms + np.maximum(members[which], other)
+        self.slot, self.pair_owner, self.other = (torch.from_numpy(a) for a in (which, owner[which], other))
+        self.shift = torch.from_numpy(pairs.shift[entry]).float()
+        self.excluded = torch.from_numpy(contains_sorted(moves.excluded_keys, keys))
+        self.parameters = [p.float() for p in force_field.pair_parameters(torch.from_numpy(members[which]), self.other)]
+        self.centres = None
+        if moves.centres is not None and stiffness > 0:
+            rows = where[moves.centres.atoms] >= 0
+            slot = np.full(n_atoms, -1)
+            slot[members] = np.arange(len(members))
+            beads = moves.centres.beads[rows]
+            self.centres = (torch.from_numpy(slot[moves.centres.atoms[rows]]), torch.from_numpy(beads),
+                            torch.from_numpy(moves.centres.weights[rows]),
+                            torch.from_numpy(np.unique(beads)))
+            bead_owner = np.zeros(int(beads.max(initial=0)) + 1, dtype=np.int64)
+            bead_owner[beads] = where[moves.centres.atoms[rows]]
+            self.bead_owner = torch.from_numpy(bead_owner)
 
-    def __call__(self, members: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(n,) with the group's hydrogens at `members` (n, 3) and every other atom, the other
-        members included, where it stands in `x`: each member's energy as if it alone moved."""
-        out = torch.zeros(self.size, dtype=torch.float64)
-        alone = x.index_put((self.members,), members)  # no term holds two members
+    def change(self, new: torch.Tensor, old: torch.Tensor, x: torch.Tensor,
+               offsets: torch.Tensor | None) -> torch.Tensor:
+        """(n,) with the colour's atoms moved from `old` to `new` (in `x`: `old`); `offsets`: the
+        bead centres minus their CG positions."""
+        energy = self._energies(torch.stack([old, new]), x)
+        change = energy[1] - energy[0]
+        if self.centres is not None and offsets is not None:
+            shift = self.centre_shifts(new - old, len(offsets))
+            touched = self.centres[3]
+            d, s = offsets[touched], shift[touched]
+            restraint = 0.5 * self.stiffness * (2 * (d * s).sum(-1) + s.square().sum(-1))
+            change.index_add_(0, self.bead_owner[touched], restraint)
+        return change
+
+    def centre_shifts(self, delta: torch.Tensor, n_beads: int) -> torch.Tensor:
+        """(n_beads, 3) how far the bead centres move when the colour's atoms move by `delta`."""
+        slot, beads, weights, _ = self.centres
+        return torch.zeros(n_beads, 3, dtype=delta.dtype).index_add_(0, beads, weights[:, None] * delta[slot])
+
+    def _energies(self, members: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(2, n) each group's energy with the colour's atoms at `members` (2, m, 3), one move at a time."""
+        out = torch.zeros(len(members), self.size, dtype=torch.float64)
+        alone = x.repeat(len(members), 1, 1)
+        alone[:, self.members] = members  # no term holds two groups of a colour
         for name, idx, bond_shifts, params, owner in self.bonded:
-            vectors = [alone[idx[:, k + 1]] - alone[idx[:, k]] + shift for k, shift in enumerate(bond_shifts)]
-            out.index_add_(0, owner, self._bonded(name, vectors, params))
-        r2 = (x[self.other] - members[self.own] + self.shift).square().sum(-1)
+            vectors = [alone[:, idx[:, k + 1]] - alone[:, idx[:, k]] + shift for k, shift in enumerate(bond_shifts)]
+            out.index_add_(1, owner, self._bonded(name, vectors, params))
+        r2 = ((x.float()[self.other] + self.shift) - members.float()[:, self.slot]).square().sum(-1)
         lj, coulomb = self.ff.pair_rows(r2, *self.parameters, excluded=self.excluded)
-        return out.index_add_(0, self.own, lj + coulomb)
+        return out.index_add_(1, self.pair_owner, (lj + coulomb).double())
 
-    def _bonded(self, name: str, vectors: list[torch.Tensor], params: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _bonded(name: str, vectors: list[torch.Tensor], params: torch.Tensor) -> torch.Tensor:
         if name != "pairs":
             return vector_energies(name, vectors, params)
         r2 = vectors[0].square().sum(-1)  # 1-4 pairs: plain LJ, Coulomb scaled by fudgeQQ, no cut-off
         return lj_row_energies(r2, params[:, 0], params[:, 1], float("inf"), shift=False) + params[:, 2] * r2.rsqrt()
 
 
-def thermalise_hydrogens(positions: np.ndarray | torch.Tensor, box: np.ndarray, moves: HydrogenMoves,
-                         temperature: float, sweeps: int = DEFAULT_SWEEPS,
-                         generator: torch.Generator | None = None) -> np.ndarray:
-    """Positions (N, 3) nm with the hydrogens of `moves` resampled by `sweeps` Metropolis sweeps at
-    `temperature` (K), every other atom held. Every random draw comes from `generator`."""
+def centre_offsets(centres: CentreMembers, x: torch.Tensor, box: torch.Tensor, cg: torch.Tensor) -> torch.Tensor:
+    """(M, 3) nm each bead's centre in `x` minus its CG position `cg`, minimum image."""
+    atoms, beads = torch.from_numpy(centres.atoms), torch.from_numpy(centres.beads)
+    d = minimum_image(x[atoms] - cg[beads], box)
+    return torch.zeros_like(cg).index_add_(0, beads, torch.from_numpy(centres.weights)[:, None] * d)
+
+
+def _turn(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """`vectors` (n, 3) turned by rotation vectors (n, 3) (axis times angle in radians)."""
+    angle = rotation.norm(dim=-1, keepdim=True)
+    axis = rotation / angle.clamp(min=1e-12)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    along = axis * (axis * vectors).sum(-1, keepdim=True)
+    return vectors * cos + torch.cross(axis, vectors, dim=-1) * sin + along * (1 - cos)
+
+
+def _rotations(moves: ThermalMoves, colour: torch.Tensor, x: torch.Tensor, box: torch.Tensor, steps: torch.Tensor,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """(n, 3) random rotation vectors: crankshafts about their axes, the rest about any axis; the
+    proposal is symmetric (a turn and its inverse are equally likely)."""
+    pivot, second = (torch.from_numpy(moves.pivots[colour.numpy(), k]) for k in (0, 1))
+    step = steps[torch.from_numpy(moves.kinds[colour.numpy()])][:, None]
+    free = torch.randn((len(colour), 3), generator=generator, dtype=torch.float64) * step
+    axis = minimum_image(x[second.clamp(min=0)] - x[pivot], box)
+    angle = torch.randn((len(colour), 1), generator=generator, dtype=torch.float64) * step
+    along = angle * axis / axis.norm(dim=-1, keepdim=True)
+    return torch.where((second >= 0)[:, None], along, free)
+
+
+def _propose(moves: ThermalMoves, colour: torch.Tensor, energy: _ColourEnergy, x: torch.Tensor, box: torch.Tensor,
+             steps: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The colour's atoms where they stand and turned by `_rotations` (each group keeps its image)."""
+    rotation = _rotations(moves, colour, x, box, steps, generator)
+    old = x[energy.members]
+    arm = minimum_image(old - x[torch.from_numpy(moves.pivots[colour.numpy(), 0])[energy.owner]], box)
+    return old, old + _turn(arm, rotation[energy.owner]) - arm
+
+
+def thermalise(positions: np.ndarray | torch.Tensor, box: np.ndarray, moves: ThermalMoves, temperature: float,
+               sweeps: int = DEFAULT_SWEEPS, generator: torch.Generator | None = None,
+               cg: np.ndarray | None = None, centre_spread: float = CENTRE_SPREAD) -> np.ndarray:
+    """Positions (N, 3) nm after `sweeps` Metropolis sweeps of `moves` at `temperature` (K). With
+    `cg` (M, 3) nm and moves that know the mapping, bead centres are restrained to it with a
+    thermal spread of `centre_spread` nm. Every random draw comes from `generator`."""
     x = torch.as_tensor(np.asarray(positions, dtype=np.float64)).clone()
-    if not len(moves.hydrogens) or sweeps < 1:
+    if not len(moves.kinds) or sweeps < 1:
         return x.numpy()
     box_np = np.asarray(box, dtype=np.float64)
     box_t = torch.as_tensor(box_np)
     beta = 1.0 / (BOLTZMANN * temperature)
-    pairs, shifts = neighbour_pairs(x.numpy(), box_np, moves.force_field.cutoff + NEIGHBOUR_SKIN)
-    groups = _groups(moves, x.numpy(), box_np)
-    energies = [_GroupEnergy(moves, x, box_t, pairs, shifts, g) for g in groups]
-    hydrogens, anchors = torch.from_numpy(moves.hydrogens), torch.from_numpy(moves.anchors)
-    step = INITIAL_STEP
+    restrained = moves.centres is not None and cg is not None
+    stiffness = BOLTZMANN * temperature / centre_spread**2 if restrained else 0.0
+    pairs = _PairList.build(x.numpy(), box_np, moves.force_field.cutoff + NEIGHBOUR_SKIN)
+    colours = _colours(moves, pairs.close(x.numpy(), COUPLING_RANGE), len(x))
+    energies = [_ColourEnergy(moves, c, x, box_t, pairs, stiffness) for c in colours]
+    colours_t = [torch.from_numpy(c) for c in colours]
+    cg_t = torch.as_tensor(np.asarray(cg, dtype=np.float64)) if restrained else None
+    steps = torch.tensor([INITIAL_STEP[k] for k in KINDS], dtype=torch.float64)
+    kinds = torch.from_numpy(moves.kinds)
     for sweep in range(sweeps):
-        accepted = 0
-        for group, energy in zip(groups, energies):
-            h, a = hydrogens[group], anchors[group]
-            old = x[h]
-            bond = minimum_image(old - x[a], box_t)
-            length = bond.norm(dim=-1, keepdim=True)
-            turned = bond / length + step * torch.randn(bond.shape, generator=generator, dtype=torch.float64)
-            new = old + length * turned / turned.norm(dim=-1, keepdim=True) - bond  # same periodic image
-            change = energy(new, x) - energy(old, x)
-            accept = torch.rand(len(h), generator=generator, dtype=torch.float64) < torch.exp(-beta * change)
-            x[h] = torch.where(accept[:, None], new, old)
-            accepted += int(accept.sum())
+        accepted = torch.zeros(len(KINDS), dtype=torch.float64)
+        offsets = centre_offsets(moves.centres, x, box_t, cg_t) if restrained else None
+        for colour, energy in zip(colours_t, energies):
+            old, new = _propose(moves, colour, energy, x, box_t, steps, generator)
+            change = energy.change(new, old, x, offsets)
+            accept = torch.rand(len(colour), generator=generator, dtype=torch.float64) < torch.exp(-beta * change)
+            taken = accept[energy.owner][:, None]
+            x[energy.members] = torch.where(taken, new, old)
+            if offsets is not None and energy.centres is not None:
+                offsets += energy.centre_shifts(torch.where(taken, new - old, 0.0), len(offsets))
+            accepted.index_add_(0, kinds[colour], accept.double())
         if sweep < sweeps // 2:
-            step *= float(np.exp(accepted / len(hydrogens) - TARGET_ACCEPTANCE))
+            tried = torch.bincount(kinds, minlength=len(KINDS)).double()
+            steps *= torch.exp(torch.where(tried > 0, accepted / tried.clamp(min=1) - TARGET_ACCEPTANCE, 0.0))
     return x.numpy()

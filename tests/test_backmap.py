@@ -170,10 +170,11 @@ def test_ranking_picks_other_turns_and_is_checked(backmapped, system, tmp_path):
         backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, ranking="ideal")
 
 
-def test_temperature_draws_the_hydrogens_and_scales_the_noise_on_request(backmapped, system, tmp_path):
+def test_temperature_sets_the_last_stage_and_scales_the_noise_on_request(backmapped, system, tmp_path):
     """The frames' temperature defaults to the model's training temperature; another one changes
-    the drawn (planar) hydrogens only, and with --scale-noise the generated atoms too. A model that
-    records none needs --temperature (or no drawn hydrogens), and --scale-noise needs T_train."""
+    what the last stage draws (with --thermal planar-hydrogens: those hydrogens only), and with
+    --scale-noise the generated atoms too. A model that records none needs --temperature (or
+    --thermal none), and --scale-noise needs T_train."""
     heavy = read_topology(system["top"]).elements != "H"
 
     def positions(name: str, *extra: str) -> np.ndarray:
@@ -183,34 +184,35 @@ def test_temperature_draws_the_hydrogens_and_scales_the_noise_on_request(backmap
 
     trained = read_frames(backmapped)[0].positions
     assert np.array_equal(trained, positions("568.gro", "--temperature", "568"))
-    cold = positions("313.gro", "--temperature", "313")
-    assert np.array_equal(trained[heavy], cold[heavy]) and not np.array_equal(trained, cold)
-    scaled = positions("313-scaled.gro", "--temperature", "313", "--scale-noise")
-    assert not np.array_equal(trained[heavy], scaled[heavy])
+    assert not np.array_equal(trained[heavy], positions("313.gro", "--temperature", "313")[heavy])
+    planar = positions("568-planar.gro", "--thermal", "planar-hydrogens")
+    cold = positions("313-planar.gro", "--temperature", "313", "--thermal", "planar-hydrogens")
+    assert np.array_equal(planar[heavy], cold[heavy]) and not np.array_equal(planar, cold)
+    scaled = positions("313-scaled.gro", "--temperature", "313", "--scale-noise", "--thermal", "none")
+    assert not np.array_equal(positions("none.gro", "--thermal", "none")[heavy], scaled[heavy])
     assert noise_scale_for(load_model(system["model"]), 313.0) == pytest.approx((313 / 568) ** 0.5)
 
     bare = write_model(tmp_path / "bare.pt", system["top"], system["map"], load_model(system["model"]).stereo)
     assert_one_line_error(run({**system, "model": bare}, tmp_path / "bare.gro"),
-                          "bare.pt: the hydrogens are drawn at the temperature of the CG frames", "--temperature")
+                          "bare.pt: the last stage samples at the temperature of the CG frames", "--temperature")
     assert_one_line_error(run({**system, "model": bare}, tmp_path / "bare.gro", "--temperature", "313",
                               "--scale-noise"), "bare.pt: the model does not record the temperature")
-    assert run({**system, "model": bare}, tmp_path / "bare.gro", "--thermal-hydrogens", "none").exit_code == 0
+    assert run({**system, "model": bare}, tmp_path / "bare.gro", "--thermal", "none").exit_code == 0
     assert run(system, tmp_path / "zero.gro", "--temperature", "0").exit_code == 2  # click's usage error
 
 
-def test_stages_report_each_pass_and_the_drawn_hydrogens_last(system):
+def test_stages_report_each_pass_and_the_thermal_sweeps_last(system):
     topology, model, parts, cg = sampling_inputs(system)
     seen = {}
     x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=2, orientations=2,
                       repair_rounds=0, constraints=parts.constraints, stereo=parts.stereo,
-                      hydrogens=parts.hydrogens, temperature=568.0,
+                      thermal=parts.thermal, temperature=568.0,
                       stages=lambda name, positions: seen.setdefault(name, positions))
     assert list(seen)[:4] == ["forward", "sweep 1", "sweep 2", "bonds restored"]
-    assert list(seen)[4:] in (["hydrogens thermalised"],
-                              ["side groups re-placed", "centres mirrored", "hydrogens thermalised"])
-    assert np.array_equal(seen["hydrogens thermalised"], x)
-    with pytest.raises(InputError, match="sampling the hydrogens needs a positive number of kelvin"):
-        backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, hydrogens=parts.hydrogens)
+    assert list(seen)[4:] in (["thermalised"], ["side groups re-placed", "centres mirrored", "thermalised"])
+    assert np.array_equal(seen["thermalised"], x)
+    with pytest.raises(InputError, match="the Metropolis sweeps need a positive number of kelvin"):
+        backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, thermal=parts.thermal)
     assert not np.array_equal(seen["sweep 1"], seen["sweep 2"])  # copies, not views of the frame
 
 
