@@ -2,7 +2,7 @@
 frames a bench_backmap.py run saved: issue #4's bar for them, without backmapping everything again.
 
     python benchmarks/bench_thermal.py --from bench-out [--out bench-thermal]
-        [--thermal groups|hydrogens|planar-hydrogens] [--sweeps 20] [--frames b:e:s]
+        [--thermal groups|hydrogens|planar-hydrogens] [--sweeps 30] [--frames b:e:s] [--model sps-568]
         [--sets t568 t313] [--threads 2]
 
 For each set, reads `dbm-<T>.xtc`, `heldout-<T>-aa.xtc`, `heldout-<T>-cg.xtc` and
@@ -31,7 +31,9 @@ from gmx_deepbackmap.analysis import compare
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.energies import ForceField
 from gmx_deepbackmap.mapping import read_mapping
+from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.sampler import frame_seed
+from gmx_deepbackmap.stereo import system_stereo
 from gmx_deepbackmap.structure import Frame, iter_frames, load_universe, parse_frames, write_frames
 from gmx_deepbackmap.thermal import DEFAULT_SWEEPS, SELECTIONS, thermal_moves, thermalise
 from gmx_deepbackmap.topology import read_topology, system_residue_numbers
@@ -40,11 +42,13 @@ AS_GENERATED = "before the stage"
 
 
 def thermalise_file(source: Path, cg: Path, result: Path, temperature: float, selection: str, sweeps: int,
-                    frames: slice) -> float:
+                    frames: slice, model: str) -> float:
     """The `frames` of `source` after the stage at `temperature`, bead centres restrained to the
-    CG frames of `cg`, written to `result`; returns the stage's wall seconds per frame."""
+    CG frames of `cg` and the chiral centres of `model` kept, written to `result`; returns the
+    stage's wall seconds per frame."""
     top = read_topology(bundled_path("sps/topol.top"))
-    moves = thermal_moves(top, ForceField(top), selection, read_mapping(None, top))
+    chiral = system_stereo(top, load_model(model).stereo)[:2]  # the centres the sampler keeps
+    moves = thermal_moves(top, ForceField(top), selection, read_mapping(None, top), chiral)
     universe, cg_universe = load_universe(DATA / "aa.gro", source), load_universe(DATA / "cg.gro", cg)
     out, seconds = [], 0.0
     pairs = zip(iter_frames(universe, frames), iter_frames(cg_universe, frames))
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-thermal", help="folder for frames, reports and the table")
     parser.add_argument("--thermal", choices=SELECTIONS, default=SELECTIONS[0], help="what the stage moves")
     parser.add_argument("--sweeps", type=int, default=DEFAULT_SWEEPS)
+    parser.add_argument("--model", default="sps-568", help="the model whose chiral centres the stage keeps")
     parser.add_argument("--frames", default=None, help="b:e:s of the saved frames (default all)")
     parser.add_argument("--sets", nargs="+", choices=TEMPERATURES, default=list(TEMPERATURES))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -93,7 +98,7 @@ def main() -> None:
         speed = json.loads(next(source.glob(f"speed-{name}-*.json")).read_text())
         result = out / f"dbm-{name}.xtc"
         stage = thermalise_file(source / f"dbm-{name}.xtc", source / f"heldout-{name}-cg.xtc", result,
-                                TEMPERATURES[name], args.thermal, args.sweeps, frames)
+                                TEMPERATURES[name], args.thermal, args.sweeps, frames, args.model)
         report = compare(DATA / "aa.gro", bundled_path("sps/topol.top"), reference,
                          {MODEL: result, AS_GENERATED: generated}, out / f"compare-{name}", overwrite=True)
         n = len(load_universe(DATA / "aa.gro", reference).trajectory)

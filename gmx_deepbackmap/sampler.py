@@ -480,8 +480,10 @@ def prepare_system(model: DeepBackmapModel, topology: Topology, mapping: Mapping
     if thermal not in THERMAL:
         raise InputError(f"thermal '{thermal}': expected one of {', '.join(THERMAL)}")
     plan = plan_system(topology, mapping, model.layout)
-    moves = None if thermal == "none" else thermal_moves(topology, ForceField(topology), thermal, mapping)
-    return SystemParts(plan, LocalPrior(topology, plan), StereoCheck(plan, *system_stereo(topology, model.stereo)),
+    centres, signs, hydrogens = system_stereo(topology, model.stereo)
+    moves = None if thermal == "none" else thermal_moves(topology, ForceField(topology), thermal, mapping,
+                                                         (centres, signs))
+    return SystemParts(plan, LocalPrior(topology, plan), StereoCheck(plan, centres, signs, hydrogens),
                        bond_constraints(topology) if constrain else None, moves)
 
 

@@ -20,6 +20,9 @@ Moves keep every bond length (bonds are constrained in the reference ensemble, a
 A group is at most `MAX_GROUP` atoms. Each CG bead's centre is held near its CG position by a
 harmonic restraint whose thermal spread is `CENTRE_SPREAD`, so the stage keeps the structure on its
 CG frame (without it, 20 sweeps took the sPS bead centres from 0.020 to 0.049 nm RMS off theirs).
+The restraint is looser than the exact one (the reference maps onto its CG frames to 0.0005 nm)
+because the generated atoms are not on their CG frame either (0.020 nm RMS at 568 K, 0.015 at
+313 K) and rigid local turns cannot bring them onto it without straining what lies between.
 
 Groups are moved colour by colour: no two of one colour share an atom, a bonded term or a bead,
 turn about an atom the other moves, or come within `COUPLING_RANGE` of each other. Each move is
@@ -29,6 +32,7 @@ second order in the step.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +42,7 @@ from .energies import BONDED_TERMS, ForceField, contains_sorted, lj_row_energies
 from .environment import graph_colours
 from .mapping import Mapping
 from .pbc import image_shifts, minimum_image, neighbour_pairs
+from .stereo import MIN_VOLUME, signed_volume
 from .topology import Topology
 
 BOLTZMANN = 0.0083144626  # kJ/mol/K
@@ -49,7 +54,11 @@ INITIAL_STEP = {"hydrogen": 0.1, "crankshaft": 0.06, "pivot": 0.03}  # radians, 
 TARGET_ACCEPTANCE = 0.4
 DEFAULT_SWEEPS = 30
 MAX_GROUP = 16  # atoms moved by one move at most (an sPS methine with its phenyl: 13)
-CENTRE_SPREAD = 0.015  # nm: thermal spread of a bead centre about its CG position under the restraint
+# nm: thermal spread of a bead centre about its CG position under the restraint. sPS at 568 K, 20
+# sweeps: 0.002 strained the backbone (one frame: angle energy 140 % of the reference); on 4 frames,
+# 0.01 kept the centres 0.018 nm RMS off (the generator's: 0.020), proper dihedral energy 114 %;
+# 0.02: 0.026 nm, 111 %; 0.015 with 30 sweeps: 0.023 nm, 111 %, angle energy 102 %.
+CENTRE_SPREAD = 0.015
 COUPLING_RANGE = 0.4  # nm: groups with atoms closer than this are never moved together
 NEIGHBOUR_SKIN = 0.1  # nm beyond the cut-off kept in the pair list (made once per frame; a pair that comes in
 # from further away is missed, where the shifted Lennard-Jones and the reaction-field Coulomb are near zero)
@@ -78,6 +87,7 @@ class ThermalMoves:
     excluded_keys: np.ndarray  # the topology's exclusions as i * N + j (i < j), ascending
     conflicts: np.ndarray  # (E, 2) moves that share an atom, a term, a bead or a pivot: never together
     centres: CentreMembers | None  # the beads held near their CG positions; None: no restraint
+    chiral: tuple[np.ndarray, np.ndarray]  # centres (C, 4) [centre, a, b, d] and signs (C,) no move may invert
 
     @property
     def owners(self) -> np.ndarray:
@@ -86,9 +96,11 @@ class ThermalMoves:
 
 
 def thermal_moves(topology: Topology, force_field: ForceField, selection: str = "groups",
-                  mapping: Mapping | None = None) -> ThermalMoves:
+                  mapping: Mapping | None = None,
+                  chiral: tuple[np.ndarray, np.ndarray] | None = None) -> ThermalMoves:
     """The moves of `selection` (`SELECTIONS`) in a topology; with a `mapping`, bead centres are
-    restrained to the CG positions given to `thermalise`."""
+    restrained to the CG positions given to `thermalise`; moves that would invert or flatten one of
+    the `chiral` centres (atoms (C, 4) and signs (C,) as from `stereo.system_stereo`) are refused."""
     neighbours = _bonded_neighbours(topology)
     heavy = topology.elements != "H"
     found: dict[tuple[frozenset, tuple[int, int]], int] = {}
@@ -127,9 +139,11 @@ def thermal_moves(topology: Topology, force_field: ForceField, selection: str = 
     centres = None if mapping is None else CentreMembers(mapping.member_atoms, mapping.member_beads,
                                                          mapping.member_weights)
     keys = np.unique(topology.exclusions[:, 0] * topology.n_atoms + topology.exclusions[:, 1])
-    moves_so_far = ThermalMoves(force_field, starts, atoms, pivots, kinds, terms, keys, np.zeros((0, 2), np.int64),
-                                centres)
-    return ThermalMoves(**{**moves_so_far.__dict__, "conflicts": _conflicts(moves_so_far, topology.n_atoms)})
+    if chiral is None:
+        chiral = (np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64))
+    moves = ThermalMoves(force_field, starts, atoms, pivots, kinds, terms, keys, np.zeros((0, 2), np.int64), centres,
+                         (np.asarray(chiral[0], dtype=np.int64).reshape(-1, 4), np.asarray(chiral[1])))
+    return dataclasses.replace(moves, conflicts=_conflicts(moves, topology.n_atoms))
 
 
 def _bonded_neighbours(topology: Topology) -> list[list[int]]:
@@ -142,9 +156,11 @@ def _bonded_neighbours(topology: Topology) -> list[list[int]]:
 
 
 def _hanging(neighbours: list[list[int]], start: int, held: tuple[int, ...]) -> frozenset | None:
-    """The atoms joined to `start` once the `held` atoms are taken out, if they are at most
-    `MAX_GROUP` and each held atom is bonded to `start` alone among them (so a rigid turn about
-    the held atoms keeps every bond length); else None."""
+    """The atoms joined to `start` once the `held` atoms are taken out (a turn about the held atoms
+    keeps every bond length), if they are at most `MAX_GROUP`; else None. Crankshafts whose axis
+    atoms bond to more of the group than `start` are left out too: they turn part of a ring about
+    an axis through another of its atoms, which the ring's turn about its base atom covers (sPS:
+    20 % fewer moved atoms per sweep)."""
     seen, todo = {start}, [start]
     while todo:
         for b in neighbours[todo.pop()]:
@@ -277,6 +293,12 @@ class _ColourEnergy:
         self.shift = torch.from_numpy(pairs.shift[entry]).float()
         self.excluded = torch.from_numpy(contains_sorted(moves.excluded_keys, keys))
         self.parameters = [p.float() for p in force_field.pair_parameters(torch.from_numpy(members[which]), self.other)]
+        centres, signs = moves.chiral
+        local = where[centres]
+        rows = (local >= 0).any(1)  # no two groups of a colour touch one centre (they share its angles)
+        self.chiral = (torch.from_numpy(centres[rows]), torch.from_numpy(signs[rows]).double(),
+                       torch.from_numpy(local[rows].max(1)),
+                       [image_shifts(x[centres[rows, k]] - x[centres[rows, 0]], box) for k in (1, 2, 3)])
         self.centres = None
         if moves.centres is not None and stiffness > 0:
             rows = where[moves.centres.atoms] >= 0
@@ -296,6 +318,7 @@ class _ColourEnergy:
         bead centres minus their CG positions."""
         energy = self._energies(torch.stack([old, new]), x)
         change = energy[1] - energy[0]
+        change[self._inverting(new, x)] = torch.inf
         if self.centres is not None and offsets is not None:
             shift = self.centre_shifts(new - old, len(offsets))
             touched = self.centres[3]
@@ -303,6 +326,13 @@ class _ColourEnergy:
             restraint = 0.5 * self.stiffness * (2 * (d * s).sum(-1) + s.square().sum(-1))
             change.index_add_(0, self.bead_owner[touched], restraint)
         return change
+
+    def _inverting(self, new: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The groups whose move would put a recorded chiral centre in its mirror image or flat."""
+        atoms, signs, owner, shifts = self.chiral
+        p = x.index_put((self.members,), new)[atoms]
+        v = [p[:, k] - p[:, 0] + shift for k, shift in zip((1, 2, 3), shifts)]
+        return owner[signed_volume(*v) * signs < MIN_VOLUME]
 
     def centre_shifts(self, delta: torch.Tensor, n_beads: int) -> torch.Tensor:
         """(n_beads, 3) how far the bead centres move when the colour's atoms move by `delta`."""

@@ -9,6 +9,7 @@ import torch
 from gmx_deepbackmap.energies import ForceField
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.pbc import minimum_image
+from gmx_deepbackmap.stereo import MIN_VOLUME, signed_volume
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.thermal import (
     BOLTZMANN,
@@ -146,3 +147,28 @@ def test_flat_ring_hydrogens_warm_up_to_their_temperature(chain):
         drawn = thermalise(flat, box, moves, kelvin, sweeps=40, generator=torch.Generator().manual_seed(0))
         equipartition = with_h.sum() * BOLTZMANN * kelvin / 2
         assert 0.6 < out_of_plane(drawn) / equipartition < 1.3
+
+
+def test_no_move_inverts_or_flattens_a_recorded_chiral_centre(chain):
+    """At 2000 K the 9 inner methine centres of the chain keep their handedness, never closer to
+    flat than `stereo.MIN_VOLUME`, when they are given to the moves."""
+    topology, force_field, x, box = chain
+    neighbours = [set() for _ in range(topology.n_atoms)]
+    for i, j in topology.bonds.indices.tolist():
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+    heavy = topology.elements != "H"
+    atoms = np.array([[c, *sorted(n for n in neighbours[c] if heavy[n])] for c in range(topology.n_atoms)
+                      if heavy[c] and topology.atom_types[c] == "C" and sum(heavy[list(neighbours[c])]) == 3])
+    box_t = torch.from_numpy(box)
+
+    def volumes(z: np.ndarray) -> torch.Tensor:
+        zt = torch.from_numpy(z)
+        return signed_volume(*(minimum_image(zt[atoms[:, k]] - zt[atoms[:, 0]], box_t) for k in (1, 2, 3)))
+
+    signs = torch.sign(volumes(x)).numpy().astype(np.int64)
+    assert len(atoms) == 9 and (volumes(x) * torch.from_numpy(signs) > MIN_VOLUME).all()
+    moves = thermal_moves(topology, force_field, "groups", chiral=(atoms, signs))
+    hot = thermalise(x, box, moves, 2000.0, sweeps=10, generator=torch.Generator().manual_seed(0))
+    assert not np.allclose(hot[atoms[:, 0]], x[atoms[:, 0]])
+    assert (volumes(hot) * torch.from_numpy(signs) >= MIN_VOLUME).all()
