@@ -9,7 +9,7 @@ import torch
 from gmx_deepbackmap.energies import ForceField
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.pbc import minimum_image
-from gmx_deepbackmap.stereo import MIN_VOLUME, signed_volume
+from gmx_deepbackmap.stereo import MIN_VOLUME, chiral_centres, signed_volume
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.thermal import (
     BOLTZMANN,
@@ -153,13 +153,8 @@ def test_no_move_inverts_or_flattens_a_recorded_chiral_centre(chain):
     """At 2000 K the 9 inner methine centres of the chain keep their handedness, never closer to
     flat than `stereo.MIN_VOLUME`, when they are given to the moves."""
     topology, force_field, x, box = chain
-    neighbours = [set() for _ in range(topology.n_atoms)]
-    for i, j in topology.bonds.indices.tolist():
-        neighbours[i].add(j)
-        neighbours[j].add(i)
-    heavy = topology.elements != "H"
-    atoms = np.array([[c, *sorted(n for n in neighbours[c] if heavy[n])] for c in range(topology.n_atoms)
-                      if heavy[c] and topology.atom_types[c] == "C" and sum(heavy[list(neighbours[c])]) == 3])
+    centres, neighbours = chiral_centres(topology)
+    atoms = np.column_stack([centres, neighbours])
     box_t = torch.from_numpy(box)
 
     def volumes(z: np.ndarray) -> torch.Tensor:
