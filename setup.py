@@ -25,6 +25,7 @@ setup(
         "tqdm>=4.66",
         "pyedr>=0.8",
         "matplotlib>=3.7",
+        "numba>=0.59",  # the last sampler stage's pair-energy loop (thermal._pair_changes)
     ],
     extras_require={"test": ["pytest>=7", "ruff", "snakemake>=8"], "gmxapi": ["gmxapi==0.4.2"],
                     "slurm": ["snakemake-executor-plugin-slurm"]},

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_backmap.py [--model sps-568] [--frames 0:80:8] [--baseline-dir bench-out]
         [--out bench-out] [--device cpu] [--threads 2] [--orientations K] [--gibbs-sweeps N] [--repair-rounds R]
-        [--ranking environment|all] [--thermal groups|hydrogens|planar-hydrogens|none] [--temperature-noise]
+        [--ranking environment|all] [--thermal groups|hydrogens|planar-hydrogens|none] [--thermal-sweeps N]
+        [--temperature-noise]
         [--sets t568 t313]
 
 For t568 and t313: takes the selected frames of cg.xtc/aa.xtc (at 568 K without the 7 frames that
@@ -43,6 +44,7 @@ from gmx_deepbackmap.sampler import (
     DEFAULT_RANKING,
     DEFAULT_REPAIR_ROUNDS,
     DEFAULT_THERMAL,
+    DEFAULT_THERMAL_SWEEPS,
     RANKINGS,
     THERMAL,
 )
@@ -155,6 +157,7 @@ def main() -> None:
     parser.add_argument("--repair-rounds", type=int, default=DEFAULT_REPAIR_ROUNDS)
     parser.add_argument("--ranking", choices=RANKINGS, default=DEFAULT_RANKING)
     parser.add_argument("--thermal", choices=THERMAL, default=DEFAULT_THERMAL)
+    parser.add_argument("--thermal-sweeps", type=int, default=DEFAULT_THERMAL_SWEEPS)
     parser.add_argument("--temperature-noise", action="store_true",
                         help="scale the generator's noise to each set's temperature (sqrt(T / T_train))")
     parser.add_argument("--sets", nargs="+", choices=TEMPERATURES, default=list(TEMPERATURES),
@@ -169,7 +172,7 @@ def main() -> None:
     n_atoms = len(load_universe(DATA / "aa.gro").atoms)
     text = [f"model {args.model}, frames {args.frames}, {args.orientations} orientations, {args.gibbs_sweeps} Gibbs "
             f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, thermal "
-            f"{args.thermal}, device {args.device}, "
+            f"{args.thermal} ({args.thermal_sweeps} sweeps), device {args.device}, "
             f"{args.threads} threads, seed {args.seed}"
             + (", noise scaled to each temperature" if args.temperature_noise else "")]
     for name in args.sets:
@@ -180,7 +183,8 @@ def main() -> None:
                                     device=args.device, orientations=args.orientations,
                                     gibbs_sweeps=args.gibbs_sweeps, ranking=args.ranking,
                                     repair_rounds=args.repair_rounds, temperature=TEMPERATURES[name],
-                                    thermal=args.thermal, scale_noise=args.temperature_noise)
+                                    thermal=args.thermal, thermal_sweeps=args.thermal_sweeps,
+                                    scale_noise=args.temperature_noise)
         sets = {MODEL: result}
         baseline = Path(args.baseline_dir or out) / f"baseline-{name}.xtc"
         if baseline.is_file() and len(load_universe(DATA / "aa.gro", baseline).trajectory) == n:

@@ -2,7 +2,7 @@
 frames a bench_backmap.py run saved: issue #4's bar for them, without backmapping everything again.
 
     python benchmarks/bench_thermal.py --from bench-out [--out bench-thermal]
-        [--thermal groups|hydrogens|planar-hydrogens] [--sweeps 30] [--frames b:e:s] [--model sps-568]
+        [--thermal groups|hydrogens|planar-hydrogens] [--sweeps 60] [--frames b:e:s] [--model sps-568]
         [--sets t568 t313] [--threads 2]
 
 For each set, reads `dbm-<T>.xtc`, `heldout-<T>-aa.xtc`, `heldout-<T>-cg.xtc` and

@@ -143,10 +143,13 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
                    "one). The --thermal stage samples at it.")
 @click.option("--thermal", type=click.Choice(["groups", "hydrogens", "planar-hydrogens", "none"]), default="groups",
               show_default=True,
-              help="Last stage: 30 Metropolis sweeps with the force field at --temperature, bond lengths kept and "
+              help="Last stage: Metropolis sweeps with the force field at --temperature, bond lengths kept and "
                    "bead centres held to the CG frame. 'groups': hydrogens, and heavy atoms with what hangs off "
                    "them, turned about their neighbours; 'hydrogens'; 'planar-hydrogens' (sp2 C-H only); "
                    "'none' (as generated).")
+@click.option("--thermal-sweeps", type=click.IntRange(min=0), default=60, show_default=True,
+              help="Sweeps of the --thermal stage (each tries every move once; the step sizes adapt during the "
+                   "first half). Fewer are faster and leave dihedrals more strained.")
 @click.option("--scale-noise", is_flag=True,
               help="Also scale the generator's noise by sqrt(T / T_train) (the model must record T_train), so "
                    "that coordinates the noise carries get the spread of --temperature.")
@@ -164,8 +167,8 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @no_progress_option
 @overwrite_option
 def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
-                    orientations, ranking, repair_rounds, temperature, thermal, scale_noise, no_constrain,
-                    workdir, chunk_size, only, no_progress, overwrite):
+                    orientations, ranking, repair_rounds, temperature, thermal, thermal_sweeps, scale_noise,
+                    no_constrain, workdir, chunk_size, only, no_progress, overwrite):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
     Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps, then repair
@@ -181,7 +184,7 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
     options = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
                    gibbs_sweeps=gibbs_sweeps, orientations=orientations, ranking=ranking,
                    repair_rounds=repair_rounds, temperature=temperature, thermal=thermal,
-                   scale_noise=scale_noise, constrain=not no_constrain,
+                   thermal_sweeps=thermal_sweeps, scale_noise=scale_noise, constrain=not no_constrain,
                    progress=not no_progress)
     top = topology or bundled_path("sps/topol.top")
     if workdir is None:

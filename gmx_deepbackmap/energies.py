@@ -283,19 +283,11 @@ class ForceField:
 
     def _pair_energies(self, r2, c6, c12, qq, lj_shift) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed LJ and RF Coulomb (B,) of pairs at squared distances r2 (B, ...)."""
-        lj, coulomb = self.pair_rows(r2, c6, c12, qq, lj_shift)
-        return lj.flatten(1).sum(-1), coulomb.flatten(1).sum(-1)
-
-    def pair_rows(self, r2, c6, c12, qq, lj_shift, excluded=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """LJ and reaction-field Coulomb of each pair at squared distances r2, with the parameters
-        of `pair_parameters`; zero beyond the cut-off. `excluded` (bool, like r2): pairs that only
-        carry the reaction-field correction of excluded pairs, `f q_i q_j (k_rf r^2 - c_rf)`."""
         inside = r2 < self.cutoff**2
+        coulomb = qq * (r2.rsqrt() + self.k_rf * r2 - self.c_rf)
         zero = torch.zeros((), dtype=r2.dtype, device=r2.device)
-        inverse = r2.rsqrt() if excluded is None else torch.where(excluded, zero, r2.rsqrt())
-        lj = _lj(r2, c6, c12, lj_shift)
-        lj = torch.where(inside, lj, zero) if excluded is None else torch.where(inside & ~excluded, lj, zero)
-        return lj, torch.where(inside, qq * (inverse + self.k_rf * r2 - self.c_rf), zero)
+        return (torch.where(inside, _lj(r2, c6, c12, lj_shift), zero).flatten(1).sum(-1),
+                torch.where(inside, coulomb, zero).flatten(1).sum(-1))
 
     def _excluded_rf(self, r2: torch.Tensor) -> torch.Tensor:
         """Reaction-field correction of excluded pairs at squared distances r2 (B, E) within the

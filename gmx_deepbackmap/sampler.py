@@ -89,6 +89,7 @@ from .pbc import minimum_image
 from .prior import LocalPrior
 from .stereo import StereoCheck, system_stereo
 from .structure import Frame, iter_frames, open_frames, write_frames
+from .thermal import DEFAULT_SWEEPS as DEFAULT_THERMAL_SWEEPS
 from .thermal import SELECTIONS, ThermalMoves, thermal_moves, thermalise
 from .topology import Topology, read_topology, system_residue_numbers
 from .training import environment_densities, reach, rollout, to_device
@@ -366,6 +367,7 @@ def backmap_frame(
     stereo: StereoCheck | None = None,
     thermal: ThermalMoves | None = None,
     temperature: float | None = None,
+    thermal_sweeps: int = DEFAULT_THERMAL_SWEEPS,
     progress: Callable[[int], object] | None = None,
     stages: Callable[[str, np.ndarray], object] | None = None,
 ) -> np.ndarray:
@@ -380,7 +382,8 @@ def backmap_frame(
     `constraints` (see `bond_constraints`): bond lengths restored to them, None: left as
     generated. `stereo`: chiral centres whose handedness candidates must keep and that end in it
     (see `StereoCheck`), None: not checked. `thermal` (see `thermal.thermal_moves`): moved last by
-    Metropolis sweeps at `temperature` (K), bead centres restrained to `cg`; None: no such stage.
+    `thermal_sweeps` Metropolis sweeps at `temperature` (K), bead centres restrained to `cg`; None: no
+    such stage.
     `progress` is called with the number of atoms placed
     after every batch; `stages` (for diagnostics) with a name and a copy of the positions after the
     forward pass ("forward"), each sweep ("sweep 1", ...), each repair round ("repair 1", ...), the
@@ -389,9 +392,10 @@ def backmap_frame(
     and the Metropolis sweeps ("thermalised").
     Atoms lie near their owner beads, so molecules may be broken across the box (see `make_whole`).
     """
-    if orientations < 1 or gibbs_sweeps < 0 or repair_rounds < 0 or not noise_scale >= 0:
-        raise InputError("need orientations >= 1, gibbs_sweeps >= 0, repair_rounds >= 0 and noise_scale >= 0 "
-                         f"(got {orientations}, {gibbs_sweeps}, {repair_rounds}, {noise_scale})")
+    if orientations < 1 or gibbs_sweeps < 0 or repair_rounds < 0 or thermal_sweeps < 0 or not noise_scale >= 0:
+        raise InputError("need orientations >= 1, gibbs_sweeps >= 0, repair_rounds >= 0, thermal_sweeps >= 0 and "
+                         f"noise_scale >= 0 (got {orientations}, {gibbs_sweeps}, {repair_rounds}, {thermal_sweeps}, "
+                         f"{noise_scale})")
     if ranking not in RANKINGS:
         raise InputError(f"ranking '{ranking}': expected one of {', '.join(RANKINGS)}")
     if thermal is not None and not (temperature is not None and temperature > 0):
@@ -452,8 +456,8 @@ def backmap_frame(
                 state.positions = restore_bonds(state.positions, box_t, moving_only(constraints, moved[moved >= 0]))
             state.stereo.mirror_inverted(state.positions, box_t)  # a re-placed neighbour may invert one again
         if thermal is not None:
-            state.positions = torch.from_numpy(thermalise(state.positions, box, thermal, temperature, generator=gen,
-                                                          cg=cg))
+            state.positions = torch.from_numpy(thermalise(state.positions, box, thermal, temperature, thermal_sweeps,
+                                                          generator=gen, cg=cg))
             if stages is not None:
                 stages("thermalised", state.positions.numpy().copy())
     return state.positions.numpy()
@@ -549,6 +553,7 @@ def backmap(
     ranking: str = DEFAULT_RANKING,
     temperature: float | None = None,
     thermal: str = DEFAULT_THERMAL,
+    thermal_sweeps: int = DEFAULT_THERMAL_SWEEPS,
     scale_noise: bool = False,
     constrain: bool = True,
     overwrite: bool = False,
@@ -557,7 +562,8 @@ def backmap(
     """Backmap CG frames (a structure, or a trajectory with it) and write the atomistic frames
     (topology atom names and order, molecules whole, CG box kept); returns the number of frames.
     `temperature` (K): that of the CG frames (`frames_temperature`; default: the model's training
-    frames'), at which the last stage moves the `thermal` atoms (`THERMAL`); `scale_noise`: the
+    frames'), at which the last stage moves the `thermal` atoms (`THERMAL`) in `thermal_sweeps`
+    Metropolis sweeps; `scale_noise`: the
     generator's noise scaled to it too (`noise_scale_for`)."""
     from tqdm import tqdm
 
@@ -587,7 +593,7 @@ def backmap(
                                   orientations=orientations, repair_rounds=repair_rounds, ranking=ranking,
                                   noise_scale=noise_scale, generator=frame_seed(seed, cg.step), device=device,
                                   constraints=system.constraints, stereo=system.stereo, thermal=system.thermal,
-                                  temperature=kelvin, progress=_growing(bar))
+                                  temperature=kelvin, thermal_sweeps=thermal_sweeps, progress=_growing(bar))
             whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), levels).numpy()
             written.append(Frame(whole, cg.box, cg.time, cg.step))
             frames_bar.update(1)

@@ -67,8 +67,9 @@ def test_the_moves_of_an_sps_chain(chain):
 
 
 def test_colour_energies_add_up_to_the_force_fields_change(chain):
-    """Turning every group of one colour changes the whole chain's energy by the sum of what each
-    turn alone changes (groups of a colour share no atom or term and are far apart)."""
+    """A move alone changes the whole chain's energy by what its colour's energy says; turning every
+    group of one colour, by the sum of what each turn alone changes, up to what the far-apart groups
+    of a colour change between each other."""
     topology, force_field, x, box = chain
     moves = thermal_moves(topology, force_field, "groups")
     pairs = _PairList.build(x, box, force_field.cutoff + NEIGHBOUR_SKIN)
@@ -76,15 +77,22 @@ def test_colour_energies_add_up_to_the_force_fields_change(chain):
     assert sorted(np.concatenate(colours).tolist()) == list(range(len(moves.kinds)))
     xt, box_t = torch.from_numpy(x), torch.from_numpy(box)
     generator = torch.Generator().manual_seed(0)
-    for colour in colours[:4]:
+    steps = torch.full((len(KINDS),), 0.1, dtype=torch.float64)
+
+    def changes(colour: np.ndarray) -> tuple[float, float]:
         energy = _ColourEnergy(moves, colour, xt, box_t, pairs, stiffness=0.0)
-        steps = torch.full((len(KINDS),), 0.1, dtype=torch.float64)
         old, new = _propose(moves, torch.from_numpy(colour), energy, xt, box_t, steps, generator)
         moved = xt.index_put((energy.members,), new)
-        own = float(energy.change(new, old, xt, None).sum())
         whole = sum(float(v) for v in force_field.energies(moved, box_t).values()) \
             - sum(float(v) for v in force_field.energies(xt, box_t).values())
+        return float(energy.change(new, old, xt, None).sum()), whole
+
+    for colour in colours[:4]:
+        own, whole = changes(colour)
         assert own == pytest.approx(whole, rel=2e-3, abs=2e-3)
+    for kind in range(len(KINDS)):  # single-precision pair parameters
+        own, whole = changes(np.flatnonzero(moves.kinds == kind)[:1])
+        assert own == pytest.approx(whole, rel=1e-6, abs=1e-6)
 
 
 def test_moves_keep_bond_lengths_and_the_seed_fixes_them(chain):
