@@ -81,7 +81,7 @@ def test_colour_energies_add_up_to_the_force_fields_change(chain):
 
     def changes(colour: np.ndarray) -> tuple[float, float]:
         energy = _ColourEnergy(moves, colour, xt, box_t, pairs, stiffness=0.0)
-        old, new = _propose(moves, torch.from_numpy(colour), energy, xt, box_t, steps, generator)
+        old, new = _propose(energy, xt, steps, generator)
         moved = xt.index_put((energy.members,), new)
         whole = sum(float(v) for v in force_field.energies(moved, box_t).values()) \
             - sum(float(v) for v in force_field.energies(xt, box_t).values())
