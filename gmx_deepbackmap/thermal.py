@@ -27,7 +27,9 @@ because the generated atoms are not on their CG frame either (0.020 nm RMS at 56
 Groups are moved colour by colour: no two of one colour share an atom, a bonded term or a bead,
 turn about an atom the other moves, or come within `COUPLING_RANGE` of each other. Each move is
 accepted on its energy change as if it alone were made; what the other moves of the colour add is
-second order in the step.
+second order in the step. The Lennard-Jones and reaction-field pairs of the moved atoms (some 11
+million per sweep of an sPS frame) are summed by a compiled loop (`_pair_changes`, numba); the
+bonded terms, the restraint and the chirality check are torch.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ from .pbc import image_shifts, minimum_image, neighbour_pairs
 from .stereo import MIN_VOLUME, signed_volume
 from .topology import Topology
 
+# numba's own thread pool, not OpenMP: its OpenMP layer shares torch's runtime and leaves torch's
+# thread count changed, so with torch.set_num_threads(1) the next frame came out different.
+numba.config.THREADING_LAYER = "workqueue"
 BOLTZMANN = 0.0083144626  # kJ/mol/K
 # What the stage moves: "groups" (every kind of move), "hydrogens" (hydrogens only),
 # "planar-hydrogens" (the hydrogens held in a plane by an improper dihedral: sp2 C-H)
@@ -461,6 +466,7 @@ def thermalise(positions: np.ndarray | torch.Tensor, box: np.ndarray, moves: The
         return x.numpy()
     box_np = np.asarray(box, dtype=np.float64)
     box_t = torch.as_tensor(box_np)
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # as many as torch
     beta = 1.0 / (BOLTZMANN * temperature)
     restrained = moves.centres is not None and cg is not None
     stiffness = BOLTZMANN * temperature / centre_spread**2 if restrained else 0.0
