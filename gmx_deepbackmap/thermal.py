@@ -473,23 +473,21 @@ def thermalise(positions: np.ndarray | torch.Tensor, box: np.ndarray, moves: The
     pairs = _PairList.build(x.numpy(), box_np, moves.force_field.cutoff + NEIGHBOUR_SKIN)
     colours = _colours(moves, pairs.close(x.numpy(), COUPLING_RANGE), len(x))
     energies = [_ColourEnergy(moves, c, x, box_t, pairs, stiffness) for c in colours]
-    colours_t = [torch.from_numpy(c) for c in colours]
     cg_t = torch.as_tensor(np.asarray(cg, dtype=np.float64)) if restrained else None
     steps = torch.tensor([INITIAL_STEP[k] for k in KINDS], dtype=torch.float64)
-    kinds = torch.from_numpy(moves.kinds)
+    tried = torch.bincount(torch.from_numpy(moves.kinds), minlength=len(KINDS)).double()
     for sweep in range(sweeps):
         accepted = torch.zeros(len(KINDS), dtype=torch.float64)
         offsets = centre_offsets(moves.centres, x, box_t, cg_t) if restrained else None
-        for colour, energy in zip(colours_t, energies):
+        for energy in energies:
             old, new = _propose(energy, x, steps, generator)
             change = energy.change(new, old, x, offsets)
-            accept = torch.rand(len(colour), generator=generator, dtype=torch.float64) < torch.exp(-beta * change)
+            accept = torch.rand(energy.size, generator=generator, dtype=torch.float64) < torch.exp(-beta * change)
             taken = accept[energy.owner][:, None]
             x[energy.members] = torch.where(taken, new, old)
             if offsets is not None and energy.centres is not None:
                 offsets += energy.centre_shifts(torch.where(taken, new - old, 0.0), len(offsets))
-            accepted.index_add_(0, kinds[colour], accept.double())
+            accepted.index_add_(0, energy.kinds, accept.double())
         if sweep < sweeps // 2:
-            tried = torch.bincount(kinds, minlength=len(KINDS)).double()
             steps *= torch.exp(torch.where(tried > 0, accepted / tried.clamp(min=1) - TARGET_ACCEPTANCE, 0.0))
     return x.numpy()
