@@ -3,7 +3,7 @@
     python benchmarks/bench_backmap.py [--model sps-568] [--frames 0:80:8] [--baseline-dir bench-out]
         [--out bench-out] [--device cpu] [--threads 2] [--orientations K] [--gibbs-sweeps N] [--repair-rounds R]
         [--ranking environment|all] [--thermal groups|hydrogens|planar-hydrogens|none] [--thermal-sweeps N]
-        [--temperature-noise]
+        [--precision auto|float32|bfloat16] [--temperature-noise]
         [--sets t568 t313]
 
 For t568 and t313: takes the selected frames of cg.xtc/aa.xtc (at 568 K without the 7 frames that
@@ -41,12 +41,15 @@ from gmx_deepbackmap.report import markdown_table
 from gmx_deepbackmap.sampler import (
     DEFAULT_GIBBS_SWEEPS,
     DEFAULT_ORIENTATIONS,
+    DEFAULT_PRECISION,
     DEFAULT_RANKING,
     DEFAULT_REPAIR_ROUNDS,
     DEFAULT_THERMAL,
     DEFAULT_THERMAL_SWEEPS,
+    PRECISIONS,
     RANKINGS,
     THERMAL,
+    uses_bfloat16,
 )
 from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames, write_frames
 
@@ -158,6 +161,7 @@ def main() -> None:
     parser.add_argument("--ranking", choices=RANKINGS, default=DEFAULT_RANKING)
     parser.add_argument("--thermal", choices=THERMAL, default=DEFAULT_THERMAL)
     parser.add_argument("--thermal-sweeps", type=int, default=DEFAULT_THERMAL_SWEEPS)
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
     parser.add_argument("--temperature-noise", action="store_true",
                         help="scale the generator's noise to each set's temperature (sqrt(T / T_train))")
     parser.add_argument("--sets", nargs="+", choices=TEMPERATURES, default=list(TEMPERATURES),
@@ -172,7 +176,8 @@ def main() -> None:
     n_atoms = len(load_universe(DATA / "aa.gro").atoms)
     text = [f"model {args.model}, frames {args.frames}, {args.orientations} orientations, {args.gibbs_sweeps} Gibbs "
             f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, thermal "
-            f"{args.thermal} ({args.thermal_sweeps} sweeps), device {args.device}, "
+            f"{args.thermal} ({args.thermal_sweeps} sweeps), device {args.device}, precision {args.precision} "
+            f"({'bfloat16' if uses_bfloat16(args.precision, args.device) else 'float32'}), "
             f"{args.threads} threads, seed {args.seed}"
             + (", noise scaled to each temperature" if args.temperature_noise else "")]
     for name in args.sets:
@@ -184,6 +189,7 @@ def main() -> None:
                                     gibbs_sweeps=args.gibbs_sweeps, ranking=args.ranking,
                                     repair_rounds=args.repair_rounds, temperature=TEMPERATURES[name],
                                     thermal=args.thermal, thermal_sweeps=args.thermal_sweeps,
+                                    precision=args.precision,
                                     scale_noise=args.temperature_noise)
         sets = {MODEL: result}
         baseline = Path(args.baseline_dir or out) / f"baseline-{name}.xtc"

@@ -44,13 +44,11 @@ import torch
 from .energies import BONDED_TERMS, ForceField, contains_sorted, lj_row_energies, vector_energies
 from .environment import graph_colours
 from .mapping import Mapping
+from .parallel import FAST_MATH, match_torch_threads
 from .pbc import image_shifts, minimum_image, neighbour_pairs
 from .stereo import MIN_VOLUME, signed_volume
 from .topology import Topology
 
-# numba's own thread pool, not OpenMP: its OpenMP layer shares torch's runtime and leaves torch's
-# thread count changed, so with torch.set_num_threads(1) the next frame came out different.
-numba.config.THREADING_LAYER = "workqueue"
 BOLTZMANN = 0.0083144626  # kJ/mol/K
 # What the stage moves: "groups" (every kind of move), "hydrogens" (hydrogens only),
 # "planar-hydrogens" (the hydrogens held in a plane by an improper dihedral: sp2 C-H)
@@ -382,12 +380,11 @@ def _pair_coefficients(force_field: ForceField, i: np.ndarray, j: np.ndarray, ex
                             lj_shift * kept + qq * force_field.c_rf]).astype(np.float32)
 
 
-# Sums may be reordered (SIMD) and multiply-adds fused; infinities and NaN keep their meaning (an
-# overlap gives an infinite energy and is refused). 3x faster than strict IEEE order, same sums to 1e-13.
-_FAST_MATH = {"reassoc", "contract", "nsz"}
+# FAST_MATH: an overlap still gives an infinite energy and is refused; 3x faster than strict IEEE
+# order, same sums to 1e-13.
 
 
-@numba.njit(inline="always", fastmath=_FAST_MATH)
+@numba.njit(inline="always", fastmath=FAST_MATH)
 def _pair_energy(dx: float, dy: float, dz: float, c: np.ndarray, cutoff2: float) -> float:
     """c12 / r^12 - c6 / r^6 + f q_i q_j / r + f q_i q_j k_rf r^2 - constant within the cut-off (kJ/mol)."""
     r2 = dx * dx + dy * dy + dz * dz
@@ -397,7 +394,7 @@ def _pair_energy(dx: float, dy: float, dz: float, c: np.ndarray, cutoff2: float)
     return energy if r2 < cutoff2 else 0.0  # a select, not a branch: the loop vectorises
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FAST_MATH)
+@numba.njit(parallel=True, cache=True, fastmath=FAST_MATH)
 def _pair_changes(x, old, new, other, images, box, starts, coefficients, cutoff2):  # pragma: no cover (compiled)
     """(m,) how much the pair energy of each moved atom changes from `old` to `new` (m, 3): its rows
     starts[a]:starts[a + 1] list the `other` atoms and their periodic `images` (box vectors to add).
@@ -466,7 +463,7 @@ def thermalise(positions: np.ndarray | torch.Tensor, box: np.ndarray, moves: The
         return x.numpy()
     box_np = np.asarray(box, dtype=np.float64)
     box_t = torch.as_tensor(box_np)
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # as many as torch
+    match_torch_threads()
     beta = 1.0 / (BOLTZMANN * temperature)
     restrained = moves.centres is not None and cg is not None
     stiffness = BOLTZMANN * temperature / centre_spread**2 if restrained else 0.0

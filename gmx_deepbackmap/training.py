@@ -295,10 +295,10 @@ def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid
         live = batch.step_mask[:, step]
         if sampling and not bool(live.all()):
             density = static.new_zeros(b, *static.shape[-3:])
-            density[live] = generator(env[live], z[live], types[live, step])[:, 0]
+            density[live] = generator(env[live], z[live], types[live, step])[:, 0].to(density)
             dens.append(density)
         else:
-            dens.append(generator(env, z, types[:, step])[:, 0])
+            dens.append(generator(env, z, types[:, step])[:, 0].to(static))
     density = torch.stack(dens, 1)
     coords = density_to_coordinates(density, grid)
     if sampling:

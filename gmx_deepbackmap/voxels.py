@@ -18,7 +18,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numba
 import torch
+
+from .parallel import FAST_MATH, match_torch_threads
 
 # Particles per chunk on CPU: the chunk's outer products (chunk x 512 floats, 2 MiB) stay in cache.
 _CPU_CHUNK = 1024
@@ -91,9 +94,14 @@ def splat(out: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, grid: 
           weights: torch.Tensor | None = None) -> None:
     """Add the density of each particle (positions (N, 3) nm, local frame), times its weight (N,)
     if given, to its row of `out` (R, D^3), in place: `voxelise` without a new output, for
-    corrections to densities already built."""
+    corrections to densities already built. Without gradients on a CPU, a compiled loop
+    (`_splat_loop`) does it; otherwise torch (differentiable)."""
     d = grid.size
-    g = grid.profiles(positions)  # (N, 3, D)
+    g = grid.profiles(positions.to(out.dtype))  # (N, 3, D)
+    if out.device.type == "cpu" and not any(t is not None and t.requires_grad for t in (out, positions, weights)):
+        _splat_loop(out.numpy(), rows.numpy(), g.numpy(), None if weights is None else weights.to(out).numpy(),
+                    match_torch_threads())
+        return
     gx = g[:, 0, :, None]  # (N, D, 1)
     gyz = (g[:, 1, :, None] * g[:, 2, None, :]).reshape(-1, 1, d * d)  # (N, 1, D*D)
     if weights is not None:
@@ -102,6 +110,28 @@ def splat(out: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, grid: 
     for i in range(0, len(rows), step):
         s = slice(i, i + step)
         out.index_add_(0, rows[s], (gx[s] * gyz[s]).reshape(-1, d**3))
+
+
+@numba.njit(parallel=True, cache=True, fastmath=FAST_MATH)
+def _splat_loop(out, rows, profiles, weights, threads):  # pragma: no cover (compiled)
+    """out[rows[p]] += weights[p] (1 if None) * the outer product of particle p's three `profiles`,
+    the rows shared out among `threads` (row modulo thread count) so that no two write one row.
+    On 2 CPU cores about 3x faster than torch's products and `index_add_`, which write every
+    particle's D^3 values to a temporary first."""
+    d = profiles.shape[2]
+    for t in numba.prange(threads):
+        for p in range(len(rows)):
+            r = rows[p]
+            if r % threads != t:
+                continue
+            w = 1.0 if weights is None else weights[p]
+            for i in range(d):
+                wx = profiles[p, 0, i] * w
+                for j in range(d):
+                    wxy = wx * profiles[p, 1, j]
+                    base = (i * d + j) * d
+                    for k in range(d):
+                        out[r, base + k] += wxy * profiles[p, 2, k]
 
 
 def coordinates_to_density(positions: torch.Tensor, grid: Grid) -> torch.Tensor:

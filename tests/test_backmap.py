@@ -27,12 +27,14 @@ from gmx_deepbackmap.sampler import (
     STRAINED_TERM,
     backmap_frame,
     mirror_schedule,
+    native_bfloat16,
     noise_scale_for,
     outlier_steps,
     prepare_system,
     repair_schedule,
     repair_steps,
     step_templates,
+    uses_bfloat16,
 )
 from gmx_deepbackmap.stereo import handedness, learn_stereo, system_stereo
 from gmx_deepbackmap.structure import Frame, read_frames, write_frames
@@ -214,6 +216,18 @@ def test_stages_report_each_pass_and_the_thermal_sweeps_last(system):
     with pytest.raises(InputError, match="the Metropolis sweeps need a positive number of kelvin"):
         backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, thermal=parts.thermal)
     assert not np.array_equal(seen["sweep 1"], seen["sweep 2"])  # copies, not views of the frame
+
+
+def test_precision_picks_bfloat16_where_the_cpu_has_it_and_is_checked(system):
+    assert uses_bfloat16("auto", "cpu") == native_bfloat16("cpu")
+    assert not uses_bfloat16("auto", "cuda") and not uses_bfloat16("float32", "cpu")
+    topology, model, parts, cg = sampling_inputs(system)
+    inputs = (model, parts.plan, parts.prior, cg.positions, cg.box)
+    with pytest.raises(InputError, match="precision 'half': expected one of auto, float32, bfloat16"):
+        backmap_frame(*inputs, precision="half")
+    single, half = (backmap_frame(*inputs, gibbs_sweeps=0, orientations=1, repair_rounds=0, precision=p)
+                    for p in ("float32", "bfloat16"))
+    assert np.isfinite(half).all() and np.abs(half - single).max() < 0.05  # the same atoms, rounded products
 
 
 def test_every_recorded_centre_ends_in_its_handedness_with_bonds_at_b0(system):

@@ -45,14 +45,27 @@ def test_grid_centres():
     assert grid.axis() is axis  # cached
 
 
-@pytest.mark.parametrize("chunk", [1024, 5])
-def test_voxelise_matches_reference(monkeypatch, chunk):
-    monkeypatch.setattr(voxels, "_CPU_CHUNK", chunk)  # 5 exercises chunk boundaries
+@pytest.mark.parametrize("chunk,gradients", [(1024, False), (1024, True), (5, True)])
+def test_voxelise_matches_reference(monkeypatch, chunk, gradients):
+    """Compiled (no gradients) and torch (gradients; chunk 5 exercises chunk boundaries)."""
+    monkeypatch.setattr(voxels, "_CPU_CHUNK", chunk)
     positions, channels, mask = random_particles()
-    out = voxelise(positions, channels, 4, Grid(), mask)
+    out = voxelise(positions.clone().requires_grad_(gradients), channels, 4, Grid(), mask)
     ref = reference_density(positions.double().numpy(), channels.numpy(), mask.numpy(), 4)
     assert out.shape == (3, 4, 8, 8, 8) and out.dtype == torch.float32
-    np.testing.assert_allclose(out.numpy(), ref, atol=1e-5)
+    np.testing.assert_allclose(out.detach().numpy(), ref, atol=1e-5)
+
+
+def test_compiled_splat_adds_what_torch_adds():
+    """Without gradients on CPU a compiled loop splats; with them torch does: same densities,
+    weights and repeated rows included."""
+    positions, channels, mask = random_particles(batch=4, n=40, n_channels=3, seed=2)
+    rows = torch.randint(0, 5, (len(positions.view(-1, 3)),), generator=torch.Generator().manual_seed(3))
+    weights = torch.rand(len(rows), generator=torch.Generator().manual_seed(4)) - 0.5
+    compiled, differentiable = torch.ones(5, 512), torch.ones(5, 512)
+    voxels.splat(compiled, rows, positions.view(-1, 3), Grid(), weights)
+    voxels.splat(differentiable, rows, positions.view(-1, 3).requires_grad_(True), Grid(), weights)
+    assert torch.allclose(compiled, differentiable.detach(), atol=1e-6)
 
 
 def test_voxelise_padding_is_ignored_even_if_nan():
