@@ -593,6 +593,7 @@ def backmap(
 
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device available")
+    uses_bfloat16(precision, device)  # checked before any file is read
     net = load_model(model, device)
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)

@@ -28,8 +28,9 @@ Groups are moved colour by colour: no two of one colour share an atom, a bonded 
 turn about an atom the other moves, or come within `COUPLING_RANGE` of each other. Each move is
 accepted on its energy change as if it alone were made; what the other moves of the colour add is
 second order in the step. The Lennard-Jones and reaction-field pairs of the moved atoms (some 11
-million per sweep of an sPS frame) are summed by a compiled loop (`_pair_changes`, numba); the
-bonded terms, the restraint and the chirality check are torch.
+million per sweep of an sPS frame) are summed by a compiled loop (`_pair_changes`, numba), and so
+are the bonded terms (`_bonded_changes`) and the chirality check (`_mark_inverting`); the restraint
+and the proposals are torch.
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ import numba
 import numpy as np
 import torch
 
-from .energies import BONDED_TERMS, ForceField, contains_sorted, lj_row_energies, vector_energies
+from .energies import ForceField, contains_sorted
 from .environment import graph_colours
 from .mapping import Mapping
 from .parallel import FAST_MATH, match_torch_threads
 from .pbc import image_shifts, minimum_image, neighbour_pairs
-from .stereo import MIN_VOLUME, signed_volume
+from .stereo import MIN_VOLUME
 from .topology import Topology
 
 BOLTZMANN = 0.0083144626  # kJ/mol/K
@@ -86,8 +87,6 @@ class ThermalMoves:
     atoms: np.ndarray  # (sum of sizes,)
     pivots: np.ndarray  # (G, 2) the atom turned about, and the axis' second atom (crankshafts) or -1
     kinds: np.ndarray  # (G,) index into KINDS
-    # term name -> (atoms (T, k), parameters (T, p)); `[ pairs ]` rows carry their scaled f q_i q_j
-    terms: dict[str, tuple[np.ndarray, np.ndarray]]
     excluded_keys: np.ndarray  # the topology's exclusions as i * N + j (i < j), ascending
     conflicts: np.ndarray  # (E, 2) moves that share an atom, a term, a bead or a pivot: never together
     centres: CentreMembers | None  # the beads held near their CG positions; None: no restraint
@@ -132,20 +131,12 @@ def thermal_moves(topology: Topology, force_field: ForceField, selection: str = 
     atoms = np.array([i for (group, _), _ in moves for i in sorted(group)], dtype=np.int64)
     pivots = np.array([pivot for (_, pivot), _ in moves], dtype=np.int64).reshape(-1, 2)
     kinds = np.array([kind for _, kind in moves], dtype=np.int64)
-    terms = {}
-    for name, attribute in {**BONDED_TERMS, "pairs": "pairs"}.items():
-        rows = getattr(topology, attribute)
-        params = rows.params
-        if name == "pairs" and len(rows):
-            charges = topology.charges[rows.indices]
-            params = np.column_stack([params, topology.fudge_qq * force_field.f_elec * charges[:, 0] * charges[:, 1]])
-        terms[name] = (rows.indices, params)
     centres = None if mapping is None else CentreMembers(mapping.member_atoms, mapping.member_beads,
                                                          mapping.member_weights)
     keys = np.unique(topology.exclusions[:, 0] * topology.n_atoms + topology.exclusions[:, 1])
     if chiral is None:
         chiral = (np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64))
-    moves = ThermalMoves(force_field, starts, atoms, pivots, kinds, terms, keys, np.zeros((0, 2), np.int64), centres,
+    moves = ThermalMoves(force_field, starts, atoms, pivots, kinds, keys, np.zeros((0, 2), np.int64), centres,
                          (np.asarray(chiral[0], dtype=np.int64).reshape(-1, 4), np.asarray(chiral[1])))
     return dataclasses.replace(moves, conflicts=_conflicts(moves, topology.n_atoms))
 
@@ -204,7 +195,8 @@ def _mover_pairs(moves: ThermalMoves, atom_pairs: np.ndarray, n_atoms: int) -> n
 def _conflicts(moves: ThermalMoves, n_atoms: int) -> np.ndarray:
     """Moves that touch the same atom, term or bead, or where one moves the other's pivot."""
     links = [np.repeat(np.arange(n_atoms)[:, None], 2, 1)]
-    for idx, _ in moves.terms.values():
+    for idx, _ in moves.force_field.terms.values():
+        idx = idx.numpy()
         for a in range(idx.shape[1]):
             for b in range(a + 1, idx.shape[1]):
                 links.append(idx[:, [a, b]])
@@ -242,19 +234,28 @@ def _colours(moves: ThermalMoves, close: np.ndarray, n_atoms: int) -> list[np.nd
 
 @dataclass(frozen=True)
 class _PairList:
-    """Every pair within the cut-off (plus skin) listed from both ends, by atom (`_csr`)."""
+    """Every pair within the cut-off plus `NEIGHBOUR_SKIN` listed from both ends, by atom (`_csr`),
+    with what `_pair_changes` reads of it: periodic images and energy coefficients."""
 
     atom: np.ndarray  # (2P,)
     other: np.ndarray  # (2P,)
     shift: np.ndarray  # (2P, 3) nm: x[other] - x[atom] + shift is the minimum image
+    images: np.ndarray  # (2P, 3) int8: shift in box vectors (3 bytes a row instead of 24)
+    coefficients: np.ndarray  # (2P, 5) `_pair_coefficients`
     order: np.ndarray
     starts: np.ndarray
 
     @classmethod
-    def build(cls, x: np.ndarray, box: np.ndarray, cutoff: float) -> _PairList:
-        pairs, shifts = neighbour_pairs(x, box, cutoff)
-        atom, other = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
-        return cls(atom, other, np.concatenate([shifts, -shifts]), *_csr(atom, len(x)))
+    def build(cls, x: np.ndarray, box: np.ndarray, moves: ThermalMoves) -> _PairList:
+        force_field = moves.force_field
+        pairs, shifts = neighbour_pairs(x, box, force_field.cutoff + NEIGHBOUR_SKIN)
+        i, j = pairs[:, 0], pairs[:, 1]
+        excluded = contains_sorted(moves.excluded_keys, np.minimum(i, j) * force_field.n_atoms + np.maximum(i, j))
+        coefficients = _pair_coefficients(force_field, i, j, excluded)
+        images = np.rint(shifts @ np.linalg.inv(box)).astype(np.int8)
+        atom = np.concatenate([i, j])
+        return cls(atom, np.concatenate([j, i]), np.concatenate([shifts, -shifts]), np.concatenate([images, -images]),
+                   np.concatenate([coefficients, coefficients]), *_csr(atom, len(x)))
 
     def close(self, x: np.ndarray, distance: float) -> np.ndarray:
         """(P, 2) the pairs closer than `distance`, each once."""
@@ -283,40 +284,28 @@ class _ColourEnergy:
         self.axes = (pivot, second, image_shifts(x[second.clamp(min=0)] - x[pivot], box))  # crankshafts' axes
         self.member_pivots = pivot[self.owner]
         self.arm_shifts = image_shifts(x[self.members] - x[self.member_pivots], box)
-        self.bonded = []
-        for name, (idx, params) in moves.terms.items():
-            local = where[idx]
-            rows = (local >= 0).any(1) & ~(local == local[:, :1]).all(1)  # terms inside one group never change
-            if rows.any():
-                atoms = torch.from_numpy(idx[rows])
-                bond_shifts = [image_shifts(x[atoms[:, k + 1]] - x[atoms[:, k]], box)
-                               for k in range(atoms.shape[1] - 1)]
-                self.bonded.append((name, atoms, bond_shifts, torch.from_numpy(params[rows]),
-                                    torch.from_numpy(local[rows].max(1))))
+        self.slot = np.full(n_atoms, -1)  # each atom's row in `members`, or -1
+        self.slot[members] = np.arange(len(members))
+        self.bonded = _bonded_rows(force_field, where, x, box)
         which, entry = _gather(pairs.order, pairs.starts, members)
         other = pairs.other[entry]
         keep = where[other] != owner[which]
         which, entry, other = which[keep], entry[keep], other[keep]  # grouped by moved atom (`which`)
         self.pair_starts = np.searchsorted(which, np.arange(len(members) + 1))
-        # 4 + 3 bytes a row instead of 8 + 24 for the atom and its periodic shift
         self.other, self.box = other.astype(np.int32), box.numpy()
-        self.images = np.rint(pairs.shift[entry] @ np.linalg.inv(self.box)).astype(np.int8)
-        moved = members[which]
-        keys = np.minimum(moved, other) * n_atoms + np.maximum(moved, other)
-        self.coefficients = _pair_coefficients(force_field, moved, other, contains_sorted(moves.excluded_keys, keys))
+        self.images, self.coefficients = pairs.images[entry], pairs.coefficients[entry]
         centres, signs = moves.chiral
         local = where[centres]
         rows = (local >= 0).any(1)  # no two groups of a colour touch one centre (they share its angles)
-        self.chiral = (torch.from_numpy(centres[rows]), torch.from_numpy(signs[rows]).double(),
-                       torch.from_numpy(local[rows].max(1)),
-                       [image_shifts(x[centres[rows, k]] - x[centres[rows, 0]], box) for k in (1, 2, 3)])
+        atoms = torch.from_numpy(centres[rows])
+        self.chiral = (atoms.numpy(), np.stack([image_shifts(x[atoms[:, k]] - x[atoms[:, 0]], box).numpy()
+                                                for k in (1, 2, 3)], 1).reshape(-1, 3, 3),
+                       signs[rows].astype(np.float64), local[rows].max(1))
         self.centres = None
         if moves.centres is not None and stiffness > 0:
             rows = where[moves.centres.atoms] >= 0
-            slot = np.full(n_atoms, -1)
-            slot[members] = np.arange(len(members))
             beads = moves.centres.beads[rows]
-            self.centres = (torch.from_numpy(slot[moves.centres.atoms[rows]]), torch.from_numpy(beads),
+            self.centres = (torch.from_numpy(self.slot[moves.centres.atoms[rows]]), torch.from_numpy(beads),
                             torch.from_numpy(moves.centres.weights[rows]),
                             torch.from_numpy(np.unique(beads)))
             bead_owner = np.zeros(int(beads.max(initial=0)) + 1, dtype=np.int64)
@@ -325,10 +314,17 @@ class _ColourEnergy:
 
     def change(self, new: torch.Tensor, old: torch.Tensor, x: torch.Tensor,
                offsets: torch.Tensor | None) -> torch.Tensor:
-        """(n,) with the colour's atoms moved from `old` to `new` (in `x`: `old`); `offsets`: the
-        bead centres minus their CG positions."""
-        change = self._energy_change(new, old, x)
-        change[self._inverting(new, x)] = torch.inf
+        """(n,) each group's energy change with the colour's atoms moved from `old` to `new` (m, 3),
+        one move at a time (in `x`: `old`), infinite where the colour's move would put a recorded
+        chiral centre in its mirror image or flat; `offsets`: the bead centres minus their CG
+        positions."""
+        x_np, old_np, new_np = x.numpy(), old.numpy(), new.numpy()
+        pairs = _pair_changes(x_np, old_np, new_np, self.other, self.images, self.box, self.pair_starts,
+                              self.coefficients, self.ff.cutoff**2)
+        out = np.bincount(self.owner.numpy(), pairs, minlength=self.size)
+        _bonded_changes(x_np, self.slot, old_np, new_np, *self.bonded, out)
+        _mark_inverting(x_np, self.slot, new_np, *self.chiral, MIN_VOLUME, out)
+        change = torch.from_numpy(out)
         if self.centres is not None and offsets is not None:
             shift = self.centre_shifts(new - old, len(offsets))
             touched = self.centres[3]
@@ -337,37 +333,110 @@ class _ColourEnergy:
             change.index_add_(0, self.bead_owner[touched], restraint)
         return change
 
-    def _inverting(self, new: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The groups whose move would put a recorded chiral centre in its mirror image or flat."""
-        atoms, signs, owner, shifts = self.chiral
-        p = x.index_put((self.members,), new)[atoms]
-        v = [p[:, k] - p[:, 0] + shift for k, shift in zip((1, 2, 3), shifts)]
-        return owner[signed_volume(*v) * signs < MIN_VOLUME]
-
     def centre_shifts(self, delta: torch.Tensor, n_beads: int) -> torch.Tensor:
         """(n_beads, 3) how far the bead centres move when the colour's atoms move by `delta`."""
         slot, beads, weights, _ = self.centres
         return torch.zeros(n_beads, 3, dtype=delta.dtype).index_add_(0, beads, weights[:, None] * delta[slot])
 
-    def _energy_change(self, new: torch.Tensor, old: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(n,) each group's energy change with the colour's atoms moved from `old` to `new` (m, 3), one
-        move at a time: bonded terms here, non-bonded pairs in `_pair_changes`."""
-        out = torch.zeros(2, self.size, dtype=torch.float64)
-        alone = x.repeat(2, 1, 1)
-        alone[:, self.members] = torch.stack([old, new])  # no term holds two groups of a colour
-        for name, idx, bond_shifts, params, owner in self.bonded:
-            vectors = [alone[:, idx[:, k + 1]] - alone[:, idx[:, k]] + shift for k, shift in enumerate(bond_shifts)]
-            out.index_add_(1, owner, self._bonded(name, vectors, params))
-        pairs = _pair_changes(x.numpy(), old.numpy(), new.numpy(), self.other, self.images, self.box, self.pair_starts,
-                              self.coefficients, self.ff.cutoff**2)
-        return (out[1] - out[0]).index_add_(0, self.owner, torch.from_numpy(pairs))
 
-    @staticmethod
-    def _bonded(name: str, vectors: list[torch.Tensor], params: torch.Tensor) -> torch.Tensor:
-        if name != "pairs":
-            return vector_energies(name, vectors, params)
-        r2 = vectors[0].square().sum(-1)  # 1-4 pairs: plain LJ, Coulomb scaled by fudgeQQ, no cut-off
-        return lj_row_energies(r2, params[:, 0], params[:, 1], float("inf"), shift=False) + params[:, 2] * r2.rsqrt()
+# Functional form of each `ForceField.terms` entry in `_term_energy`.
+_FORMS = {"bond": 0, "angle": 1, "improper": 2, "proper": 3, "periodic_improper": 3, "pair14": 4}
+
+
+def _bonded_rows(force_field: ForceField, where: np.ndarray, x: torch.Tensor,
+                 box: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """The bonded terms a colour's moves change (`where`: each atom's move, or -1; terms inside one
+    group never change), for `_bonded_changes`: atoms (T, 4) padded with -1, bond image shifts
+    (T, 3, 3), parameters (T, 3) in radians padded with 0, `_FORMS` (T,) and moves (T,)."""
+    parts = [(np.zeros((0, 4), np.int64), np.zeros((0, 3, 3)), np.zeros((0, 3)), np.zeros(0, np.int64),
+              np.zeros(0, np.int64))]
+    for name, (idx, params) in force_field.terms.items():
+        local = where[idx.numpy()]
+        rows = (local >= 0).any(1) & ~(local == local[:, :1]).all(1)
+        if not rows.any():
+            continue
+        idx, params = idx[torch.from_numpy(rows)], params[torch.from_numpy(rows)].numpy()
+        atoms, shifts, padded = np.full((len(idx), 4), -1), np.zeros((len(idx), 3, 3)), np.zeros((len(idx), 3))
+        atoms[:, :idx.shape[1]], padded[:, :params.shape[1]] = idx.numpy(), params
+        for k in range(idx.shape[1] - 1):
+            shifts[:, k] = image_shifts(x[idx[:, k + 1]] - x[idx[:, k]], box).numpy()
+        parts.append((atoms, shifts, padded, np.full(len(idx), _FORMS[name]), local[rows].max(1)))
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+@numba.njit(inline="always")
+def _dot3(a, b):  # pragma: no cover (compiled)
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+@numba.njit(inline="always")
+def _cross3(a, b):  # pragma: no cover (compiled)
+    return a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]
+
+
+@numba.njit(inline="always")
+def _vector(x, slot, moved, a, b, shift):  # pragma: no cover (compiled)
+    """x_b - x_a + shift, an atom of the colour (slot >= 0) where `moved` puts it."""
+    pa = moved[slot[a]] if slot[a] >= 0 else x[a]
+    pb = moved[slot[b]] if slot[b] >= 0 else x[b]
+    return pb[0] - pa[0] + shift[0], pb[1] - pa[1] + shift[1], pb[2] - pa[2] + shift[2]
+
+
+@numba.njit(inline="always", fastmath=FAST_MATH)
+def _term_energy(form, b1, b2, b3, p):  # pragma: no cover (compiled)
+    """Energy of one bonded term from its bond vectors, the forms of `energies.vector_energies`
+    (and 1-4 pairs: plain Lennard-Jones and scaled Coulomb, no cut-off)."""
+    if form == 0 or form == 4:
+        r2 = _dot3(b1, b1)
+        if form == 4:
+            inv6 = 1.0 / (r2 * r2 * r2)
+            return (p[1] * inv6 - p[0]) * inv6 + p[2] / np.sqrt(r2)
+        return 0.5 * p[1] * (np.sqrt(r2) - p[0]) ** 2
+    if form == 1:
+        normal = _cross3(b1, b2)
+        return 0.5 * p[1] * (np.arctan2(np.sqrt(_dot3(normal, normal)), -_dot3(b1, b2)) - p[0]) ** 2
+    n1, n2 = _cross3(b1, b2), _cross3(b2, b3)
+    phi = np.arctan2(np.sqrt(_dot3(b2, b2)) * _dot3(b1, n2), _dot3(n1, n2))
+    if form == 2:
+        d = phi - p[0]
+        d -= 2 * np.pi * np.floor((d + np.pi) / (2 * np.pi))  # into [-pi, pi)
+        return 0.5 * p[1] * d * d
+    return p[1] * (1.0 + np.cos(p[2] * phi - p[0]))
+
+
+@numba.njit(cache=True, fastmath=FAST_MATH)
+def _bonded_changes(x, slot, old, new, atoms, shifts, params, forms, owner, out):  # pragma: no cover (compiled)
+    """out[owner[t]] += the energy of term t (`_bonded_rows`) with the colour's atoms at `new`
+    minus at `old`."""
+    for t in range(len(forms)):
+        a, form = atoms[t], forms[t]
+        size = 2 if form == 0 or form == 4 else (3 if form == 1 else 4)
+        for state in range(2):
+            moved = new if state == 0 else old
+            b1 = _vector(x, slot, moved, a[0], a[1], shifts[t, 0])
+            b2 = _vector(x, slot, moved, a[1], a[2], shifts[t, 1]) if size > 2 else b1
+            b3 = _vector(x, slot, moved, a[2], a[3], shifts[t, 2]) if size > 3 else b1
+            energy = _term_energy(form, b1, b2, b3, params[t])
+            out[owner[t]] += energy if state == 0 else -energy
+
+
+@numba.njit(inline="always", fastmath=FAST_MATH)
+def _unit(v):  # pragma: no cover (compiled)
+    length = max(np.sqrt(_dot3(v, v)), 1e-12)
+    return v[0] / length, v[1] / length, v[2] / length
+
+
+@numba.njit(cache=True, fastmath=FAST_MATH)
+def _mark_inverting(x, slot, new, atoms, shifts, signs, owner, min_volume, out):  # pragma: no cover (compiled)
+    """out[owner[c]] = inf where the colour's atoms at `new` put chiral centre c (atoms [centre,
+    a, b, d], `stereo.signed_volume` of sign signs[c]) in its mirror image or flat."""
+    for c in range(len(signs)):
+        a = atoms[c]
+        v1 = _unit(_vector(x, slot, new, a[0], a[1], shifts[c, 0]))
+        v2 = _unit(_vector(x, slot, new, a[0], a[2], shifts[c, 1]))
+        v3 = _unit(_vector(x, slot, new, a[0], a[3], shifts[c, 2]))
+        if _dot3(v1, _cross3(v2, v3)) * signs[c] < min_volume:
+            out[owner[c]] = np.inf
 
 
 def _pair_coefficients(force_field: ForceField, i: np.ndarray, j: np.ndarray, excluded: np.ndarray) -> np.ndarray:
@@ -467,7 +536,7 @@ def thermalise(positions: np.ndarray | torch.Tensor, box: np.ndarray, moves: The
     beta = 1.0 / (BOLTZMANN * temperature)
     restrained = moves.centres is not None and cg is not None
     stiffness = BOLTZMANN * temperature / centre_spread**2 if restrained else 0.0
-    pairs = _PairList.build(x.numpy(), box_np, moves.force_field.cutoff + NEIGHBOUR_SKIN)
+    pairs = _PairList.build(x.numpy(), box_np, moves)
     colours = _colours(moves, pairs.close(x.numpy(), COUPLING_RANGE), len(x))
     energies = [_ColourEnergy(moves, c, x, box_t, pairs, stiffness) for c in colours]
     cg_t = torch.as_tensor(np.asarray(cg, dtype=np.float64)) if restrained else None

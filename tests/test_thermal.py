@@ -15,7 +15,6 @@ from gmx_deepbackmap.thermal import (
     BOLTZMANN,
     COUPLING_RANGE,
     KINDS,
-    NEIGHBOUR_SKIN,
     _ColourEnergy,
     _colours,
     _PairList,
@@ -72,7 +71,7 @@ def test_colour_energies_add_up_to_the_force_fields_change(chain):
     of a colour change between each other."""
     topology, force_field, x, box = chain
     moves = thermal_moves(topology, force_field, "groups")
-    pairs = _PairList.build(x, box, force_field.cutoff + NEIGHBOUR_SKIN)
+    pairs = _PairList.build(x, box, moves)
     colours = _colours(moves, pairs.close(x, COUPLING_RANGE), len(x))
     assert sorted(np.concatenate(colours).tolist()) == list(range(len(moves.kinds)))
     xt, box_t = torch.from_numpy(x), torch.from_numpy(box)
