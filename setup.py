@@ -27,7 +27,10 @@ setup(
         "matplotlib>=3.7",
         "numba>=0.59",  # the last sampler stage's pair-energy loop (thermal._pair_changes)
     ],
-    extras_require={"test": ["pytest>=7", "ruff", "snakemake>=8"], "gmxapi": ["gmxapi==0.4.2"],
-                    "slurm": ["snakemake-executor-plugin-slurm"]},
+    extras_require={
+        "test": ["pytest>=7", "ruff", "snakemake>=8"],
+        "gmxapi": ["gmxapi==0.4.2"],
+        "slurm": ["snakemake-executor-plugin-slurm"],
+    },
     entry_points={"console_scripts": ["gmx-dbm=gmx_deepbackmap.cli:main"]},
 )

@@ -58,10 +58,20 @@ TEMPERATURES = {"t568": 568.0, "t313": 313.0}  # K
 TRAINING_FRAMES = {"t568": {9, 19, 41, 55, 62, 70, 76}, "t313": set()}  # ../shared/data/sps/README.md
 # The structures published with the paper, scored with the definitions of issue #4 (JSD, natural log).
 PUBLISHED = {
-    "t568": {"backbone C-C-C angle": 0.019, "backbone C-C-C-C dihedral": 0.0021, "ring C-C-C-C improper": 0.072,
-             "LJ energy per molecule": 0.067, "non-bonded C-C pair distances": 0.0067},
-    "t313": {"backbone C-C-C angle": 0.041, "backbone C-C-C-C dihedral": 0.0039, "ring C-C-C-C improper": 0.022,
-             "LJ energy per molecule": 0.072, "non-bonded C-C pair distances": 0.0091},
+    "t568": {
+        "backbone C-C-C angle": 0.019,
+        "backbone C-C-C-C dihedral": 0.0021,
+        "ring C-C-C-C improper": 0.072,
+        "LJ energy per molecule": 0.067,
+        "non-bonded C-C pair distances": 0.0067,
+    },
+    "t313": {
+        "backbone C-C-C angle": 0.041,
+        "backbone C-C-C-C dihedral": 0.0039,
+        "ring C-C-C-C improper": 0.022,
+        "LJ energy per molecule": 0.072,
+        "non-bonded C-C pair distances": 0.0091,
+    },
 }
 TERMS = ("Bond", "Angle", "Proper Dih.", "Improper Dih.", "LJ (SR)", "Coulomb (SR)")
 MODEL = "DeepBackmap"
@@ -101,8 +111,9 @@ def backmap_resumably(cg: Path, result: Path, tag: str, chunk_size: int, **setti
     work, speed = result.parent / f"chunks-{tag}", result.parent / f"speed-{tag}.json"
     spent = json.loads(speed.read_text()) if speed.is_file() else {"seconds": 0.0, "frames": 0}
     start = time.perf_counter()
-    done = backmap_in_chunks(DATA / "cg.gro", bundled_path("sps/topol.top"), work, chunk_size=chunk_size,
-                             trajectory=cg, **settings)
+    done = backmap_in_chunks(
+        DATA / "cg.gro", bundled_path("sps/topol.top"), work, chunk_size=chunk_size, trajectory=cg, **settings
+    )
     if done:
         spent = {"seconds": spent["seconds"] + time.perf_counter() - start, "frames": spent["frames"] + done}
         speed.write_text(json.dumps(spent))
@@ -117,20 +128,30 @@ def bar_table(report: dict, name: str, seconds_per_frame: float, n_atoms: int) -
     table = []
     for key, published in PUBLISHED[name].items():
         score = "l1" if obs[key]["kind"] == "histogram" else "jsd"
-        table.append([f"{key}: {score.upper()} (W1)", f"<= {published}"]
-                     + [f"{obs[key]['sets'][s][score]:.4f} ({obs[key]['sets'][s]['w1']:.3g})" for s in sets])
+        table.append(
+            [f"{key}: {score.upper()} (W1)", f"<= {published}"]
+            + [f"{obs[key]['sets'][s][score]:.4f} ({obs[key]['sets'][s]['w1']:.3g})" for s in sets]
+        )
     for term in TERMS:
         ref = energies[term]["reference"]["mean"]
-        table.append([f"{term}: mean, % of reference {ref:.5g} kJ/mol", "90-110 %"]
-                     + [f"{100 * energies[term]['sets'][s]['mean'] / ref:.1f} %" for s in sets])
-    table.append(["bond length RMS deviation from b0 (nm)", "<= 0.002"]
-                  + [f"{obs['bond length RMS deviation']['sets'][s]['mean']:.4f}" for s in sets])
+        table.append(
+            [f"{term}: mean, % of reference {ref:.5g} kJ/mol", "90-110 %"]
+            + [f"{100 * energies[term]['sets'][s]['mean'] / ref:.1f} %" for s in sets]
+        )
+    table.append(
+        ["bond length RMS deviation from b0 (nm)", "<= 0.002"]
+        + [f"{obs['bond length RMS deviation']['sets'][s]['mean']:.4f}" for s in sets]
+    )
     table.append(["clashes per frame (< 0.1 nm)", "0"] + [f"{obs['clashes']['sets'][s]['mean']:.2f}" for s in sets])
     centres = obs["chirality"]["reference"]["centres"]
-    table.append([f"chirality flips per frame (of {centres})", "0"]
-                  + [f"{obs['chirality']['sets'][s]['flips_per_frame']:.2f}" for s in sets])
-    table.append(["ring planarity, max (nm)", f"ref {obs['ring planarity']['reference']['max']:.4f}"]
-                  + [f"{obs['ring planarity']['sets'][s]['max']:.4f}" for s in sets])
+    table.append(
+        [f"chirality flips per frame (of {centres})", "0"]
+        + [f"{obs['chirality']['sets'][s]['flips_per_frame']:.2f}" for s in sets]
+    )
+    table.append(
+        ["ring planarity, max (nm)", f"ref {obs['ring planarity']['reference']['max']:.4f}"]
+        + [f"{obs['ring planarity']['sets'][s]['max']:.4f}" for s in sets]
+    )
     rate = f"{60 / seconds_per_frame:.2f} frames/min, {n_atoms / seconds_per_frame:.0f} atoms/s"
     speed = f"{seconds_per_frame:.1f} s ({rate})"
     table.append(["wall time per frame", "<= 60 s on 2 cores", speed] + [""] * (len(sets) - 1))
@@ -162,10 +183,18 @@ def main() -> None:
     parser.add_argument("--thermal", choices=THERMAL, default=DEFAULT_THERMAL)
     parser.add_argument("--thermal-sweeps", type=int, default=DEFAULT_THERMAL_SWEEPS)
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
-    parser.add_argument("--temperature-noise", action="store_true",
-                        help="scale the generator's noise to each set's temperature (sqrt(T / T_train))")
-    parser.add_argument("--sets", nargs="+", choices=TEMPERATURES, default=list(TEMPERATURES),
-                        help="temperatures to bench (default both)")
+    parser.add_argument(
+        "--temperature-noise",
+        action="store_true",
+        help="scale the generator's noise to each set's temperature (sqrt(T / T_train))",
+    )
+    parser.add_argument(
+        "--sets",
+        nargs="+",
+        choices=TEMPERATURES,
+        default=list(TEMPERATURES),
+        help="temperatures to bench (default both)",
+    )
     parser.add_argument("--chunk-size", type=int, default=4, help="frames per resumable chunk (default 4)")
     args = parser.parse_args()
 
@@ -174,23 +203,36 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     top = bundled_path("sps/topol.top")
     n_atoms = len(load_universe(DATA / "aa.gro").atoms)
-    text = [f"model {args.model}, frames {args.frames}, {args.orientations} orientations, {args.gibbs_sweeps} Gibbs "
-            f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, thermal "
-            f"{args.thermal} ({args.thermal_sweeps} sweeps), device {args.device}, precision {args.precision} "
-            f"({'bfloat16' if uses_bfloat16(args.precision, args.device) else 'float32'}), "
-            f"{args.threads} threads, seed {args.seed}"
-            + (", noise scaled to each temperature" if args.temperature_noise else "")]
+    text = [
+        f"model {args.model}, frames {args.frames}, {args.orientations} orientations, {args.gibbs_sweeps} Gibbs "
+        f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, thermal "
+        f"{args.thermal} ({args.thermal_sweeps} sweeps), device {args.device}, precision {args.precision} "
+        f"({'bfloat16' if uses_bfloat16(args.precision, args.device) else 'float32'}), "
+        f"{args.threads} threads, seed {args.seed}"
+        + (", noise scaled to each temperature" if args.temperature_noise else "")
+    ]
     for name in args.sets:
         cg, aa, n = held_out_frames(name, parse_frames(args.frames), out)
         result = out / f"dbm-{name}.xtc"
         tag = f"{name}-{args.frames.replace(':', '_')}"
-        seconds = backmap_resumably(cg, result, tag, args.chunk_size, model=args.model, seed=args.seed,
-                                    device=args.device, orientations=args.orientations,
-                                    gibbs_sweeps=args.gibbs_sweeps, ranking=args.ranking,
-                                    repair_rounds=args.repair_rounds, temperature=TEMPERATURES[name],
-                                    thermal=args.thermal, thermal_sweeps=args.thermal_sweeps,
-                                    precision=args.precision,
-                                    scale_noise=args.temperature_noise)
+        seconds = backmap_resumably(
+            cg,
+            result,
+            tag,
+            args.chunk_size,
+            model=args.model,
+            seed=args.seed,
+            device=args.device,
+            orientations=args.orientations,
+            gibbs_sweeps=args.gibbs_sweeps,
+            ranking=args.ranking,
+            repair_rounds=args.repair_rounds,
+            temperature=TEMPERATURES[name],
+            thermal=args.thermal,
+            thermal_sweeps=args.thermal_sweeps,
+            precision=args.precision,
+            scale_noise=args.temperature_noise,
+        )
         sets = {MODEL: result}
         baseline = Path(args.baseline_dir or out) / f"baseline-{name}.xtc"
         if baseline.is_file() and len(load_universe(DATA / "aa.gro", baseline).trajectory) == n:

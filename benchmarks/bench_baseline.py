@@ -86,8 +86,17 @@ def main() -> None:
     for name in TEMPERATURES:
         timings: list[FrameTiming] = []
         result = out / f"baseline-{name}.xtc"
-        baseline(DATA / "cg.gro", top_path, result, trajectory=DATA / name / "cg.xtc", frames=frames, seed=args.seed,
-                 engine=args.engine, overwrite=True, timings=timings)
+        baseline(
+            DATA / "cg.gro",
+            top_path,
+            result,
+            trajectory=DATA / name / "cg.xtc",
+            frames=frames,
+            seed=args.seed,
+            engine=args.engine,
+            overwrite=True,
+            timings=timings,
+        )
         reference = checks(analysis, DATA / "aa.gro", DATA / name / "aa.xtc", frames)
         values = checks(analysis, DATA / "aa.gro", result, slice(None))
         ref_energies = set_energies(DATA / "aa.gro", DATA / name / "aa.xtc", topology, frames, engine=engine)

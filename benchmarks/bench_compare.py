@@ -42,13 +42,24 @@ def main() -> None:
     workers = args.workers or available_cores()
     start_wall, start_cpu = time.perf_counter(), cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
-        report = compare(DATA / "aa.gro", bundled_path("sps/topol.top"), trajectory, sets, args.keep or tmp,
-                         frames=parse_frames(args.frames), rerun=not args.no_rerun, workers=workers, progress=False,
-                         overwrite=True)
+        report = compare(
+            DATA / "aa.gro",
+            bundled_path("sps/topol.top"),
+            trajectory,
+            sets,
+            args.keep or tmp,
+            frames=parse_frames(args.frames),
+            rerun=not args.no_rerun,
+            workers=workers,
+            progress=False,
+            overwrite=True,
+        )
     wall, cpu = time.perf_counter() - start_wall, cpu_seconds() - start_cpu
     frames = report["reference"]["frames"]
-    print(f"compare: {frames} frames x (reference + {args.sets} sets), {workers} workers, "
-          f"rerun {'off' if args.no_rerun else 'on'}")
+    print(
+        f"compare: {frames} frames x (reference + {args.sets} sets), {workers} workers, "
+        f"rerun {'off' if args.no_rerun else 'on'}"
+    )
     print(f"wall {wall:.1f} s, CPU {cpu:.1f} s (CPU / {available_cores()} cores = {cpu / available_cores():.1f} s)")
 
 

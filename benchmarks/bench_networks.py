@@ -107,9 +107,7 @@ def bench_voxelise(args: argparse.Namespace) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -117,16 +115,22 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="bfloat16 = autocast")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument(
-        "--clock", choices=["wall", "cpu"], default="wall",
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
         help="cpu: process CPU time, summed over threads (steadier on a busy machine with --threads 1)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"device {args.device}, {args.threads} threads, {args.clock} clock, torch {torch.__version__} "
-          f"(CPU capability {torch.backends.cpu.get_cpu_capability()}), batch 64 (inference 512)")
-    print(f"{'width':>5} {'layout':>13} {'dtype':>8} {'compile':>7} {'critic step':>12} {'gen step':>9} "
-          f"{'G+C total':>10} {'infer/sample':>13}")
+    print(
+        f"device {args.device}, {args.threads} threads, {args.clock} clock, torch {torch.__version__} "
+        f"(CPU capability {torch.backends.cpu.get_cpu_capability()}), batch 64 (inference 512)"
+    )
+    print(
+        f"{'width':>5} {'layout':>13} {'dtype':>8} {'compile':>7} {'critic step':>12} {'gen step':>9} "
+        f"{'G+C total':>10} {'infer/sample':>13}"
+    )
     layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last_3d}
     compiles = [False] if args.no_compile else [False, True]
     dtypes = [getattr(torch, d) for d in args.dtypes]
@@ -138,8 +142,10 @@ def main() -> None:
         except Exception as exc:  # torch.compile may be unavailable (no compiler, old torch, ...)
             print(f"{row} unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
             continue
-        print(f"{row} {critic_s * 1e3:>9.0f} ms {gen_s * 1e3:>6.0f} ms {(critic_s + gen_s) * 1e3:>7.0f} ms "
-              f"{infer_s * 1e3:>10.3f} ms")
+        print(
+            f"{row} {critic_s * 1e3:>9.0f} ms {gen_s * 1e3:>6.0f} ms {(critic_s + gen_s) * 1e3:>7.0f} ms "
+            f"{infer_s * 1e3:>10.3f} ms"
+        )
     print(f"voxelise B=512 M=200 C=30: {bench_voxelise(args) * 1e3:.0f} ms")
 
 

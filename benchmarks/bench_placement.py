@@ -57,12 +57,17 @@ def placement_errors(model, plan, prior, aa, cg, context: int, gen: torch.Genera
     for start in range(0, len(plan.step_atoms), ITEMS):
         steps = torch.arange(start, min(start + ITEMS, len(plan.step_atoms)))
         angle = torch.rand(len(steps), generator=gen, dtype=torch.float64) * 2 * np.pi
-        batch = to_device(gather(plan, hood, positions, cg_t, box, steps, torch.full((len(steps),), context),
-                                 angle, model.half_extent), torch.device("cpu"))
+        batch = to_device(
+            gather(
+                plan, hood, positions, cg_t, box, steps, torch.full((len(steps),), context), angle, model.half_extent
+            ),
+            torch.device("cpu"),
+        )
         static = environment_densities(batch, plan.layout.n_channels, model.grid)
-        (density, coords), (_, other) = (rollout(model.generator, static, batch, model.grid,
-                                                 model.network.n_atom_types, model.network.noise_dim)[1:]
-                                         for _ in range(2))
+        (density, coords), (_, other) = (
+            rollout(model.generator, static, batch, model.grid, model.network.n_atom_types, model.network.noise_dim)[1:]
+            for _ in range(2)
+        )
         m = batch.step_mask
         error = (coords - batch.target).norm(dim=-1)[m]
         spread = (coords - other).norm(dim=-1)[m]
@@ -86,8 +91,15 @@ def energy_rows(results: dict) -> list[list[str]]:
         for term in PRIOR_TERMS:
             generated, reference = (np.concatenate(results[phase, term, s]) for s in ("generated", "reference"))
             mean = reference.mean()
-            rows.append([phase, term, f"{mean:.3g}", f"{100 * generated.mean() / mean:.0f}",
-                         f"{100 * np.median(reference) / mean:.0f}"])
+            rows.append(
+                [
+                    phase,
+                    term,
+                    f"{mean:.3g}",
+                    f"{100 * generated.mean() / mean:.0f}",
+                    f"{100 * np.median(reference) / mean:.0f}",
+                ]
+            )
     return rows
 
 
@@ -118,17 +130,25 @@ def main() -> None:
         for atom_type in model.layout.atom_types:
             cells = [atom_type]
             for label in CONTEXTS:
-                error, spread, mass = (np.concatenate(results[label][atom_type, k])
-                                       for k in ("error", "spread", "mass"))
+                error, spread, mass = (
+                    np.concatenate(results[label][atom_type, k]) for k in ("error", "spread", "mass")
+                )
                 cells += [f"{error.mean():.3f}", f"{spread.mean():.4f}", f"{np.median(mass):.2f}"]
             rows.append(cells)
-        header = ["atom type"] + [f"{label} {what}" for label in CONTEXTS
-                                  for what in ("error (nm)", "two draws apart (nm)", "mass")]
+        header = ["atom type"] + [
+            f"{label} {what}" for label in CONTEXTS for what in ("error (nm)", "two draws apart (nm)", "mass")
+        ]
         print(f"## {name}: {args.model}, {n_frames} held-out frames, environment at the reference\n")
         print(markdown_table(header, rows) + "\n", flush=True)
         print(f"Item energies, Gibbs context ({name}):\n")
-        print(markdown_table(["phase", "term", "reference mean (kJ/mol)", "generated mean, % of it",
-                              "reference median, % of it"], energy_rows(results["Gibbs"])) + "\n", flush=True)
+        print(
+            markdown_table(
+                ["phase", "term", "reference mean (kJ/mol)", "generated mean, % of it", "reference median, % of it"],
+                energy_rows(results["Gibbs"]),
+            )
+            + "\n",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

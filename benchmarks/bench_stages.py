@@ -55,8 +55,12 @@ class StageMetrics:
         a = self.angles
         within = (owner[a[:, 0]] == owner[a[:, 1]]) & (owner[a[:, 1]] == owner[a[:, 2]])
         heavy = (topology.masses[a] > HEAVY_MASS).all(1)
-        self.classes = {"angle within beads, heavy": within & heavy, "angle within beads, with H": within & ~heavy,
-                        "angle across beads, heavy": ~within & heavy, "angle across beads, with H": ~within & ~heavy}
+        self.classes = {
+            "angle within beads, heavy": within & heavy,
+            "angle within beads, with H": within & ~heavy,
+            "angle across beads, heavy": ~within & heavy,
+            "angle across beads, with H": ~within & ~heavy,
+        }
 
     def __call__(self, positions: np.ndarray, box: np.ndarray) -> dict[str, float]:
         ctx = frame_context(positions, box, self.excluded, CLOSE)
@@ -64,20 +68,36 @@ class StageMetrics:
         theta = _geometry([ctx.vectors(a[:, 0], a[:, 1]), ctx.vectors(a[:, 1], a[:, 2])])
         energy = _bonded_energy("angle", theta, self.force_field.terms["angle"][1]).numpy()
         terms = self.force_field.energies(positions, box)
-        return {"angle": float(energy.sum()), **{name: float(energy[m].sum()) for name, m in self.classes.items()},
-                "proper": float(terms["proper"]), "improper": float(terms["improper"]), "LJ": float(terms["lj"]),
-                "bond RMS (nm)": float(self.bonds.single_frame(ctx)[0]),
-                f"pairs < {CLOSE} nm": float(self.close.single_frame(ctx)[0])}
+        return {
+            "angle": float(energy.sum()),
+            **{name: float(energy[m].sum()) for name, m in self.classes.items()},
+            "proper": float(terms["proper"]),
+            "improper": float(terms["improper"]),
+            "LJ": float(terms["lj"]),
+            "bond RMS (nm)": float(self.bonds.single_frame(ctx)[0]),
+            f"pairs < {CLOSE} nm": float(self.close.single_frame(ctx)[0]),
+        }
 
 
-def sample_stages(model, system, metrics: StageMetrics, frame, seed: int, orientations: int,
-                  gibbs_sweeps: int, repair_rounds: int) -> dict[str, dict[str, float]]:
+def sample_stages(
+    model, system, metrics: StageMetrics, frame, seed: int, orientations: int, gibbs_sweeps: int, repair_rounds: int
+) -> dict[str, dict[str, float]]:
     """`metrics` of one CG frame's structure after each stage of sampling, by stage name."""
     out = {}
-    backmap_frame(model, system.plan, system.prior, frame.positions, frame.box, gibbs_sweeps=gibbs_sweeps,
-                  repair_rounds=repair_rounds, orientations=orientations, generator=seed,
-                  constraints=system.constraints, stereo=system.stereo,
-                  stages=lambda stage, positions: out.__setitem__(stage, metrics(positions, frame.box)))
+    backmap_frame(
+        model,
+        system.plan,
+        system.prior,
+        frame.positions,
+        frame.box,
+        gibbs_sweeps=gibbs_sweeps,
+        repair_rounds=repair_rounds,
+        orientations=orientations,
+        generator=seed,
+        constraints=system.constraints,
+        stereo=system.stereo,
+        stages=lambda stage, positions: out.__setitem__(stage, metrics(positions, frame.box)),
+    )
     return out
 
 
@@ -106,15 +126,19 @@ def main() -> None:
         for ref, frame in zip(held_out(aa, name, frames), held_out(cg, name, frames)):
             stages.setdefault("reference", []).append(metrics(ref.positions, ref.box))
             seed = frame_seed(args.seed, frame.step)
-            for stage, values in sample_stages(model, system, metrics, frame, seed, args.orientations,
-                                               args.gibbs_sweeps, args.repair_rounds).items():
+            for stage, values in sample_stages(
+                model, system, metrics, frame, seed, args.orientations, args.gibbs_sweeps, args.repair_rounds
+            ).items():
                 stages.setdefault(stage, []).append(values)
-        means = {stage: {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
-                 for stage, rows in stages.items()}
+        means = {
+            stage: {k: float(np.mean([row[k] for row in rows])) for k in rows[0]} for stage, rows in stages.items()
+        }
         results[name] = means
         columns = list(means["reference"])
-        rows = [[stage] + [f"{v:.4f}" if "nm)" in k else f"{v:.0f}" for k, v in values.items()]
-                for stage, values in means.items()]
+        rows = [
+            [stage] + [f"{v:.4f}" if "nm)" in k else f"{v:.0f}" for k, v in values.items()]
+            for stage, values in means.items()
+        ]
         n = len(stages["reference"])
         print(f"## {name[1:]} K: {args.model}, {n} held-out frames, energies in kJ/mol per frame\n")
         print(markdown_table(["stage", *columns], rows) + "\n", flush=True)

@@ -41,8 +41,9 @@ from gmx_deepbackmap.topology import read_topology, system_residue_numbers
 AS_GENERATED = "before the stage"
 
 
-def thermalise_file(source: Path, cg: Path, result: Path, temperature: float, selection: str, sweeps: int,
-                    frames: slice, model: str) -> float:
+def thermalise_file(
+    source: Path, cg: Path, result: Path, temperature: float, selection: str, sweeps: int, frames: slice, model: str
+) -> float:
     """The `frames` of `source` after the stage at `temperature`, bead centres restrained to the
     CG frames of `cg` and the chiral centres of `model` kept, written to `result`; returns the
     stage's wall seconds per frame."""
@@ -52,11 +53,19 @@ def thermalise_file(source: Path, cg: Path, result: Path, temperature: float, se
     universe, cg_universe = load_universe(DATA / "aa.gro", source), load_universe(DATA / "cg.gro", cg)
     out, seconds = [], 0.0
     pairs = zip(iter_frames(universe, frames), iter_frames(cg_universe, frames))
-    for frame, cg_frame in tqdm(pairs, total=len(range(len(universe.trajectory))[frames]), unit="frame",
-                                desc=source.name):
+    for frame, cg_frame in tqdm(
+        pairs, total=len(range(len(universe.trajectory))[frames]), unit="frame", desc=source.name
+    ):
         start = time.perf_counter()
-        x = thermalise(frame.positions, frame.box, moves, temperature, sweeps,
-                       torch.Generator().manual_seed(frame_seed(0, frame.step)), cg=cg_frame.positions)
+        x = thermalise(
+            frame.positions,
+            frame.box,
+            moves,
+            temperature,
+            sweeps,
+            torch.Generator().manual_seed(frame_seed(0, frame.step)),
+            cg=cg_frame.positions,
+        )
         seconds += time.perf_counter() - start
         out.append(Frame(x, frame.box, frame.time, frame.step))
     write_frames(result, top.atom_names, top.residue_names, system_residue_numbers(top), out, overwrite=True)
@@ -68,8 +77,14 @@ def frames_of(source: Path, result: Path, frames: slice) -> Path:
     if frames == slice(None):
         return source
     top = read_topology(bundled_path("sps/topol.top"))
-    write_frames(result, top.atom_names, top.residue_names, system_residue_numbers(top),
-                 list(iter_frames(load_universe(DATA / "aa.gro", source), frames)), overwrite=True)
+    write_frames(
+        result,
+        top.atom_names,
+        top.residue_names,
+        system_residue_numbers(top),
+        list(iter_frames(load_universe(DATA / "aa.gro", source), frames)),
+        overwrite=True,
+    )
     return result
 
 
@@ -90,22 +105,40 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     n_atoms = len(load_universe(DATA / "aa.gro").atoms)
     frames = parse_frames(args.frames)
-    text = [f"frames {args.frames or 'all'} of {source}, thermal {args.thermal}, {args.sweeps} sweeps, "
-            f"{args.threads} threads"]
+    text = [
+        f"frames {args.frames or 'all'} of {source}, thermal {args.thermal}, {args.sweeps} sweeps, "
+        f"{args.threads} threads"
+    ]
     for name in args.sets:
         generated = frames_of(source / f"dbm-{name}.xtc", out / f"before-{name}.xtc", frames)
         reference = frames_of(source / f"heldout-{name}-aa.xtc", out / f"heldout-{name}-aa.xtc", frames)
         speed = json.loads(next(source.glob(f"speed-{name}-*.json")).read_text())
         result = out / f"dbm-{name}.xtc"
-        stage = thermalise_file(source / f"dbm-{name}.xtc", source / f"heldout-{name}-cg.xtc", result,
-                                TEMPERATURES[name], args.thermal, args.sweeps, frames, args.model)
-        report = compare(DATA / "aa.gro", bundled_path("sps/topol.top"), reference,
-                         {MODEL: result, AS_GENERATED: generated}, out / f"compare-{name}", overwrite=True)
+        stage = thermalise_file(
+            source / f"dbm-{name}.xtc",
+            source / f"heldout-{name}-cg.xtc",
+            result,
+            TEMPERATURES[name],
+            args.thermal,
+            args.sweeps,
+            frames,
+            args.model,
+        )
+        report = compare(
+            DATA / "aa.gro",
+            bundled_path("sps/topol.top"),
+            reference,
+            {MODEL: result, AS_GENERATED: generated},
+            out / f"compare-{name}",
+            overwrite=True,
+        )
         n = len(load_universe(DATA / "aa.gro", reference).trajectory)
         before = speed["seconds"] / speed["frames"]
         table = bar_table(report, name, before + stage, n_atoms)
-        text.append(f"## {name[1:]} K: {n} held-out frames\n\nWall time: {before:.1f} s per frame before the "
-                    f"stage (the earlier run), {stage:.1f} s for the stage.\n\n{table}")
+        text.append(
+            f"## {name[1:]} K: {n} held-out frames\n\nWall time: {before:.1f} s per frame before the "
+            f"stage (the earlier run), {stage:.1f} s for the stage.\n\n{table}"
+        )
         publish(out, "bench_thermal", text, name, report)
 
 

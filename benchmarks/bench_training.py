@@ -82,16 +82,32 @@ def trainer_for(variant: dict, threads: int) -> T.Trainer:
     topology = read_topology(bundled_path("sps/topol.top"))
     mapping = read_mapping(None, topology)
     plan = T.plan_system(topology, mapping)
-    network = dataclasses.replace(NetworkConfig(), **variant.get("network", {}), n_atom_types=4,
-                                  n_env_channels=plan.layout.n_channels)
+    network = dataclasses.replace(
+        NetworkConfig(), **variant.get("network", {}), n_atom_types=4, n_env_channels=plan.layout.n_channels
+    )
     options = {k: v for k, v in variant.items() if k != "network"}
-    config = T.TrainConfig(aa=[str(DATA / "aa" / "90.gro")], cg=[str(DATA / "cg" / "90.gro")],
-                           network=network, prior_ramp=(0, 1), **options)
+    config = T.TrainConfig(
+        aa=[str(DATA / "aa" / "90.gro")],
+        cg=[str(DATA / "cg" / "90.gro")],
+        network=network,
+        prior_ramp=(0, 1),
+        **options,
+    )
     data = T.load_training_set(config, plan, mapping)
     torch.manual_seed(0)
     g, c = Generator(network), Critic(network)
-    return T.Trainer(config, data, LocalPrior(topology, plan), g, c, torch.optim.Adam(g.parameters()),
-                     torch.optim.Adam(c.parameters()), torch.Generator().manual_seed(0), torch.device("cpu"), step=1)
+    return T.Trainer(
+        config,
+        data,
+        LocalPrior(topology, plan),
+        g,
+        c,
+        torch.optim.Adam(g.parameters()),
+        torch.optim.Adam(c.parameters()),
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+        step=1,
+    )
 
 
 def main() -> None:
@@ -112,8 +128,12 @@ def main() -> None:
         total = time.perf_counter() - start
         seconds = total / args.iterations
         shares = [100 * timer.totals[p] / total for p in PHASES]
-        print(f"{name:16s} {seconds:8.2f} {3600 / seconds:8.0f}  " + " ".join(f"{v:8.0f}%" for v in shares)
-              + f"  (other {100 - sum(shares):.0f}%)", flush=True)
+        print(
+            f"{name:16s} {seconds:8.2f} {3600 / seconds:8.0f}  "
+            + " ".join(f"{v:8.0f}%" for v in shares)
+            + f"  (other {100 - sum(shares):.0f}%)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

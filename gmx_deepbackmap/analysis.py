@@ -77,8 +77,11 @@ LJ_BINS = 60
 LJ_RANGE = (0.5, 99.5)  # percentiles of the reference that span the LJ bins ...
 LJ_WIDEN = 0.2  # ... widened by this fraction of their width (half on each side)
 # MoleculeLJ parts and their observable names: all pairs, then pairs within / between molecules
-LJ_PARTS = {"total": "LJ energy per molecule", "intra": "LJ energy per molecule, intramolecular pairs",
-            "inter": "LJ energy per molecule, intermolecular pairs"}
+LJ_PARTS = {
+    "total": "LJ energy per molecule",
+    "intra": "LJ energy per molecule, intramolecular pairs",
+    "inter": "LJ energy per molecule, intermolecular pairs",
+}
 NEIGHBOUR_SKIN = 1e-3  # nm: the grid search runs in float32; the exact cut-off is applied after it
 
 
@@ -140,16 +143,26 @@ def _config_from_dict(data: dict) -> ObservableConfig:
         unknown = set(entry) - {f.name for f in fields(DistributionSpec)}
         if unknown:
             raise ValueError(f"unknown keys in [[distribution]]: {', '.join(sorted(unknown))}")
-        spec = DistributionSpec(**{**entry, "atoms": tuple(entry["atoms"]), "bins": tuple(entry["bins"]),
-                                   "molecules": tuple(entry["molecules"])})
+        spec = DistributionSpec(
+            **{
+                **entry,
+                "atoms": tuple(entry["atoms"]),
+                "bins": tuple(entry["bins"]),
+                "molecules": tuple(entry["molecules"]),
+            }
+        )
         _check_spec(spec)
         specs.append(spec)
     pair_keys = {"elements": "pair_elements", "r_max": "pair_r_max", "width": "pair_width"}
     unknown = (set(data) - {"cutoff", "clash_distance"}) | (set(pairs) - set(pair_keys))
     if unknown:
         raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
-    config = ObservableConfig(tuple(specs), molecule_types, **data,
-                              **{pair_keys[k]: tuple(v) if k == "elements" else v for k, v in pairs.items()})
+    config = ObservableConfig(
+        tuple(specs),
+        molecule_types,
+        **data,
+        **{pair_keys[k]: tuple(v) if k == "elements" else v for k, v in pairs.items()},
+    )
     if config.cutoff < max(config.pair_r_max, config.clash_distance):
         raise ValueError("cutoff must be at least pair_distances.r_max and clash_distance")
     return config
@@ -175,8 +188,11 @@ def default_observables(topology: Topology) -> ObservableConfig:
     found = [c for c in found if present & set(c.molecule_types)]
     if not found:
         return ObservableConfig()
-    return replace(found[0], distributions=tuple(s for c in found for s in c.distributions),
-                   molecule_types=tuple(sorted({m for c in found for m in c.molecule_types} & present)))
+    return replace(
+        found[0],
+        distributions=tuple(s for c in found for s in c.distributions),
+        molecule_types=tuple(sorted({m for c in found for m in c.molecule_types} & present)),
+    )
 
 
 # --------------------------------------------------------------------------- selections
@@ -245,8 +261,9 @@ def select_tuples(topology: Topology, spec: DistributionSpec) -> np.ndarray:
     else:
         tuples = getattr(topology, spec.source).indices
         if tuples.shape[1] != k:
-            raise InputError(f"distribution '{spec.name}': {spec.source} have {tuples.shape[1]} atoms, "
-                             f"the patterns name {k}")
+            raise InputError(
+                f"distribution '{spec.name}': {spec.source} have {tuples.shape[1]} atoms, the patterns name {k}"
+            )
         if spec.molecules:
             names = np.array([name for name, _ in topology.molecules])[topology.molecule_index]
             tuples = tuples[np.isin(names[tuples[:, 0]], spec.molecules)]
@@ -256,8 +273,9 @@ def select_tuples(topology: Topology, spec: DistributionSpec) -> np.ndarray:
     backward = ~forward & _pattern_mask(labels[:, ::-1], spec.atoms, spec.regex)
     selected = np.concatenate([tuples[forward], tuples[backward][:, ::-1]])
     if len(selected) == 0:
-        raise InputError(f"distribution '{spec.name}' selects no atoms ({spec.select}s {'-'.join(spec.atoms)} "
-                         f"along {spec.source})")
+        raise InputError(
+            f"distribution '{spec.name}' selects no atoms ({spec.select}s {'-'.join(spec.atoms)} along {spec.source})"
+        )
     return selected
 
 
@@ -293,8 +311,12 @@ def frame_context(positions: np.ndarray, box: np.ndarray, excluded_keys: np.ndar
         near = np.flatnonzero(pairs[:, 1] - pairs[:, 0] <= (excluded_keys % n - excluded_keys // n).max())
         keys = pairs[near, 0] * n + pairs[near, 1]
         keep[near] &= excluded_keys[np.minimum(np.searchsorted(excluded_keys, keys), len(excluded_keys) - 1)] != keys
-    return FrameContext(torch.as_tensor(positions, dtype=torch.float64), torch.as_tensor(box, dtype=torch.float64),
-                        pairs[keep], distances[keep])
+    return FrameContext(
+        torch.as_tensor(positions, dtype=torch.float64),
+        torch.as_tensor(box, dtype=torch.float64),
+        pairs[keep],
+        distances[keep],
+    )
 
 
 # --------------------------------------------------------------------------- observables
@@ -388,8 +410,9 @@ class MoleculeLJ(Distribution):
         c6, c12 = (torch.from_numpy(np.take(table, pair_type)) for table in (self.c6, self.c12))
         energy = lj_row_energies(torch.from_numpy(distances**2), c6, c12, self.cutoff).numpy()
         n = int(self.molecule_index.max()) + 1
-        per_molecule = (np.bincount(self.molecule_index[i], 0.5 * energy, minlength=n)
-                        + np.bincount(self.molecule_index[j], 0.5 * energy, minlength=n))
+        per_molecule = np.bincount(self.molecule_index[i], 0.5 * energy, minlength=n) + np.bincount(
+            self.molecule_index[j], 0.5 * energy, minlength=n
+        )
         return per_molecule[self.molecules]
 
     def edges(self, reference: np.ndarray) -> np.ndarray:
@@ -429,14 +452,18 @@ class PairDistances(Observable):
     def summary(self, values: np.ndarray) -> dict[str, float]:
         centres = 0.5 * (self.edges[1:] + self.edges[:-1])
         total = values.sum(0)
-        return {"pairs_per_frame": float(values.sum(1).mean()),
-                "mean_distance": float((centres * total).sum() / max(total.sum(), 1.0))}
+        return {
+            "pairs_per_frame": float(values.sum(1).mean()),
+            "mean_distance": float((centres * total).sum() / max(total.sum(), 1.0)),
+        }
 
     def score(self, reference: np.ndarray, values: np.ndarray) -> dict[str, float]:
         h_ref, h = reference.mean(0), values.mean(0)
         centres = 0.5 * (self.edges[1:] + self.edges[:-1])
-        return {"l1": float(np.abs(h - h_ref).sum() / h_ref.sum()),
-                "w1": float(wasserstein_distance(centres, centres, h, h_ref))}
+        return {
+            "l1": float(np.abs(h - h_ref).sum() / h_ref.sum()),
+            "w1": float(wasserstein_distance(centres, centres, h, h_ref)),
+        }
 
 
 @dataclass
@@ -510,15 +537,21 @@ class Chirality(Observable):
         return np.stack(per_frame)
 
     def summary(self, values: np.ndarray) -> dict[str, float]:
-        return {"centres": int(values.shape[1]), "positive_per_frame": float((values > 0).sum(1).mean()),
-                "negative_per_frame": float((values < 0).sum(1).mean())}
+        return {
+            "centres": int(values.shape[1]),
+            "positive_per_frame": float((values > 0).sum(1).mean()),
+            "negative_per_frame": float((values < 0).sum(1).mean()),
+        }
 
     def score(self, reference: np.ndarray, values: np.ndarray) -> dict[str, float]:
         n = min(len(reference), len(values))
         flips = (values[:n] != reference[:n]).sum(1)
         checked = n * values.shape[1]
-        return {"frames_compared": n, "flips_per_frame": float(flips.mean()) if n else 0.0,
-                "flipped_fraction": float(flips.sum() / checked) if checked else 0.0}
+        return {
+            "frames_compared": n,
+            "flips_per_frame": float(flips.mean()) if n else 0.0,
+            "flipped_fraction": float(flips.sum() / checked) if checked else 0.0,
+        }
 
 
 @dataclass
@@ -542,8 +575,9 @@ class BondedEnergyByType(Observable):
             rows = getattr(topology, attribute)
             if not len(rows.indices):
                 continue
-            labels = [f"{GMX_TERM_NAMES[term]} {'-'.join(_type_tuple(term, topology.atom_types[i]))}"
-                      for i in rows.indices]
+            labels = [
+                f"{GMX_TERM_NAMES[term]} {'-'.join(_type_tuple(term, topology.atom_types[i]))}" for i in rows.indices
+            ]
             group = np.array([groups.setdefault(label, len(groups)) for label in labels], dtype=np.int64)
             terms[term] = (rows.indices, rows.params, group)
         return cls(terms, list(groups))
@@ -619,14 +653,31 @@ class Analysis:
     def from_topology(cls, topology: Topology, config: ObservableConfig) -> Analysis:
         """Resolve every observable's atoms and parameters for this topology."""
         n = topology.n_atoms
-        observables: list[Observable] = [BondedDistribution(spec, select_tuples(topology, spec))
-                                         for spec in config.distributions]
+        observables: list[Observable] = [
+            BondedDistribution(spec, select_tuples(topology, spec)) for spec in config.distributions
+        ]
         names = np.array([name for name, _ in topology.molecules])
         wanted = np.isin(names, config.molecule_types) if config.molecule_types else np.ones(len(names), bool)
-        observables += [MoleculeLJ(topology.molecule_index, topology.type_index, topology.c6, topology.c12,
-                                   config.cutoff, np.flatnonzero(wanted), part) for part in LJ_PARTS]
-        observables.append(PairDistances(np.isin(topology.elements, config.pair_elements), config.pair_r_max,
-                                         config.pair_width, config.pair_elements))
+        observables += [
+            MoleculeLJ(
+                topology.molecule_index,
+                topology.type_index,
+                topology.c6,
+                topology.c12,
+                config.cutoff,
+                np.flatnonzero(wanted),
+                part,
+            )
+            for part in LJ_PARTS
+        ]
+        observables.append(
+            PairDistances(
+                np.isin(topology.elements, config.pair_elements),
+                config.pair_r_max,
+                config.pair_width,
+                config.pair_elements,
+            )
+        )
         bonds = np.concatenate([topology.bonds.indices, topology.constraints.indices]).reshape(-1, 2)
         b0 = np.concatenate([topology.bonds.params[:, 0], topology.constraints.params[:, 0]])
         observables.append(BondDeviation(bonds, b0))
@@ -680,8 +731,9 @@ def _worker_frame(positions: np.ndarray, box: np.ndarray) -> list[np.ndarray]:
 
 def frame_workers(analysis: Analysis, workers: int) -> ProcessPoolExecutor:
     """Worker processes (spawned, one thread each) that analyse frames with `analysis`."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(analysis,))
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(analysis,)
+    )
 
 
 def available_cores() -> int:
@@ -741,8 +793,9 @@ def compare(
             n = len(range(len(universe.trajectory))[frames])
             if n == 0:
                 raise InputError("--frames selects no frames of this trajectory", trajectory)
-            selected = tqdm(iter_frames(universe, frames), total=n, desc=label, unit="frame", leave=False,
-                            disable=not progress)
+            selected = tqdm(
+                iter_frames(universe, frames), total=n, desc=label, unit="frame", leave=False, disable=not progress
+            )
             values = analysis.run(selected, executor, window=2 * workers)
             results[label] = SetResult(label, str(trajectory), n, values)
     finally:
@@ -756,8 +809,9 @@ def compare(
     return report
 
 
-def set_energies(structure, trajectory, topology: Topology, frames: slice = slice(None), mdp=None,
-                 engine=None) -> dict[str, np.ndarray]:
+def set_energies(
+    structure, trajectory, topology: Topology, frames: slice = slice(None), mdp=None, engine=None
+) -> dict[str, np.ndarray]:
     """Per-frame GROMACS energies (`gmx mdrun -rerun`) of the selected frames, by term name."""
     from .gromacs import rerun_energies
 
@@ -765,7 +819,12 @@ def set_energies(structure, trajectory, topology: Topology, frames: slice = slic
         if frames != slice(None):
             universe = load_universe(structure, trajectory)
             trajectory = Path(tmp) / "frames.xtc"
-            write_frames(trajectory, topology.atom_names, topology.residue_names, topology.residue_numbers,
-                         list(iter_frames(universe, frames)))
+            write_frames(
+                trajectory,
+                topology.atom_names,
+                topology.residue_names,
+                topology.residue_numbers,
+                list(iter_frames(universe, frames)),
+            )
         energies = rerun_energies(structure, trajectory, topology.path, mdp=mdp, engine=engine)
     return {term: energies[term] for term in ENERGY_TERMS if term in energies}

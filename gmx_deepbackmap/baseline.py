@@ -128,8 +128,11 @@ def modifier_steps(topology: Topology, mapping: Mapping) -> list[ModifierStep]:
                 length = geometry.bond(*atoms[0, :2])
                 angle = geometry.angle(*atoms[0, :3]) if modifier.kind in ("cis", "trans") else math.nan
             except KeyError as missing:
-                raise InputError(f"modifier '{line}' of molecule type '{name}': {missing.args[0]}",
-                                 molecule.path, section="modifiers") from None
+                raise InputError(
+                    f"modifier '{line}' of molecule type '{name}': {missing.args[0]}",
+                    molecule.path,
+                    section="modifiers",
+                ) from None
             steps.append(ModifierStep(f"{line} ({name})", modifier.kind, atoms, length, angle))
     return steps
 
@@ -158,8 +161,10 @@ class _Geometry:
         if (a, b, c) in self.angles:
             return self.angles[(a, b, c)]
         if (b, a, c) not in self.angles:
-            raise KeyError(f"no angle {self.names[a]}-{self.names[b]}-{self.names[c]} in the topology "
-                           f"(nor an angle {self.names[b]}-{self.names[a]}-{self.names[c]})")
+            raise KeyError(
+                f"no angle {self.names[a]}-{self.names[b]}-{self.names[c]} in the topology "
+                f"(nor an angle {self.names[b]}-{self.names[a]}-{self.names[c]})"
+            )
         p, q = self.bond(a, b), self.bond(a, c)
         gamma = math.radians(self.angles[(b, a, c)])
         return math.degrees(math.atan2(q * math.sin(gamma), p - q * math.cos(gamma)))
@@ -172,8 +177,10 @@ def apply_modifiers(positions: np.ndarray, steps: list[ModifierStep]) -> np.ndar
         placed = modifier_position(step.kind, x[step.atoms[:, 1:]], step.length, step.angle)
         bad = np.flatnonzero(~np.isfinite(placed).all(1))
         if len(bad):
-            raise InputError(f"modifier '{step.line}' is degenerate at atom {step.atoms[bad[0], 0] + 1} (its "
-                             "reference atoms coincide or are collinear)")
+            raise InputError(
+                f"modifier '{step.line}' is degenerate at atom {step.atoms[bad[0], 0] + 1} (its "
+                "reference atoms coincide or are collinear)"
+            )
         x[step.atoms[:, 0]] = placed
     return x
 
@@ -226,8 +233,9 @@ def write_bonded_only_topology(topology: PathLike, dest: PathLike) -> Path:
     return dest
 
 
-def separate_overlaps(positions: np.ndarray, box: np.ndarray, excluded: np.ndarray,
-                      distance: float = MIN_SEPARATION) -> np.ndarray:
+def separate_overlaps(
+    positions: np.ndarray, box: np.ndarray, excluded: np.ndarray, distance: float = MIN_SEPARATION
+) -> np.ndarray:
     """Positions (N, 3) in which non-excluded atom pairs closer than `distance` (nm) have been pushed
     apart, each atom half the way along the pair's axis (a few passes; a copy). `excluded`: keys
     i * N + j (i < j) of the excluded pairs, sorted."""
@@ -359,14 +367,20 @@ def baseline(
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
     system = BaselineSystem.from_topology(top, cg_map)
-    universe, n_frames = open_frames(structure, trajectory, cg_map.n_beads, frames, output,
-                                     f"the CG mapping of the topology {topology}")
+    universe, n_frames = open_frames(
+        structure, trajectory, cg_map.n_beads, frames, output, f"the CG mapping of the topology {topology}"
+    )
     gmx = gromacs.get_engine(engine) if minimise else None  # fails early when GROMACS is missing
     written, times = [], []
     with tempfile.TemporaryDirectory(prefix="gmxdbm-baseline-") as tmp:
         minimiser = _Minimiser(top, gmx, Path(tmp)) if gmx is not None else None
-        for cg in tqdm(iter_frames(universe, frames), total=n_frames, unit="frame", desc="baseline",
-                       disable=None if progress else True):
+        for cg in tqdm(
+            iter_frames(universe, frames),
+            total=n_frames,
+            unit="frame",
+            desc="baseline",
+            disable=None if progress else True,
+        ):
             if not (np.diag(cg.box) > 0).all():
                 raise InputError(f"frame {cg.step} has no periodic box", trajectory or structure)
             t0 = time.perf_counter()
@@ -387,12 +401,15 @@ def baseline(
 
 def timing_summary(times: list[FrameTiming]) -> str:
     """One line: mean wall time per frame and its parts."""
+
     def mean(values):
         return statistics.fmean(values) if values else 0.0
 
     total = [t.total for t in times]
     spread = f" +- {statistics.stdev(total):.2f}" if len(total) > 1 else ""
-    return (f"Wall time per frame: {mean(total):.2f}{spread} s (placement and modifiers "
-            f"{mean([t.placement for t in times]):.3f} s, minimisation without non-bonded "
-            f"{mean([t.em_bonded for t in times]):.2f} s, with everything {mean([t.em_full for t in times]):.2f} s; "
-            f"{len(times)} frame{'s' if len(times) != 1 else ''})")
+    return (
+        f"Wall time per frame: {mean(total):.2f}{spread} s (placement and modifiers "
+        f"{mean([t.placement for t in times]):.3f} s, minimisation without non-bonded "
+        f"{mean([t.em_bonded for t in times]):.2f} s, with everything {mean([t.em_full for t in times]):.2f} s; "
+        f"{len(times)} frame{'s' if len(times) != 1 else ''})"
+    )

@@ -62,8 +62,11 @@ def backmap_in_chunks(
     if manifest is None:
         _write_manifest(work, {"run": run})
     elif manifest["run"] != run:
-        raise InputError("this folder holds chunks of another run (different inputs, model, seed, frames or "
-                         "options); use a new --workdir", work)
+        raise InputError(
+            "this folder holds chunks of another run (different inputs, model, seed, frames or "
+            "options); use a new --workdir",
+            work,
+        )
     chunks = list(_chunks(run))
     if only is not None and not 0 <= only < len(chunks):
         raise InputError(f"--chunk {only}: this run has chunks 0 to {len(chunks) - 1}")
@@ -71,8 +74,18 @@ def backmap_in_chunks(
     for k, (name, chunk) in enumerate(chunks):
         if (only is not None and k != only) or (work / name).is_file():
             continue
-        backmap(structure, topology, work / name, trajectory=trajectory, frames=slice(chunk.start, chunk.stop,
-                chunk.step), seed=seed, model=model, overwrite=True, progress=progress, **options)
+        backmap(
+            structure,
+            topology,
+            work / name,
+            trajectory=trajectory,
+            frames=slice(chunk.start, chunk.stop, chunk.step),
+            seed=seed,
+            model=model,
+            overwrite=True,
+            progress=progress,
+            **options,
+        )
         done += len(chunk)
     return done
 
@@ -90,10 +103,16 @@ def merge_chunks(workdir: str | os.PathLike, output: str | os.PathLike, overwrit
     chunks = [name for name, _ in _chunks(manifest["run"])]
     missing = [n for n in chunks if not (work / n).is_file()]
     if missing:
-        raise InputError(f"{len(missing)} of {len(chunks)} chunks missing ({', '.join(missing[:3])}"
-                         f"{', ...' if len(missing) > 3 else ''}); rerun the chunked backmap first", work)
-    frames = [Frame(ts.positions / 10.0, box_from_dimensions(ts.dimensions), float(ts.time), int(ts.frame))
-              for name in chunks for ts in XTCReader(str(work / name))]
+        raise InputError(
+            f"{len(missing)} of {len(chunks)} chunks missing ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}); rerun the chunked backmap first",
+            work,
+        )
+    frames = [
+        Frame(ts.positions / 10.0, box_from_dimensions(ts.dimensions), float(ts.time), int(ts.frame))
+        for name in chunks
+        for ts in XTCReader(str(work / name))
+    ]
     top = read_topology(manifest["run"]["topology"])
     write_frames(output, top.atom_names, top.residue_names, system_residue_numbers(top), frames, overwrite)
     return len(frames)
@@ -103,7 +122,7 @@ def _chunks(run: dict):
     indices = range(*run["frames"])
     size = run["chunk_size"]
     for k in range(0, len(indices), size):
-        yield f"chunk{k // size:05d}.xtc", indices[k:k + size]
+        yield f"chunk{k // size:05d}.xtc", indices[k : k + size]
 
 
 def _read_manifest(work: Path) -> dict | None:

@@ -32,27 +32,55 @@ overwrite_option = click.option(
 )
 no_progress_option = click.option("--no-progress", is_flag=True, help="No progress bars (batch jobs).")
 frames_option = click.option("--frames", default=None, help="Frames to use, b:e:s (Python slice, 0-based).")
-engine_option = click.option("--engine", type=click.Choice(["gmxapi", "cli"]), default=None,
-                             help="GROMACS back end. Default: $GMXDBM_ENGINE, else gmxapi when importable, else cli.")
-mapping_option = click.option("-m", "mapping", multiple=True, type=click.Path(dir_okay=False),
-                              help="Mapping file(s) (topologies/MAPPING.md); unmapped molecule types use the bundled "
-                                   "one.")
-aa_structure_option = click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
-                                   help="Atomistic structure (.gro, .pdb); it names the atoms of the trajectories.")
-aa_trajectory_option = click.option("-f", "trajectory", type=click.Path(dir_okay=False),
-                                    help="Atomistic trajectory (.xtc, .trr).")
-topology_option = click.option("-p", "topology", required=True, type=click.Path(dir_okay=False),
-                               help="Atomistic topology (.top).")
-cg_structure_option = click.option("-s", "structure", required=True, type=click.Path(dir_okay=False),
-                                   help="CG structure (.gro, .pdb): one bead per line, in mapping order; with -f, "
-                                        "it names the beads.")
-cg_trajectory_option = click.option("-f", "trajectory", type=click.Path(dir_okay=False),
-                                    help="CG trajectory (.xtc, .trr).")
-system_topology_option = click.option("-p", "topology", type=click.Path(dir_okay=False),
-                                      help="Atomistic topology (.top) of the system to build. Default: the bundled "
-                                           "sPS one (36 PS1).")
-aa_output_option = click.option("-o", "output", required=True, type=click.Path(dir_okay=False),
-                                help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several.")
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(["gmxapi", "cli"]),
+    default=None,
+    help="GROMACS back end. Default: $GMXDBM_ENGINE, else gmxapi when importable, else cli.",
+)
+mapping_option = click.option(
+    "-m",
+    "mapping",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Mapping file(s) (topologies/MAPPING.md); unmapped molecule types use the bundled one.",
+)
+aa_structure_option = click.option(
+    "-s",
+    "structure",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Atomistic structure (.gro, .pdb); it names the atoms of the trajectories.",
+)
+aa_trajectory_option = click.option(
+    "-f", "trajectory", type=click.Path(dir_okay=False), help="Atomistic trajectory (.xtc, .trr)."
+)
+topology_option = click.option(
+    "-p", "topology", required=True, type=click.Path(dir_okay=False), help="Atomistic topology (.top)."
+)
+cg_structure_option = click.option(
+    "-s",
+    "structure",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="CG structure (.gro, .pdb): one bead per line, in mapping order; with -f, it names the beads.",
+)
+cg_trajectory_option = click.option(
+    "-f", "trajectory", type=click.Path(dir_okay=False), help="CG trajectory (.xtc, .trr)."
+)
+system_topology_option = click.option(
+    "-p",
+    "topology",
+    type=click.Path(dir_okay=False),
+    help="Atomistic topology (.top) of the system to build. Default: the bundled sPS one (36 PS1).",
+)
+aa_output_option = click.option(
+    "-o",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several.",
+)
 
 
 @main.command("map")
@@ -60,8 +88,13 @@ aa_output_option = click.option("-o", "output", required=True, type=click.Path(d
 @aa_trajectory_option
 @topology_option
 @mapping_option
-@click.option("-o", "output", required=True, type=click.Path(dir_okay=False),
-              help="CG output: .gro/.pdb for one frame, .xtc/.trr for several.")
+@click.option(
+    "-o",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="CG output: .gro/.pdb for one frame, .xtc/.trr for several.",
+)
 @frames_option
 @overwrite_option
 def map_command(structure, trajectory, topology, mapping, output, frames, overwrite):
@@ -74,9 +107,13 @@ def map_command(structure, trajectory, topology, mapping, output, frames, overwr
 
 
 @main.command("train")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Training config (TOML; keys of gmx_deepbackmap.training.TrainConfig). Paths in it are "
-                   "relative to the file. Options below override it.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Training config (TOML; keys of gmx_deepbackmap.training.TrainConfig). Paths in it are "
+    "relative to the file. Options below override it.",
+)
 @click.option("--aa", multiple=True, help="AA training structures: files, folders of .gro, or globs.")
 @click.option("--cg", multiple=True, help="Matching CG structures (paired by file name); default: mapped.")
 @click.option("-p", "topology", type=click.Path(dir_okay=False), help="Atomistic topology (.top).")
@@ -88,8 +125,7 @@ def map_command(structure, trajectory, topology, mapping, output, frames, overwr
 @click.option("--seed", type=int, help="Random seed.")
 @no_progress_option
 @overwrite_option
-def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps, device, seed, no_progress,
-                  overwrite):
+def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps, device, seed, no_progress, overwrite):
     """Train a DeepBackmap model (WGAN-GP with the force-field prior); resumes from --workdir.
 
     Runs under torchrun for data-parallel training (gloo on CPU, NCCL on GPU). SIGTERM saves a
@@ -98,8 +134,17 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
     from .training import TrainConfig, read_config, train
 
     config = read_config(config_path) if config_path else TrainConfig()
-    overrides = {"aa": list(aa), "cg": list(cg), "mapping": list(mapping), "topology": topology,
-                 "output": output, "workdir": workdir, "steps": steps, "device": device, "seed": seed}
+    overrides = {
+        "aa": list(aa),
+        "cg": list(cg),
+        "mapping": list(mapping),
+        "topology": topology,
+        "output": output,
+        "workdir": workdir,
+        "steps": steps,
+        "device": device,
+        "seed": seed,
+    }
     for key, value in overrides.items():
         if value not in (None, []):
             setattr(config, key, value)
@@ -115,64 +160,152 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
 @cg_trajectory_option
 @system_topology_option
 @mapping_option
-@click.option("--model", default="sps-568", show_default=True, metavar="NAME|PATH",
-              help="Model: a bundled model's name or a model file (.pt) from `gmx-dbm train`.")
-@click.option("-o", "output", type=click.Path(dir_okay=False),
-              help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several (with --workdir: the merged "
-                   "chunks).")
+@click.option(
+    "--model",
+    default="sps-568",
+    show_default=True,
+    metavar="NAME|PATH",
+    help="Model: a bundled model's name or a model file (.pt) from `gmx-dbm train`.",
+)
+@click.option(
+    "-o",
+    "output",
+    type=click.Path(dir_okay=False),
+    help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several (with --workdir: the merged chunks).",
+)
 @frames_option
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Random seed; each frame's result depends only on it and the frame's index.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Random seed; each frame's result depends only on it and the frame's index.",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--gibbs-sweeps", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Gibbs sweeps after the forward pass (each re-places every atom seeing all others).")
-@click.option("--orientations", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Turns about each bead's frame axis tried per placement (forward-pass hydrogens: at most 2); "
-                   "the lowest-energy one that keeps the model's chiral centres is kept.")
-@click.option("--ranking", type=click.Choice(["environment", "all"]), default="environment", show_default=True,
-              help="Energy that picks the turn: 'environment' (Lennard-Jones and the bonded terms joining the "
-                   "placed atoms to the others; their own angles and dihedrals stay as generated) or 'all' (plus "
-                   "their own bonded terms: more ideal, colder shapes).")
-@click.option("--repair-rounds", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Rounds after the sweeps that re-place, under 8 turns, the beads with a strained contact (a "
-                   "Lennard-Jones pair above 25 kJ/mol) or a bent joint (an angle or dihedral term above 40 "
-                   "kJ/mol) and, in the first 3, those whose energy is an outlier "
-                   "among the same bead's copies in other molecules (0: none).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), metavar="K",
-              help="Temperature of the CG frames (default: the model's training temperature, when it records "
-                   "one). The --thermal stage samples at it.")
-@click.option("--thermal", type=click.Choice(["groups", "hydrogens", "planar-hydrogens", "none"]), default="groups",
-              show_default=True,
-              help="Last stage: Metropolis sweeps with the force field at --temperature, bond lengths kept and "
-                   "bead centres held to the CG frame. 'groups': hydrogens, and heavy atoms with what hangs off "
-                   "them, turned about their neighbours; 'hydrogens'; 'planar-hydrogens' (sp2 C-H only); "
-                   "'none' (as generated).")
-@click.option("--thermal-sweeps", type=click.IntRange(min=0), default=60, show_default=True,
-              help="Sweeps of the --thermal stage (each tries every move once; the step sizes adapt during the "
-                   "first half). Fewer are faster and leave dihedrals more strained.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-              help="Arithmetic of the generator's convolutions: 'auto' is bfloat16 on CPUs with bfloat16 units "
-                   "(AVX512-BF16 or AMX; about 2x faster there, 15-50x slower without them) and float32 "
-                   "elsewhere.")
-@click.option("--scale-noise", is_flag=True,
-              help="Also scale the generator's noise by sqrt(T / T_train) (the model must record T_train), so "
-                   "that coordinates the noise carries get the spread of --temperature.")
-@click.option("--no-constrain", is_flag=True,
-              help="Keep generated bond lengths (default: restore them to the topology's b0, as in an "
-                   "ensemble run with constraints = all-bonds, keeping the generated angles, torsions and "
-                   "contacts as far as possible).")
-@click.option("--workdir", type=click.Path(file_okay=False),
-              help="Backmap in chunks into this folder (resumable: finished chunks are skipped); join them "
-                   "with -o or `gmx-dbm merge`.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Frames per chunk with --workdir.")
-@click.option("--chunk", "only", type=click.IntRange(min=0),
-              help="With --workdir: do only this chunk (0-based), e.g. $SLURM_ARRAY_TASK_ID.")
+@click.option(
+    "--gibbs-sweeps",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Gibbs sweeps after the forward pass (each re-places every atom seeing all others).",
+)
+@click.option(
+    "--orientations",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="Turns about each bead's frame axis tried per placement (forward-pass hydrogens: at most 2); "
+    "the lowest-energy one that keeps the model's chiral centres is kept.",
+)
+@click.option(
+    "--ranking",
+    type=click.Choice(["environment", "all"]),
+    default="environment",
+    show_default=True,
+    help="Energy that picks the turn: 'environment' (Lennard-Jones and the bonded terms joining the "
+    "placed atoms to the others; their own angles and dihedrals stay as generated) or 'all' (plus "
+    "their own bonded terms: more ideal, colder shapes).",
+)
+@click.option(
+    "--repair-rounds",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Rounds after the sweeps that re-place, under 8 turns, the beads with a strained contact (a "
+    "Lennard-Jones pair above 25 kJ/mol) or a bent joint (an angle or dihedral term above 40 "
+    "kJ/mol) and, in the first 3, those whose energy is an outlier "
+    "among the same bead's copies in other molecules (0: none).",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="K",
+    help="Temperature of the CG frames (default: the model's training temperature, when it records "
+    "one). The --thermal stage samples at it.",
+)
+@click.option(
+    "--thermal",
+    type=click.Choice(["groups", "hydrogens", "planar-hydrogens", "none"]),
+    default="groups",
+    show_default=True,
+    help="Last stage: Metropolis sweeps with the force field at --temperature, bond lengths kept and "
+    "bead centres held to the CG frame. 'groups': hydrogens, and heavy atoms with what hangs off "
+    "them, turned about their neighbours; 'hydrogens'; 'planar-hydrogens' (sp2 C-H only); "
+    "'none' (as generated).",
+)
+@click.option(
+    "--thermal-sweeps",
+    type=click.IntRange(min=0),
+    default=60,
+    show_default=True,
+    help="Sweeps of the --thermal stage (each tries every move once; the step sizes adapt during the "
+    "first half). Fewer are faster and leave dihedrals more strained.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "float32", "bfloat16"]),
+    default="auto",
+    show_default=True,
+    help="Arithmetic of the generator's convolutions: 'auto' is bfloat16 on CPUs with bfloat16 units "
+    "(AVX512-BF16 or AMX; about 2x faster there, 15-50x slower without them) and float32 "
+    "elsewhere.",
+)
+@click.option(
+    "--scale-noise",
+    is_flag=True,
+    help="Also scale the generator's noise by sqrt(T / T_train) (the model must record T_train), so "
+    "that coordinates the noise carries get the spread of --temperature.",
+)
+@click.option(
+    "--no-constrain",
+    is_flag=True,
+    help="Keep generated bond lengths (default: restore them to the topology's b0, as in an "
+    "ensemble run with constraints = all-bonds, keeping the generated angles, torsions and "
+    "contacts as far as possible).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="Backmap in chunks into this folder (resumable: finished chunks are skipped); join them "
+    "with -o or `gmx-dbm merge`.",
+)
+@click.option(
+    "--chunk-size", type=click.IntRange(min=1), default=10, show_default=True, help="Frames per chunk with --workdir."
+)
+@click.option(
+    "--chunk",
+    "only",
+    type=click.IntRange(min=0),
+    help="With --workdir: do only this chunk (0-based), e.g. $SLURM_ARRAY_TASK_ID.",
+)
 @no_progress_option
 @overwrite_option
-def backmap_command(structure, trajectory, topology, mapping, model, output, frames, seed, device, gibbs_sweeps,
-                    orientations, ranking, repair_rounds, temperature, thermal, thermal_sweeps, precision,
-                    scale_noise, no_constrain, workdir, chunk_size, only, no_progress, overwrite):
+def backmap_command(
+    structure,
+    trajectory,
+    topology,
+    mapping,
+    model,
+    output,
+    frames,
+    seed,
+    device,
+    gibbs_sweeps,
+    orientations,
+    ranking,
+    repair_rounds,
+    temperature,
+    thermal,
+    thermal_sweeps,
+    precision,
+    scale_noise,
+    no_constrain,
+    workdir,
+    chunk_size,
+    only,
+    no_progress,
+    overwrite,
+):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
     Every frame: a forward pass (heavy atoms, then hydrogens), then Gibbs sweeps, then repair
@@ -185,11 +318,24 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
 
     if output is None and workdir is None:
         raise click.UsageError("give -o, --workdir, or both")
-    options = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), seed=seed, device=device,
-                   gibbs_sweeps=gibbs_sweeps, orientations=orientations, ranking=ranking,
-                   repair_rounds=repair_rounds, temperature=temperature, thermal=thermal,
-                   thermal_sweeps=thermal_sweeps, precision=precision, scale_noise=scale_noise,
-                   constrain=not no_constrain, progress=not no_progress)
+    options = dict(
+        mapping=list(mapping) or None,
+        model=model,
+        frames=parse_frames(frames),
+        seed=seed,
+        device=device,
+        gibbs_sweeps=gibbs_sweeps,
+        orientations=orientations,
+        ranking=ranking,
+        repair_rounds=repair_rounds,
+        temperature=temperature,
+        thermal=thermal,
+        thermal_sweeps=thermal_sweeps,
+        precision=precision,
+        scale_noise=scale_noise,
+        constrain=not no_constrain,
+        progress=not no_progress,
+    )
     top = topology or bundled_path("sps/topol.top")
     if workdir is None:
         from .sampler import backmap
@@ -198,8 +344,9 @@ def backmap_command(structure, trajectory, topology, mapping, model, output, fra
     else:
         from .chunks import backmap_in_chunks, merge_chunks
 
-        n = backmap_in_chunks(structure, top, workdir, trajectory=trajectory, chunk_size=chunk_size, only=only,
-                              **options)
+        n = backmap_in_chunks(
+            structure, top, workdir, trajectory=trajectory, chunk_size=chunk_size, only=only, **options
+        )
         if output is not None:
             merge_chunks(workdir, output, overwrite)
     click.echo(f"Backmapped {n} frame{'s' if n != 1 else ''} to {output or workdir}")
@@ -221,12 +368,19 @@ def merge_command(workdir, output, overwrite):
 @aa_structure_option
 @aa_trajectory_option
 @topology_option
-@click.option("-o", "output", default="energies.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="CSV: frame, time (ps), then each term and the potential in kJ/mol.")
+@click.option(
+    "-o",
+    "output",
+    default="energies.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="CSV: frame, time (ps), then each term and the potential in kJ/mol.",
+)
 @frames_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--cutoff", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="rvdw = rcoulomb, nm.")
+@click.option(
+    "--cutoff", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="rvdw = rcoulomb, nm."
+)
 @click.option("--epsilon-rf", type=float, default=2.5, show_default=True, help="Reaction-field dielectric constant.")
 @no_progress_option
 @overwrite_option
@@ -239,8 +393,16 @@ def energy_command(structure, trajectory, topology, output, frames, device, cuto
     from .energies import energy_summary, frame_energies, write_energy_csv
     from .structure import parse_frames
 
-    rows = frame_energies(structure, topology, trajectory, parse_frames(frames), device,
-                          progress=not no_progress, cutoff=cutoff, epsilon_rf=epsilon_rf)
+    rows = frame_energies(
+        structure,
+        topology,
+        trajectory,
+        parse_frames(frames),
+        device,
+        progress=not no_progress,
+        cutoff=cutoff,
+        epsilon_rf=epsilon_rf,
+    )
     if not rows:
         raise InputError(f"--frames {frames}: no frames selected")
     write_energy_csv(output, rows, overwrite)
@@ -251,24 +413,41 @@ def energy_command(structure, trajectory, topology, output, frames, device, cuto
 @main.command("compare")
 @aa_structure_option
 @topology_option
-@click.option("--ref", "reference", required=True, type=click.Path(dir_okay=False),
-              help="Reference frames (.xtc, .trr).")
-@click.option("--label", "labels", required=True, multiple=True, metavar="NAME=TRAJ",
-              help="A set to compare with the reference, e.g. dbm=backmapped.xtc; repeat for more sets.")
-@click.option("-o", "output", required=True, type=click.Path(file_okay=False),
-              help="Report folder: report.json, report.md and PNG figures.")
+@click.option(
+    "--ref", "reference", required=True, type=click.Path(dir_okay=False), help="Reference frames (.xtc, .trr)."
+)
+@click.option(
+    "--label",
+    "labels",
+    required=True,
+    multiple=True,
+    metavar="NAME=TRAJ",
+    help="A set to compare with the reference, e.g. dbm=backmapped.xtc; repeat for more sets.",
+)
+@click.option(
+    "-o",
+    "output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Report folder: report.json, report.md and PNG figures.",
+)
 @frames_option
-@click.option("--observables", type=click.Path(dir_okay=False),
-              help="Observables table (TOML, see topologies/sps/observables.toml); default: the bundled one "
-                   "of the topology's molecule types.")
+@click.option(
+    "--observables",
+    type=click.Path(dir_okay=False),
+    help="Observables table (TOML, see topologies/sps/observables.toml); default: the bundled one "
+    "of the topology's molecule types.",
+)
 @click.option("--no-rerun", is_flag=True, help="Skip the per-term energies from `gmx mdrun -rerun`.")
-@click.option("--mdp", type=click.Path(dir_okay=False),
-              help="Settings of the energy rerun; default: the bundled sPS rerun.mdp.")
+@click.option(
+    "--mdp", type=click.Path(dir_okay=False), help="Settings of the energy rerun; default: the bundled sPS rerun.mdp."
+)
 @click.option("--workers", type=click.IntRange(min=1), help="Processes for the frame analysis; default: one per core.")
 @no_progress_option
 @overwrite_option
-def compare_command(structure, topology, reference, labels, output, frames, observables, no_rerun, mdp, workers,
-                    no_progress, overwrite):
+def compare_command(
+    structure, topology, reference, labels, output, frames, observables, no_rerun, mdp, workers, no_progress, overwrite
+):
     """Compare sets of atomistic frames with reference frames (method.md section 7).
 
     Bonded distributions, per-molecule LJ energy (all pairs, and split into pairs within and
@@ -280,17 +459,37 @@ def compare_command(structure, topology, reference, labels, output, frames, obse
     from .structure import parse_frames
 
     sets = parse_labels(labels)
-    report = compare(structure, topology, reference, sets, output, parse_frames(frames), observables,
-                     rerun=not no_rerun, mdp=mdp, workers=workers, overwrite=overwrite, progress=not no_progress)
-    click.echo(f"Compared {len(sets)} set{'s' if len(sets) != 1 else ''} with {report['reference']['frames']} "
-               f"reference frames; report in {output}")
+    report = compare(
+        structure,
+        topology,
+        reference,
+        sets,
+        output,
+        parse_frames(frames),
+        observables,
+        rerun=not no_rerun,
+        mdp=mdp,
+        workers=workers,
+        overwrite=overwrite,
+        progress=not no_progress,
+    )
+    click.echo(
+        f"Compared {len(sets)} set{'s' if len(sets) != 1 else ''} with {report['reference']['frames']} "
+        f"reference frames; report in {output}"
+    )
 
 
 @main.command("validate-md")
 @aa_structure_option
 @topology_option
-@click.option("--label", "labels", multiple=True, required=True, metavar="NAME=FILE",
-              help="A set of starting structures (.xtc/.trr/.gro); repeat for several sets on the same frames.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    required=True,
+    metavar="NAME=FILE",
+    help="A set of starting structures (.xtc/.trr/.gro); repeat for several sets on the same frames.",
+)
 @click.option("--temperature", type=float, required=True, help="Temperature (K) of velocities and thermostat.")
 @click.option("--time", "time_ps", type=float, default=100.0, show_default=True, help="Length of each run (ps).")
 @frames_option
@@ -298,14 +497,33 @@ def compare_command(structure, topology, reference, labels, output, frames, obse
 @click.option("--seed", type=int, default=1, show_default=True, help="Velocity seed of the first frame (+1 per frame).")
 @engine_option
 @click.option("--nt", "threads", type=int, help="OpenMP threads per mdrun.")
-@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-              help="Wall-clock limit per run: a run still going then is stopped and counted as failed (a run "
-                   "that blows up can leave GROMACS hanging).")
-@click.option("-o", "output", required=True, type=click.Path(file_okay=False),
-              help="Output folder (resumed if present).")
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Wall-clock limit per run: a run still going then is stopped and counted as failed (a run "
+    "that blows up can leave GROMACS hanging).",
+)
+@click.option(
+    "-o", "output", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if present)."
+)
 @no_progress_option
-def validate_md_command(structure, topology, labels, temperature, time_ps, frames, mdp, seed, engine, threads,
-                        max_minutes, output, no_progress):
+def validate_md_command(
+    structure,
+    topology,
+    labels,
+    temperature,
+    time_ps,
+    frames,
+    mdp,
+    seed,
+    engine,
+    threads,
+    max_minutes,
+    output,
+    no_progress,
+):
     """NPT MD from every structure of every set; potential energy over time, plot and summary.
 
     Finished runs in -o are not repeated, so an interrupted call resumes where it stopped.
@@ -313,14 +531,28 @@ def validate_md_command(structure, topology, labels, temperature, time_ps, frame
     from .structure import parse_frames
     from .validation import run_dir, validate_md
 
-    summary = validate_md(structure, topology, parse_labels(labels), output, temperature=temperature, time=time_ps,
-                          frames=parse_frames(frames), mdp=mdp, seed=seed, engine=engine, threads=threads,
-                          max_minutes=max_minutes, progress=not no_progress)
+    summary = validate_md(
+        structure,
+        topology,
+        parse_labels(labels),
+        output,
+        temperature=temperature,
+        time=time_ps,
+        frames=parse_frames(frames),
+        mdp=mdp,
+        seed=seed,
+        engine=engine,
+        threads=threads,
+        max_minutes=max_minutes,
+        progress=not no_progress,
+    )
     for label, entry in summary.items():
-        steady = "no run finished" if entry["steady_after_ps"] is None else \
-            f"steady after {entry['steady_after_ps']:.1f} ps"
-        click.echo(f"{label}: {steady}; {len(entry['failed'])} of "
-                   f"{len(entry['frames']) + len(entry['failed'])} runs failed")
+        steady = (
+            "no run finished" if entry["steady_after_ps"] is None else f"steady after {entry['steady_after_ps']:.1f} ps"
+        )
+        click.echo(
+            f"{label}: {steady}; {len(entry['failed'])} of {len(entry['frames']) + len(entry['failed'])} runs failed"
+        )
         for frame, reason in zip(entry["failed"], entry["why_failed"]):
             click.echo(f"  frame {frame}: {reason} ({run_dir(output, label, frame) / 'failed'})")
     click.echo(f"Plot and summary in {output}")
@@ -347,15 +579,26 @@ def parse_labels(labels) -> dict[str, str]:
 @aa_output_option
 @frames_option
 @click.option("--no-em", is_flag=True, help="Stop after placement and modifiers (no energy minimisation).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the random displacement; each frame's result depends only on it and the frame's index.")
-@click.option("--displacement", type=click.FloatRange(min=0), default=0.05, show_default=True,
-              help="Random displacement of the atoms no modifier names, nm (sd per coordinate); 0: none.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the random displacement; each frame's result depends only on it and the frame's index.",
+)
+@click.option(
+    "--displacement",
+    type=click.FloatRange(min=0),
+    default=0.05,
+    show_default=True,
+    help="Random displacement of the atoms no modifier names, nm (sd per coordinate); 0: none.",
+)
 @engine_option
 @no_progress_option
 @overwrite_option
-def baseline_command(structure, trajectory, topology, mapping, output, frames, no_em, seed, displacement, engine,
-                     no_progress, overwrite):
+def baseline_command(
+    structure, trajectory, topology, mapping, output, frames, no_em, seed, displacement, engine, no_progress, overwrite
+):
     """Backmap CG frames with the geometric baseline (Wassenaar et al. 2014, "backward").
 
     Every atom at the weighted average of its beads, then the mapping's geometric modifiers (cis,
@@ -367,9 +610,20 @@ def baseline_command(structure, trajectory, topology, mapping, output, frames, n
     from .bundled import bundled_path
     from .structure import parse_frames
 
-    n = baseline(structure, topology or bundled_path("sps/topol.top"), output, trajectory=trajectory,
-                 mapping=list(mapping) or None, frames=parse_frames(frames), seed=seed, displacement=displacement,
-                 minimise=not no_em, engine=engine, overwrite=overwrite, progress=not no_progress)
+    n = baseline(
+        structure,
+        topology or bundled_path("sps/topol.top"),
+        output,
+        trajectory=trajectory,
+        mapping=list(mapping) or None,
+        frames=parse_frames(frames),
+        seed=seed,
+        displacement=displacement,
+        minimise=not no_em,
+        engine=engine,
+        overwrite=overwrite,
+        progress=not no_progress,
+    )
     click.echo(f"Backmapped {n} frame{'s' if n != 1 else ''} with the baseline to {output}")
 
 

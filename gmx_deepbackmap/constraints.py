@@ -50,8 +50,9 @@ class Constraints:
     excluded_keys: np.ndarray  # non-bonded exclusions as i * N + j (i < j), ascending
 
     @classmethod
-    def from_bonds(cls, pairs: np.ndarray, lengths: np.ndarray, masses: np.ndarray,
-                   exclusions: np.ndarray | None = None) -> Constraints:
+    def from_bonds(
+        cls, pairs: np.ndarray, lengths: np.ndarray, masses: np.ndarray, exclusions: np.ndarray | None = None
+    ) -> Constraints:
         """Bonds `pairs` (n, 2) held at `lengths` (n,) nm, between atoms of `masses` (N,) amu;
         `exclusions` (e, 2), i < j: pairs that are not non-bonded neighbours (default: the bonds)."""
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
@@ -59,10 +60,15 @@ class Constraints:
         n = len(masses)
         inverse = np.divide(1.0, masses, out=np.zeros_like(masses), where=masses > 0)
         excluded = np.sort(pairs, axis=1) if exclusions is None else np.asarray(exclusions, dtype=np.int64)
-        return cls(torch.from_numpy(pairs), torch.as_tensor(lengths, dtype=torch.float64),
-                   torch.from_numpy(_edge_colours(pairs, n)), torch.from_numpy(inverse),
-                   torch.from_numpy(bond_paths(pairs, n, 3)), torch.from_numpy(bond_paths(pairs, n, 4)),
-                   np.unique(excluded[:, 0] * n + excluded[:, 1]))
+        return cls(
+            torch.from_numpy(pairs),
+            torch.as_tensor(lengths, dtype=torch.float64),
+            torch.from_numpy(_edge_colours(pairs, n)),
+            torch.from_numpy(inverse),
+            torch.from_numpy(bond_paths(pairs, n, 3)),
+            torch.from_numpy(bond_paths(pairs, n, 4)),
+            np.unique(excluded[:, 0] * n + excluded[:, 1]),
+        )
 
 
 def moving_only(constraints: Constraints, atoms: np.ndarray) -> Constraints:
@@ -76,9 +82,12 @@ def moving_only(constraints: Constraints, atoms: np.ndarray) -> Constraints:
 
 def bond_constraints(topology: Topology) -> Constraints:
     """Every bond (at its b0) and every `[ constraints ]` entry of the topology as a constraint."""
-    return Constraints.from_bonds(np.concatenate([topology.bonds.indices, topology.constraints.indices]),
-                                  np.concatenate([topology.bonds.params[:, 0], topology.constraints.params[:, 0]]),
-                                  topology.masses, topology.exclusions)
+    return Constraints.from_bonds(
+        np.concatenate([topology.bonds.indices, topology.constraints.indices]),
+        np.concatenate([topology.bonds.params[:, 0], topology.constraints.params[:, 0]]),
+        topology.masses,
+        topology.exclusions,
+    )
 
 
 def _edge_colours(pairs: np.ndarray, n_atoms: int) -> np.ndarray:
@@ -132,8 +141,9 @@ def project_bonds(
     return x
 
 
-def restore_bonds(positions: torch.Tensor, box: torch.Tensor, constraints: Constraints,
-                  iterations: int = RESTORE_ITERATIONS) -> torch.Tensor:
+def restore_bonds(
+    positions: torch.Tensor, box: torch.Tensor, constraints: Constraints, iterations: int = RESTORE_ITERATIONS
+) -> torch.Tensor:
     """Positions (N, 3) with every constrained bond at its length and the generated shape kept.
 
     Minimises, from `positions`, the squared relative bond-length errors (weight `BOND_WEIGHT`)
@@ -150,12 +160,18 @@ def restore_bonds(positions: torch.Tensor, box: torch.Tensor, constraints: Const
     moves = c.inverse_mass > 0
     # terms among held atoms only are constant and left out (with `moving_only`: nearly all of them)
     bond_kept, contact_kept = moves[c.pairs].any(1), moves[contacts].any(1)
-    chains = {"bond": c.pairs[bond_kept], "angle": c.angles[moves[c.angles].any(1)],
-              "torsion": c.torsions[moves[c.torsions].any(1)], "contact": contacts[contact_kept]}
+    chains = {
+        "bond": c.pairs[bond_kept],
+        "angle": c.angles[moves[c.angles].any(1)],
+        "torsion": c.torsions[moves[c.torsions].any(1)],
+        "contact": contacts[contact_kept],
+    }
     lengths = c.lengths.to(x0)[bond_kept]
     contact0 = torch.from_numpy(context.distances)[contact_kept]
-    shifts = {name: [image_shifts(x0[idx[:, k + 1]] - x0[idx[:, k]], box) for k in range(idx.shape[1] - 1)]
-              for name, idx in chains.items()}
+    shifts = {
+        name: [image_shifts(x0[idx[:, k + 1]] - x0[idx[:, k]], box) for k in range(idx.shape[1] - 1)]
+        for name, idx in chains.items()
+    }
 
     def vectors(x: torch.Tensor, name: str) -> list[torch.Tensor]:
         idx = chains[name]
@@ -169,11 +185,13 @@ def restore_bonds(positions: torch.Tensor, box: torch.Tensor, constraints: Const
     def objective() -> torch.Tensor:
         optimiser.zero_grad()
         x = x0 + delta * movable
-        loss = (BOND_WEIGHT * ((_geometry(vectors(x, "bond")) - lengths) / lengths).square().sum()
-                + ANGLE_WEIGHT * (_geometry(vectors(x, "angle")) - angle0).square().sum()
-                + (1 - torch.cos(_geometry(vectors(x, "torsion")) - torsion0)).sum()
-                + CONTACT_WEIGHT * (torch.relu(contact0 - _geometry(vectors(x, "contact"))) / 0.01).square().sum()
-                + ANCHOR_WEIGHT * (delta / 0.01).square().sum())
+        loss = (
+            BOND_WEIGHT * ((_geometry(vectors(x, "bond")) - lengths) / lengths).square().sum()
+            + ANGLE_WEIGHT * (_geometry(vectors(x, "angle")) - angle0).square().sum()
+            + (1 - torch.cos(_geometry(vectors(x, "torsion")) - torsion0)).sum()
+            + CONTACT_WEIGHT * (torch.relu(contact0 - _geometry(vectors(x, "contact"))) / 0.01).square().sum()
+            + ANCHOR_WEIGHT * (delta / 0.01).square().sum()
+        )
         loss.backward()
         return loss
 

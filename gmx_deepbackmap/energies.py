@@ -84,8 +84,11 @@ class ForceField:
         self.n_atoms = topology.n_atoms
         self.cutoff = float(cutoff)
         # epsilon_rf = 0 means infinity in GROMACS (conducting boundary)
-        k_rf = 1 / (2 * cutoff**3) if epsilon_rf == 0 else (
-            (epsilon_rf - epsilon_r) / ((2 * epsilon_rf + epsilon_r) * cutoff**3))
+        k_rf = (
+            1 / (2 * cutoff**3)
+            if epsilon_rf == 0
+            else ((epsilon_rf - epsilon_r) / ((2 * epsilon_rf + epsilon_r) * cutoff**3))
+        )
         self.k_rf, self.c_rf = k_rf, 1 / cutoff + k_rf * cutoff**2
         self.f_elec = ONE_4PI_EPS0 / epsilon_r
         self.lj_shift = lj_modifier == "potential-shift"
@@ -96,8 +99,10 @@ class ForceField:
             self.terms[name] = (self._long(terms.indices), _radians(name, self._real(terms.params)))
         i, j = topology.pairs.indices.T  # 1-4 pairs: c6, c12 and the scaled f q_i q_j
         qq = topology.fudge_qq * self.f_elec * topology.charges[i] * topology.charges[j]
-        self.terms["pair14"] = (self._long(topology.pairs.indices),
-                                self._real(np.column_stack([topology.pairs.params, qq])))
+        self.terms["pair14"] = (
+            self._long(topology.pairs.indices),
+            self._real(np.column_stack([topology.pairs.params, qq])),
+        )
         self.charges = self._real(topology.charges)
         self.type_index = self._long(topology.type_index)
         self.c6, self.c12 = self._real(topology.c6), self._real(topology.c12)
@@ -111,8 +116,9 @@ class ForceField:
         """Every displacement that bonded terms, 1-4 pairs and exclusions use, as unique atom
         pairs (so one minimum-image call serves them all), and for each user its (index, sign)
         into them, one per successive atom pair of its terms."""
-        requests = {name: [(idx[:, k], idx[:, k + 1]) for k in range(idx.shape[1] - 1)]
-                    for name, (idx, _) in self.terms.items()}
+        requests = {
+            name: [(idx[:, k], idx[:, k + 1]) for k in range(idx.shape[1] - 1)] for name, (idx, _) in self.terms.items()
+        }
         requests["exclusions"] = [(self.exclusions[:, 0], self.exclusions[:, 1])]
         flat = [pair for pairs in requests.values() for pair in pairs]
         first = torch.cat([a for a, _ in flat]).cpu().numpy()
@@ -275,8 +281,8 @@ class ForceField:
     def _neighbours(self, x: torch.Tensor, box: torch.Tensor):
         """Non-excluded pairs (i, j) within the cut-off of one frame and their periodic shifts."""
         pairs, shifts = neighbour_pairs(
-            x.detach().cpu().double().numpy(), box.detach().cpu().double().numpy(),
-            self.cutoff + _NEIGHBOUR_SKIN)
+            x.detach().cpu().double().numpy(), box.detach().cpu().double().numpy(), self.cutoff + _NEIGHBOUR_SKIN
+        )
         keep = ~contains_sorted(self._exclusion_keys, pairs[:, 0] * self.n_atoms + pairs[:, 1])
         pairs = self._long(pairs[keep])
         return pairs[:, 0], pairs[:, 1], self._real(shifts[keep])
@@ -286,8 +292,10 @@ class ForceField:
         inside = r2 < self.cutoff**2
         coulomb = qq * (r2.rsqrt() + self.k_rf * r2 - self.c_rf)
         zero = torch.zeros((), dtype=r2.dtype, device=r2.device)
-        return (torch.where(inside, _lj(r2, c6, c12, lj_shift), zero).flatten(1).sum(-1),
-                torch.where(inside, coulomb, zero).flatten(1).sum(-1))
+        return (
+            torch.where(inside, _lj(r2, c6, c12, lj_shift), zero).flatten(1).sum(-1),
+            torch.where(inside, coulomb, zero).flatten(1).sum(-1),
+        )
 
     def _excluded_rf(self, r2: torch.Tensor) -> torch.Tensor:
         """Reaction-field correction of excluded pairs at squared distances r2 (B, E) within the
@@ -409,8 +417,9 @@ def vector_energies(name: str, bond_vectors: list[torch.Tensor], params: torch.T
     return _bonded_energy(name, _geometry(bond_vectors), _radians(name, params))
 
 
-def lj_row_energies(r2: torch.Tensor, c6: torch.Tensor, c12: torch.Tensor, cutoff: float,
-                    shift: bool = True) -> torch.Tensor:
+def lj_row_energies(
+    r2: torch.Tensor, c6: torch.Tensor, c12: torch.Tensor, cutoff: float, shift: bool = True
+) -> torch.Tensor:
     """Lennard-Jones energies of pairs at squared distances r2, zero beyond the cut-off."""
     lj = _lj(r2, c6, c12, _lj_at_cutoff(c6, c12, cutoff, shift))
     return torch.where(r2 < cutoff**2, lj, torch.zeros_like(lj))
@@ -444,8 +453,9 @@ def frame_energies(
     rows = []
     with torch.no_grad():
         selected = range(len(universe.trajectory))[frames]
-        for frame in tqdm(iter_frames(universe, frames), total=len(selected), unit="frame",
-                          desc="energy", disable=not progress):
+        for frame in tqdm(
+            iter_frames(universe, frames), total=len(selected), unit="frame", desc="energy", disable=not progress
+        ):
             energies = force_field.energies(frame.positions, frame.box)
             rows.append({"frame": frame.step, "time": frame.time, **{k: float(energies[k]) for k in TERMS}})
     return rows

@@ -77,7 +77,7 @@ def molecule_plan(topology: Topology, mapping: Mapping, name: str) -> MoleculePl
     mtype, mmap = topology.molecule_types[name], mapping.molecule_types[name]
     first = next(start for mol, start in topology.molecules if mol == name)
     terms = {t: _local_rows(getattr(topology, t).indices, first, mtype.n_atoms) for t in TERM_NAMES}
-    heavy = topology.elements[first:first + mtype.n_atoms] != "H"
+    heavy = topology.elements[first : first + mtype.n_atoms] != "H"
     order = reconstruction_order(mmap.bead_bonds, 0, mmap.n_beads)
     rank = np.empty(mmap.n_beads, dtype=np.int64)
     rank[list(order)] = np.arange(mmap.n_beads)
@@ -109,12 +109,15 @@ def plan_system(topology: Topology, mapping: Mapping, layout: FeatureLayout | No
     bead_first = np.r_[0, np.cumsum([mapping.molecule_types[n].n_beads for n, _ in topology.molecules])]
     atom_local = np.arange(topology.n_atoms) - np.array([s for _, s in topology.molecules])[topology.molecule_index]
     bead_rank = np.concatenate([plans[n].bead_rank for n, _ in topology.molecules])
-    steps = [(bead_first[m] + s.bead, s.phase == HEAVY, np.asarray(s.atoms) + start)
-             for m, (name, start) in enumerate(topology.molecules) for s in plans[name].steps]
+    steps = [
+        (bead_first[m] + s.bead, s.phase == HEAVY, np.asarray(s.atoms) + start)
+        for m, (name, start) in enumerate(topology.molecules)
+        for s in plans[name].steps
+    ]
     longest = max(len(a) for _, _, a in steps)
     step_atoms = np.full((len(steps), longest), -1, dtype=np.int64)
     for i, (_, _, atoms) in enumerate(steps):
-        step_atoms[i, :len(atoms)] = atoms
+        step_atoms[i, : len(atoms)] = atoms
     return SystemPlan(
         layout=layout,
         plans=plans,
@@ -154,6 +157,7 @@ class Neighbourhood:
     bead_shifts: torch.Tensor  # (M, Kb, 3) nm
     atoms: torch.Tensor  # (M, Ka) atoms owned by those beads, -1 padded
     atom_shifts: torch.Tensor  # (M, Ka, 3) nm
+
 
 def graph_colours(neighbours: torch.Tensor | np.ndarray, members: np.ndarray) -> np.ndarray:
     """Colours of `members` such that no two of them that are neighbours (rows of `neighbours`,
@@ -224,7 +228,7 @@ def _pad(rows) -> torch.Tensor:
     width = max(len(r) for r in rows)
     out = np.full((len(rows), width), -1, dtype=np.int64)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
     return torch.from_numpy(out)
 
 
@@ -254,8 +258,9 @@ class Batch:
         return (flat + self.centre[:, None, :]).reshape(shape)
 
 
-def local_frames(cg: torch.Tensor, box: torch.Tensor, beads: torch.Tensor, reference: torch.Tensor,
-                 angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def local_frames(
+    cg: torch.Tensor, box: torch.Tensor, beads: torch.Tensor, reference: torch.Tensor, angle: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre and rotation of each bead's frame: z from its reference bead to it, then a turn about z."""
     centre = cg[beads]
     z = minimum_image(centre - cg[reference], box)
@@ -299,12 +304,12 @@ def gather(
     visible = _visible(plan, cand, beads, heavy_phase, context)
     if score_hidden:
         visible |= _hidden_hydrogens(plan, cand, beads, heavy_phase, context)
-    env, env_local, env_keep = _inside(positions, cand, hood.atom_shifts[beads], visible, centre, rotation,
-                                       half_extent)
+    env, env_local, env_keep = _inside(positions, cand, hood.atom_shifts[beads], visible, centre, rotation, half_extent)
     env_drawn = env_keep & ~_hidden_hydrogens(plan, env, beads, heavy_phase, context) if score_hidden else env_keep
     bead_cand = hood.beads[beads]
-    bead_ids, bead_local, bead_keep = _inside(cg, bead_cand, hood.bead_shifts[beads], bead_cand >= 0, centre,
-                                              rotation, half_extent)
+    bead_ids, bead_local, bead_keep = _inside(
+        cg, bead_cand, hood.bead_shifts[beads], bead_cand >= 0, centre, rotation, half_extent
+    )
 
     seq_np, env_np = seq.numpy(), env.numpy()
     safe_seq = np.where(seq_np >= 0, seq_np, 0)
@@ -315,8 +320,11 @@ def gather(
     bead_channels = plan.layout.bead_channel(plan.bead_type[np.where(bead_ids.numpy() >= 0, bead_ids.numpy(), 0)])
     bead_channels = np.where(bead_keep.numpy(), bead_channels, -1)[:, None, :].repeat(seq.shape[1], 1)
     seq_rel = plan.relation_between(safe_seq[:, :, None], safe_seq[:, None, :])
-    earlier = np.tril(np.ones((seq.shape[1],) * 2, dtype=bool), k=-1)[None] & (seq_np[:, None, :] >= 0) \
+    earlier = (
+        np.tril(np.ones((seq.shape[1],) * 2, dtype=bool), k=-1)[None]
+        & (seq_np[:, None, :] >= 0)
         & (seq_np[:, :, None] >= 0)
+    )
     seq_channels = np.where(earlier, plan.layout.atom_channel(seq_rel, types[safe_seq][:, None, :]), -1)
 
     seq_local = (positions[seq.clamp(min=0)] - centre[:, None, :]) @ rotation.transpose(1, 2)
@@ -335,8 +343,9 @@ def gather(
     )
 
 
-def _visible(plan: SystemPlan, cand: torch.Tensor, beads: torch.Tensor, heavy_phase: torch.Tensor,
-             context: torch.Tensor) -> torch.Tensor:
+def _visible(
+    plan: SystemPlan, cand: torch.Tensor, beads: torch.Tensor, heavy_phase: torch.Tensor, context: torch.Tensor
+) -> torch.Tensor:
     """Which candidate atoms exist for the item (method.md section 2, see module docstring).
 
     Forward, heavy phase: heavy atoms of beads ranked earlier (in any molecule). Forward,
@@ -355,8 +364,9 @@ def _visible(plan: SystemPlan, cand: torch.Tensor, beads: torch.Tensor, heavy_ph
     return (cand >= 0) & torch.where((context == FORWARD)[:, None], forward, gibbs)
 
 
-def _hidden_hydrogens(plan: SystemPlan, atoms: torch.Tensor, beads: torch.Tensor, heavy_phase: torch.Tensor,
-                      context: torch.Tensor) -> torch.Tensor:
+def _hidden_hydrogens(
+    plan: SystemPlan, atoms: torch.Tensor, beads: torch.Tensor, heavy_phase: torch.Tensor, context: torch.Tensor
+) -> torch.Tensor:
     """Which of `atoms` (B, C) are hydrogens a Gibbs heavy-phase item hides though they stay in
     place: those of its molecule's other beads (its own are re-placed after it)."""
     safe = atoms.clamp(min=0)

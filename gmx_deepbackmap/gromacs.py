@@ -72,8 +72,21 @@ class Engine(abc.ABC):
             if not Path(path).is_file():
                 raise InputError("file not found", path)
         tpr = Path(tpr).absolute()
-        args = ["grompp", "-f", mdp, "-c", structure, "-p", topology, "-o", tpr,
-                "-po", tpr.with_name(tpr.stem + ".mdout.mdp"), "-maxwarn", maxwarn]
+        args = [
+            "grompp",
+            "-f",
+            mdp,
+            "-c",
+            structure,
+            "-p",
+            topology,
+            "-o",
+            tpr,
+            "-po",
+            tpr.with_name(tpr.stem + ".mdout.mdp"),
+            "-maxwarn",
+            maxwarn,
+        ]
         if index is not None:
             args += ["-n", index]
         self._tool([_absolute(a) for a in args])
@@ -109,8 +122,9 @@ class Engine(abc.ABC):
         try:
             rundir = self._mdrun({k: str(v) for k, v in args.items()}, workdir, timeout)
         except subprocess.TimeoutExpired:
-            raise GromacsError(f"gmx mdrun did not finish within {timeout:g} s and was stopped "
-                               f"(outputs in {workdir})") from None
+            raise GromacsError(
+                f"gmx mdrun did not finish within {timeout:g} s and was stopped (outputs in {workdir})"
+            ) from None
         return _mdrun_outputs(rundir)
 
     @abc.abstractmethod
@@ -132,16 +146,18 @@ class CliEngine(Engine):
         chosen = str(executable or os.environ.get(GMX_ENV) or "gmx")
         found = shutil.which(chosen)
         if found is None:
-            raise GromacsError(
-                f"GROMACS executable '{chosen}' not found; put `gmx` on PATH or set ${GMX_ENV} to it"
-            )
+            raise GromacsError(f"GROMACS executable '{chosen}' not found; put `gmx` on PATH or set ${GMX_ENV} to it")
         self.executable = Path(found)
 
     def _run(self, args: list[str], cwd: Path, timeout: float | None = None) -> str:
         program = f"gmx {args[0]}"
         proc = subprocess.run(
             [str(self.executable), "-quiet", "-nobackup", *args],
-            cwd=cwd, capture_output=True, text=True, errors="replace", timeout=timeout,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
         )
         output = proc.stdout + proc.stderr
         if proc.returncode != 0:
@@ -177,9 +193,7 @@ class GmxapiEngine(Engine):
     def _tool(self, args: list[str]) -> str:
         # commandline_operation runs in a new folder below the current directory: use a scratch one.
         with tempfile.TemporaryDirectory(prefix="gmxdbm-") as cwd, _chdir(Path(cwd)):
-            op = self._gmxapi.commandline_operation(
-                str(self.executable), arguments=["-quiet", "-nobackup", *args]
-            )
+            op = self._gmxapi.commandline_operation(str(self.executable), arguments=["-quiet", "-nobackup", *args])
             returncode = op.output.returncode.result()
             output = (op.output.stdout.result() or "") + (op.output.stderr.result() or "")
         if returncode != 0:
@@ -191,12 +205,15 @@ class GmxapiEngine(Engine):
         # gmxapi.mdrun works in a new folder below the current directory (workdir).
         proc = subprocess.run(
             [sys.executable, "-c", _GMXAPI_MDRUN, tpr, json.dumps(args)],
-            cwd=workdir, capture_output=True, text=True, errors="replace", timeout=timeout,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
         )
         if proc.returncode != 0:
             texts = [p.read_text(errors="replace") for p in _gromacs_texts(workdir)]
-            raise gromacs_error("gmx mdrun (gmxapi)", "\n".join([*texts, proc.stdout, proc.stderr]),
-                                proc.returncode)
+            raise gromacs_error("gmx mdrun (gmxapi)", "\n".join([*texts, proc.stdout, proc.stderr]), proc.returncode)
         return Path(proc.stdout.strip().splitlines()[-1])
 
 
@@ -321,8 +338,9 @@ def gromacs_error(program: str, output: str, returncode: int | None) -> GromacsE
     if not blocks:
         tail = " | ".join(line.strip() for line in output.strip().splitlines()[-12:] if line.strip())
         status = "" if returncode is None else f" with exit status {returncode}"
-        return GromacsError(f"{program} failed{status} without a GROMACS error message; "
-                            f"last output: {tail or '(none)'}")
+        return GromacsError(
+            f"{program} failed{status} without a GROMACS error message; last output: {tail or '(none)'}"
+        )
     block = blocks[-1].split("For more information and tips", 1)[0]
     items, reason = [], []
     for line in block.strip().splitlines():

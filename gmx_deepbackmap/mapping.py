@@ -156,8 +156,10 @@ def default_mapping_path(molecule_type: str) -> Path | None:
     """The bundled mapping `topologies/*/<molecule_type>.map`, if there is exactly one."""
     found = sorted(bundled_root().glob(f"*/{molecule_type}{MAPPING_SUFFIX}"))
     if len(found) > 1:
-        raise InputError(f"several bundled mappings for molecule type '{molecule_type}' "
-                         f"({', '.join(str(p) for p in found)}): choose one with -m")
+        raise InputError(
+            f"several bundled mappings for molecule type '{molecule_type}' "
+            f"({', '.join(str(p) for p in found)}): choose one with -m"
+        )
     return found[0] if found else None
 
 
@@ -181,8 +183,7 @@ def _parse_file(path: Path, topology: Topology) -> list[_MoleculeParser]:
         if text.startswith("["):
             section = text.strip("[] \t").lower()
             if section not in SECTIONS:
-                raise InputError(f"unknown section [ {section} ] (expected one of {', '.join(SECTIONS)})",
-                                 path, lineno)
+                raise InputError(f"unknown section [ {section} ] (expected one of {', '.join(SECTIONS)})", path, lineno)
             if section != "moleculetype" and (not parsers or parsers[-1].name is None):
                 raise InputError(f"[ {section} ] before the name of a [ moleculetype ]", path, lineno)
             if section == "moleculetype":
@@ -227,8 +228,13 @@ class _MoleculeParser:
 
     def read(self, section: str, words: list[str], lineno: int) -> None:
         self.section = section
-        handler = {"moleculetype": self._moleculetype, "beads": self._bead, "members": self._members,
-                   "owners": self._owners, "modifiers": self._modifier}[section]
+        handler = {
+            "moleculetype": self._moleculetype,
+            "beads": self._bead,
+            "members": self._members,
+            "owners": self._owners,
+            "modifiers": self._modifier,
+        }[section]
         handler(words, lineno)
 
     def _fail(self, message: str, lineno: int) -> InputError:
@@ -240,12 +246,14 @@ class _MoleculeParser:
         self.name, self.lineno = words[0], lineno
         self.moltype = self.topology.molecule_types.get(self.name)
         if self.moltype is None:
-            raise self._fail(f"molecule type '{self.name}' is not in the topology {self.topology.path}",
-                             lineno)
+            raise self._fail(f"molecule type '{self.name}' is not in the topology {self.topology.path}", lineno)
         for i, atom in enumerate(self.moltype.atom_names):
             if atom in self.atom_index:
-                raise self._fail(f"atom name '{atom}' occurs twice in moleculetype '{self.name}' of "
-                                 f"{self.topology.path}; mappings need unique atom names", lineno)
+                raise self._fail(
+                    f"atom name '{atom}' occurs twice in moleculetype '{self.name}' of "
+                    f"{self.topology.path}; mappings need unique atom names",
+                    lineno,
+                )
             self.atom_index[atom] = i
 
     def _bead(self, words: list[str], lineno: int) -> None:
@@ -273,8 +281,11 @@ class _MoleculeParser:
         for atom in words[1:]:
             index = self._atom(atom, lineno)
             if index in self.owner:
-                raise self._fail(f"atom '{atom}' owned twice (by bead '{self.owner[index]}' and by "
-                                 f"bead '{bead.name}'); each atom needs exactly one owner", lineno)
+                raise self._fail(
+                    f"atom '{atom}' owned twice (by bead '{self.owner[index]}' and by "
+                    f"bead '{bead.name}'); each atom needs exactly one owner",
+                    lineno,
+                )
             self.owner[index] = bead.name
             bead.owned.append(index)
 
@@ -297,8 +308,7 @@ class _MoleculeParser:
 
     def _atom(self, atom: str, lineno: int) -> int:
         if atom not in self.atom_index:
-            raise self._fail(f"atom '{atom}' is not in moleculetype '{self.name}' of {self.topology.path}",
-                             lineno)
+            raise self._fail(f"atom '{atom}' is not in moleculetype '{self.name}' of {self.topology.path}", lineno)
         return self.atom_index[atom]
 
     def _weight(self, text: str, atom: str, lineno: int) -> float:
@@ -307,8 +317,7 @@ class _MoleculeParser:
         except ValueError:
             weight = math.nan
         if not math.isfinite(weight):
-            raise self._fail(f"malformed weight '{text}' for atom '{atom}' (expected a positive number)",
-                             lineno)
+            raise self._fail(f"malformed weight '{text}' for atom '{atom}' (expected a positive number)", lineno)
         if weight <= 0:
             raise self._fail(f"weight {text} of atom '{atom}' is not positive", lineno)
         return weight
@@ -320,20 +329,24 @@ class _MoleculeParser:
         unowned = [a for a in self.moltype.atom_names if self.atom_index[a] not in self.owner]
         if unowned:
             shown = ", ".join(unowned[:5]) + (f" and {len(unowned) - 5} more" if len(unowned) > 5 else "")
-            raise self.error(f"atoms never owned by a bead: {shown} (every atom needs exactly one owner)",
-                             self.lineno, "moleculetype")
+            raise self.error(
+                f"atoms never owned by a bead: {shown} (every atom needs exactly one owner)",
+                self.lineno,
+                "moleculetype",
+            )
         order = {name: i for i, name in enumerate(self.beads)}
         masses = self._masses()
         beads = tuple(self._finish_bead(draft, order, masses) for draft in self.beads.values())
         owner = np.array([order[self.owner[i]] for i in range(self.moltype.n_atoms)], dtype=np.int64)
-        return MoleculeMapping(self.name, self.path, beads, owner, _bead_bonds(owner, self.moltype.bonds),
-                               tuple(self.modifiers))
+        return MoleculeMapping(
+            self.name, self.path, beads, owner, _bead_bonds(owner, self.moltype.bonds), tuple(self.modifiers)
+        )
 
     def _masses(self) -> np.ndarray:
         starts = [start for name, start in self.topology.molecules if name == self.name]
         if not starts:  # a molecule type the system does not use: it is dropped, masses play no role
             return np.ones(self.moltype.n_atoms)
-        return self.topology.masses[starts[0]:starts[0] + self.moltype.n_atoms]
+        return self.topology.masses[starts[0] : starts[0] + self.moltype.n_atoms]
 
     def _finish_bead(self, draft: _BeadDraft, order: dict[str, int], masses: np.ndarray) -> Bead:
         if not draft.members:
@@ -343,17 +356,27 @@ class _MoleculeParser:
         elif draft.frame in order and draft.frame != draft.name:
             frame = order[draft.frame]
         else:
-            raise self.error(f"frame reference '{draft.frame}' of bead '{draft.name}' is not another bead "
-                             "of this molecule type (or '-' for none)", draft.lineno, "beads")
+            raise self.error(
+                f"frame reference '{draft.frame}' of bead '{draft.name}' is not another bead "
+                "of this molecule type (or '-' for none)",
+                draft.lineno,
+                "beads",
+            )
         atoms = np.fromiter(draft.members, dtype=np.int64)
         weights = np.fromiter(draft.members.values(), dtype=np.float64)
         if not draft.geometric:
             weights = weights * masses[atoms]
         if weights.sum() <= 0:
-            raise self.error(f"bead '{draft.name}' has zero total mass (declare it geometric)",
-                             draft.lineno, "beads")
-        return Bead(draft.name, draft.type, atoms, weights / weights.sum(),
-                    np.array(draft.owned, dtype=np.int64), frame, draft.geometric)
+            raise self.error(f"bead '{draft.name}' has zero total mass (declare it geometric)", draft.lineno, "beads")
+        return Bead(
+            draft.name,
+            draft.type,
+            atoms,
+            weights / weights.sum(),
+            np.array(draft.owned, dtype=np.int64),
+            frame,
+            draft.geometric,
+        )
 
 
 def _bead_bonds(owner: np.ndarray, bonds: np.ndarray) -> np.ndarray:
@@ -373,9 +396,16 @@ def _assemble(topology: Topology, mappings: dict[str, MoleculeMapping]) -> Mappi
     n_beads = np.array([mappings[name].n_beads for name in names], dtype=np.int64)
     first_bead = np.concatenate([[0], np.cumsum(n_beads)[:-1]])
     m = int(n_beads.sum())
-    out = {key: np.empty(m, dtype=dtype) for key, dtype in
-           (("bead_names", object), ("bead_types", object), ("bead_molecule", np.int64),
-            ("bead_atom", np.int64), ("frame_reference", np.int64))}
+    out = {
+        key: np.empty(m, dtype=dtype)
+        for key, dtype in (
+            ("bead_names", object),
+            ("bead_types", object),
+            ("bead_molecule", np.int64),
+            ("bead_atom", np.int64),
+            ("frame_reference", np.int64),
+        )
+    }
     atom_owner = np.empty(topology.n_atoms, dtype=np.int64)
     members: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     bonds = []
@@ -395,8 +425,9 @@ def _assemble(topology: Topology, mappings: dict[str, MoleculeMapping]) -> Mappi
         local_atoms = np.concatenate([b.atoms for b in mm.beads])
         local_beads = np.concatenate([np.full(len(b.atoms), i) for i, b in enumerate(mm.beads)])
         weights = np.concatenate([b.weights for b in mm.beads])
-        members.append(((atom_off + local_atoms).ravel(), (bead_off + local_beads).ravel(),
-                        np.tile(weights, len(molecules))))
+        members.append(
+            ((atom_off + local_atoms).ravel(), (bead_off + local_beads).ravel(), np.tile(weights, len(molecules)))
+        )
         bonds.append((bead_off[:, :, None] + mm.bead_bonds[None]).reshape(-1, 2))
     residues = system_residue_numbers(topology)
     return Mapping(
@@ -441,8 +472,9 @@ def map_to_cg(
     top = read_topology(topology)
     cg = read_mapping(mapping, top)
     universe, n_frames = open_frames(structure, trajectory, top.n_atoms, frames, output, f"the topology {topology}")
-    source = iter(tqdm(iter_frames(universe, frames), total=n_frames, unit="frame", desc="map",
-                       disable=n_frames < 10))  # one iterator: islice must not restart tqdm
+    source = iter(
+        tqdm(iter_frames(universe, frames), total=n_frames, unit="frame", desc="map", disable=n_frames < 10)
+    )  # one iterator: islice must not restart tqdm
     mapped = []
     while chunk := list(islice(source, FRAMES_PER_BATCH)):
         beads = cg.cg_positions(np.stack([f.positions for f in chunk]), np.stack([f.box for f in chunk]))
@@ -450,4 +482,3 @@ def map_to_cg(
     atoms = universe.atoms[cg.bead_atom]
     write_frames(output, cg.bead_names, atoms.resnames, atoms.resids, mapped, overwrite)
     return n_frames
-

@@ -50,11 +50,15 @@ class DeepBackmapModel:
         """Refuse molecule types the model was not trained on, or that changed since."""
         for name in dict.fromkeys(n for n, _ in topology.molecules):
             if name not in self.molecules:
-                raise InputError(f"model has no molecule type '{name}' (it knows "
-                                 f"{', '.join(sorted(self.molecules))})", path)
+                raise InputError(
+                    f"model has no molecule type '{name}' (it knows {', '.join(sorted(self.molecules))})", path
+                )
             if self.molecules[name] != molecule_identity(topology, mapping, name):
-                raise InputError(f"molecule type '{name}' differs from the one the model was trained on "
-                                 "(atom names, types, beads or ownership)", path)
+                raise InputError(
+                    f"molecule type '{name}' differs from the one the model was trained on "
+                    "(atom names, types, beads or ownership)",
+                    path,
+                )
         missing = set(topology.type_names) - set(self.layout.atom_types)
         if missing:
             raise InputError(f"model knows no atom type(s) {', '.join(sorted(missing))}", path)
@@ -72,8 +76,17 @@ def molecule_identity(topology: Topology, mapping: Mapping, name: str) -> dict:
     return {"n_atoms": mtype.n_atoms, "n_beads": mmap.n_beads, "digest": digest}
 
 
-def new_model(generator: Generator, network: NetworkConfig, grid: Grid, half_extent: float, plan: SystemPlan,
-              topology: Topology, mapping: Mapping, training: dict, stereo: dict[str, dict]) -> DeepBackmapModel:
+def new_model(
+    generator: Generator,
+    network: NetworkConfig,
+    grid: Grid,
+    half_extent: float,
+    plan: SystemPlan,
+    topology: Topology,
+    mapping: Mapping,
+    training: dict,
+    stereo: dict[str, dict],
+) -> DeepBackmapModel:
     """Bundle a generator with the identity of the system it is trained on and the handedness of
     its chiral centres."""
     return DeepBackmapModel(
@@ -132,8 +145,11 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError("not a gmx-deepbackmap model file", path)
     if data["format_version"] > FORMAT_VERSION:
-        raise InputError(f"model file format {data['format_version']} is newer than this package reads "
-                         f"({FORMAT_VERSION}); upgrade gmx-deepbackmap", path)
+        raise InputError(
+            f"model file format {data['format_version']} is newer than this package reads "
+            f"({FORMAT_VERSION}); upgrade gmx-deepbackmap",
+            path,
+        )
     network = NetworkConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["network"].items()})
     generator = Generator(network)
     generator.load_state_dict(data["generator"])

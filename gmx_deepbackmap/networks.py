@@ -89,8 +89,11 @@ class Upsample2(nn.ConvTranspose3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, d = x.shape[:3]
         o = self.out_channels
-        patches = torch.addmm(self.bias.repeat(8), x.permute(0, 2, 3, 4, 1).reshape(-1, c),
-                              self.weight.permute(0, 2, 3, 4, 1).reshape(c, 8 * o))  # (b d^3, (i j k o))
+        patches = torch.addmm(
+            self.bias.repeat(8),
+            x.permute(0, 2, 3, 4, 1).reshape(-1, c),
+            self.weight.permute(0, 2, 3, 4, 1).reshape(c, 8 * o),
+        )  # (b d^3, (i j k o))
         y = patches.view(b, d, d, d, 2, 2, 2, o).permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, 2 * d, 2 * d, 2 * d, o)
         return y.permute(0, 4, 1, 2, 3)
 
@@ -110,9 +113,7 @@ class Generator(nn.Module):
         self.embed = nn.Sequential(nn.Conv3d(config.n_env_channels, w, 3, padding=1), *_blocks(n1, w, g))
         self.down = nn.Conv3d(w, 2 * w, 3, stride=2, padding=1)
         self.code = nn.Linear(config.noise_dim + config.n_atom_types, w * self.coarse**3)
-        self.middle = nn.Sequential(
-            *_pre_act(3 * w, g), nn.Conv3d(3 * w, 2 * w, 3, padding=1), *_blocks(n2, 2 * w, g)
-        )
+        self.middle = nn.Sequential(*_pre_act(3 * w, g), nn.Conv3d(3 * w, 2 * w, 3, padding=1), *_blocks(n2, 2 * w, g))
         self.up = nn.Sequential(*_pre_act(2 * w, g), Upsample2(2 * w, w))
         self.out = nn.Sequential(*_pre_act(2 * w, g), nn.Conv3d(2 * w, w, 3, padding=1), *_blocks(n3, w, g))
         self.head = nn.Sequential(*_pre_act(w, g), nn.Conv3d(w, 1, 1))

@@ -27,9 +27,14 @@ def wrap_displacements(d: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
 def box_widths(box: torch.Tensor) -> torch.Tensor:
     """Perpendicular widths of the cell (..., 3): no image can be closer than these."""
     volume = torch.linalg.det(box).abs()
-    cross = torch.stack([torch.linalg.cross(box[..., 1, :], box[..., 2, :]),
-                         torch.linalg.cross(box[..., 2, :], box[..., 0, :]),
-                         torch.linalg.cross(box[..., 0, :], box[..., 1, :])], dim=-2)
+    cross = torch.stack(
+        [
+            torch.linalg.cross(box[..., 1, :], box[..., 2, :]),
+            torch.linalg.cross(box[..., 2, :], box[..., 0, :]),
+            torch.linalg.cross(box[..., 0, :], box[..., 1, :]),
+        ],
+        dim=-2,
+    )
     return volume[..., None] / cross.norm(dim=-1)
 
 
@@ -94,8 +99,12 @@ def neighbour_pairs(positions: np.ndarray, box: np.ndarray, cutoff: float) -> tu
 
     cell, rotation = reduced_cell(box)
     x = np.asarray(positions, dtype=np.float64) @ rotation
-    pairs = self_capped_distance((x * 10.0).astype(np.float32), cutoff * 10.0,
-                                 box=dimensions_from_box(cell).astype(np.float32), return_distances=False)
+    pairs = self_capped_distance(
+        (x * 10.0).astype(np.float32),
+        cutoff * 10.0,
+        box=dimensions_from_box(cell).astype(np.float32),
+        return_distances=False,
+    )
     pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
     xt = torch.as_tensor(x)
     d = xt[pairs[:, 1]] - xt[pairs[:, 0]]

@@ -38,8 +38,11 @@ class LocalPrior:
         self.terms = {}
         for name, attr in BONDED.items():
             terms = getattr(topology, attr)
-            self.terms[name] = (torch.as_tensor(terms.indices), torch.as_tensor(terms.params),
-                                terms_of_steps(plan, terms.indices))
+            self.terms[name] = (
+                torch.as_tensor(terms.indices),
+                torch.as_tensor(terms.params),
+                terms_of_steps(plan, terms.indices),
+            )
         self.excluded = {name: torch.as_tensor(_excluded_matrix(topology, name)) for name in plan.plans}
 
     def energies(self, batch: Batch, sequence: torch.Tensor, internal: bool = True) -> dict[str, torch.Tensor]:
@@ -164,7 +167,7 @@ def terms_of_steps(plan: SystemPlan, indices: np.ndarray) -> torch.Tensor:
     width = max((len(x) for x in lists), default=0)
     out = np.full((len(lists), max(width, 1)), -1, dtype=np.int64)
     for s, rows in enumerate(lists):
-        out[s, :len(rows)] = sorted(rows)
+        out[s, : len(rows)] = sorted(rows)
     return torch.from_numpy(out)
 
 

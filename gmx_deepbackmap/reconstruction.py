@@ -70,8 +70,7 @@ class FeatureLayout:
         return self.n_atom_channels + bead_type_index
 
     def to_dict(self) -> dict:
-        return {"atom_types": list(self.atom_types), "bead_types": list(self.bead_types),
-                "relations": list(RELATIONS)}
+        return {"atom_types": list(self.atom_types), "bead_types": list(self.bead_types), "relations": list(RELATIONS)}
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureLayout:
@@ -98,9 +97,7 @@ def relation_matrix(n_atoms: int, terms: dict[str, np.ndarray], exclusions: np.n
     return relation
 
 
-def reconstruction_order(
-    bead_edges: np.ndarray, first_bead: int, n_beads: int
-) -> tuple[int, ...]:
+def reconstruction_order(bead_edges: np.ndarray, first_bead: int, n_beads: int) -> tuple[int, ...]:
     """Beads depth-first along the CG graph, lower indices first among neighbours."""
     neighbours = _adjacency(bead_edges, n_beads)
     order, seen = [], set()
@@ -132,8 +129,9 @@ def bead_steps(
     for step in heavy_steps:
         parents = {a: i for i, a in enumerate(step.atoms)}
         hydrogens = [a for a in owned[step.bead] if not heavy[a]]
-        hydrogens.sort(key=lambda h: (min((parents.get(n, len(parents)) for n in neighbours[h]),
-                                          default=len(parents)), h))
+        hydrogens.sort(
+            key=lambda h: (min((parents.get(n, len(parents)) for n in neighbours[h]), default=len(parents)), h)
+        )
         if hydrogens:
             hydrogen_steps.append(Step(step.bead, HYDROGEN, tuple(int(h) for h in hydrogens)))
     placed_beads = {s.bead for s in heavy_steps}

@@ -36,8 +36,10 @@ def build_report(analysis: Analysis, results: dict[str, SetResult]) -> dict:
             "kind": o.kind,
             "unit": o.unit,
             REFERENCE: o.summary(ref_values),
-            "sets": {label: {**o.summary(r.values[o.name]), **o.score(ref_values, r.values[o.name])}
-                     for label, r in sets.items()},
+            "sets": {
+                label: {**o.summary(r.values[o.name]), **o.score(ref_values, r.values[o.name])}
+                for label, r in sets.items()
+            },
         }
     if reference.energies is not None:
         report["energies"] = {"unit": "kJ/mol", "terms": {}}
@@ -45,8 +47,10 @@ def build_report(analysis: Analysis, results: dict[str, SetResult]) -> dict:
             ref_mean = float(ref_values.mean())
             report["energies"]["terms"][term] = {
                 REFERENCE: _mean_sd(ref_values),
-                "sets": {label: {**_mean_sd(r.energies[term]), "delta_mean": float(r.energies[term].mean()) - ref_mean}
-                         for label, r in sets.items()},
+                "sets": {
+                    label: {**_mean_sd(r.energies[term]), "delta_mean": float(r.energies[term].mean()) - ref_mean}
+                    for label, r in sets.items()
+                },
             }
     return report
 
@@ -55,8 +59,9 @@ def _mean_sd(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "sd": float(np.std(values))}
 
 
-def write_report(report: dict, analysis: Analysis, results: dict[str, SetResult], output: str | os.PathLike,
-                 overwrite: bool = False) -> list[Path]:
+def write_report(
+    report: dict, analysis: Analysis, results: dict[str, SetResult], output: str | os.PathLike, overwrite: bool = False
+) -> list[Path]:
     """Write the figures, `report.json` and `report.md` into the folder `output`; returns their paths."""
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,8 +70,9 @@ def write_report(report: dict, analysis: Analysis, results: dict[str, SetResult]
         written.append(_save(plot_energies(report), folder / FIGURES["energies"], overwrite))
     by_type = [o for o in report["observables"].values() if o["kind"] == "energy"]
     if by_type and report["sets"]:
-        written.append(_save(plot_bonded_types(by_type[0], list(report["sets"])), folder / FIGURES["bonded types"],
-                             overwrite))
+        written.append(
+            _save(plot_bonded_types(by_type[0], list(report["sets"])), folder / FIGURES["bonded types"], overwrite)
+        )
     with atomic_output(folder / "report.json", overwrite) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     written.append(folder / "report.json")
@@ -166,15 +172,21 @@ def plot_bonded_types(observable: dict, labels: list[str]):
     from matplotlib.figure import Figure
 
     groups = list(observable[REFERENCE])
-    figure = Figure(figsize=(PANEL_SIZE[0] * 2, 0.8 + 0.25 * len(groups) * max(len(labels), 1) ** 0.5),
-                    layout="constrained")
+    figure = Figure(
+        figsize=(PANEL_SIZE[0] * 2, 0.8 + 0.25 * len(groups) * max(len(labels), 1) ** 0.5), layout="constrained"
+    )
     ax = figure.subplots()
     colours = _colours(labels)
     height = 0.8 / len(labels)
     for k, label in enumerate(labels):
         share = [observable["sets"][label][f"{group} %"] for group in groups]
-        ax.barh(np.arange(len(groups)) + (k - (len(labels) - 1) / 2) * height, share, height,
-                color=colours[label], label=label)
+        ax.barh(
+            np.arange(len(groups)) + (k - (len(labels) - 1) / 2) * height,
+            share,
+            height,
+            color=colours[label],
+            label=label,
+        )
     ax.axvline(100, color="black", lw=0.8, ls="--")
     ax.set_yticks(range(len(groups)), groups, fontsize=7)
     ax.invert_yaxis()
@@ -208,35 +220,62 @@ def markdown(report: dict, figures: list[str]) -> str:
     """The report as Markdown: sets, scores, summaries, energies, checks and the figures."""
     labels = list(report["sets"])
     observables = report["observables"]
-    lines = ["# Comparison with the reference", "",
-             f"Reference: `{report[REFERENCE]['trajectory']}` ({report[REFERENCE]['frames']} frames).", ""]
+    lines = [
+        "# Comparison with the reference",
+        "",
+        f"Reference: `{report[REFERENCE]['trajectory']}` ({report[REFERENCE]['frames']} frames).",
+        "",
+    ]
     lines += [f"- `{label}`: `{s['trajectory']}` ({s['frames']} frames)" for label, s in report["sets"].items()]
 
     scored = {name: o for name, o in observables.items() if o["kind"] in ("distribution", "histogram")}
-    rows = [[name, label, *[_number(o["sets"][label][k]) if k in o["sets"][label] else "-" for k in SCORES], o["unit"]]
-            for name, o in scored.items() for label in labels]
-    lines += ["", "## Scores", "",
-              "JSD: Jensen-Shannon divergence (natural log) on fixed bins; L1: difference of per-frame pair counts "
-              "relative to the reference's; W1: 1-Wasserstein distance, in the observable's unit.", "",
-              markdown_table(["observable", "set", *(k.upper() for k in SCORES), "unit"], rows)]
+    rows = [
+        [name, label, *[_number(o["sets"][label][k]) if k in o["sets"][label] else "-" for k in SCORES], o["unit"]]
+        for name, o in scored.items()
+        for label in labels
+    ]
+    lines += [
+        "",
+        "## Scores",
+        "",
+        "JSD: Jensen-Shannon divergence (natural log) on fixed bins; L1: difference of per-frame pair counts "
+        "relative to the reference's; W1: 1-Wasserstein distance, in the observable's unit.",
+        "",
+        markdown_table(["observable", "set", *(k.upper() for k in SCORES), "unit"], rows),
+    ]
 
     header = ["observable", "unit", REFERENCE, *labels]
-    rows = [[name, o["unit"], _summary(o[REFERENCE]), *[_summary(_only_summary(o, label)) for label in labels]]
-            for name, o in observables.items() if o["kind"] != "energy"]
+    rows = [
+        [name, o["unit"], _summary(o[REFERENCE]), *[_summary(_only_summary(o, label)) for label in labels]]
+        for name, o in observables.items()
+        if o["kind"] != "energy"
+    ]
     lines += ["", "## Summaries (mean ± sd, or as named)", "", markdown_table(header, rows)]
 
     if "energies" in report:
-        rows = [[term, _summary(e[REFERENCE]), *[_summary(e["sets"][label]) for label in labels]]
-                for term, e in report["energies"]["terms"].items()]
-        lines += ["", "## Energies per frame (gmx mdrun -rerun, kJ/mol, mean ± sd)", "",
-                  markdown_table(["term", REFERENCE, *labels], rows)]
+        rows = [
+            [term, _summary(e[REFERENCE]), *[_summary(e["sets"][label]) for label in labels]]
+            for term, e in report["energies"]["terms"].items()
+        ]
+        lines += [
+            "",
+            "## Energies per frame (gmx mdrun -rerun, kJ/mol, mean ± sd)",
+            "",
+            markdown_table(["term", REFERENCE, *labels], rows),
+        ]
 
     for name, o in observables.items():
         if o["kind"] == "energy":
-            rows = [[group, _number(mean), *[_with_share(o["sets"][label], group) for label in labels]]
-                    for group, mean in o[REFERENCE].items()]
-            lines += ["", f"## {name[0].upper()}{name[1:]} ({o['unit']} per frame, mean; % of the reference)", "",
-                      markdown_table(["terms", REFERENCE, *labels], rows)]
+            rows = [
+                [group, _number(mean), *[_with_share(o["sets"][label], group) for label in labels]]
+                for group, mean in o[REFERENCE].items()
+            ]
+            lines += [
+                "",
+                f"## {name[0].upper()}{name[1:]} ({o['unit']} per frame, mean; % of the reference)",
+                "",
+                markdown_table(["terms", REFERENCE, *labels], rows),
+            ]
 
     lines += [""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"

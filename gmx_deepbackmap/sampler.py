@@ -148,8 +148,10 @@ def unwrap_levels(topology: Topology) -> list[tuple[torch.Tensor, torch.Tensor]]
         parents.append(parent[child] + start)
         levels.append(level[child])
     atoms_all, parents_all, levels_all = (np.concatenate(a) for a in (atoms, parents, levels))
-    return [(torch.from_numpy(atoms_all[levels_all == k]), torch.from_numpy(parents_all[levels_all == k]))
-            for k in range(1, int(levels_all.max(initial=0)) + 1)]
+    return [
+        (torch.from_numpy(atoms_all[levels_all == k]), torch.from_numpy(parents_all[levels_all == k]))
+        for k in range(1, int(levels_all.max(initial=0)) + 1)
+    ]
 
 
 def _bfs_parents(n_atoms: int, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,8 +177,9 @@ def _bfs_parents(n_atoms: int, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return parent, level
 
 
-def make_whole(positions: torch.Tensor, box: torch.Tensor,
-               levels: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def make_whole(
+    positions: torch.Tensor, box: torch.Tensor, levels: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
     """Every atom moved to the image nearest its parent, level by level: molecules unbroken."""
     x = positions.clone()
     b = box.to(x)
@@ -191,8 +194,11 @@ def make_whole(positions: torch.Tensor, box: torch.Tensor,
 def forward_schedule(plan: SystemPlan) -> list[np.ndarray]:
     """Step batches of the forward pass: heavy phase, then hydrogens; in each, rank by rank."""
     rank = plan.bead_rank[plan.step_bead]
-    return [np.flatnonzero((plan.step_heavy == heavy) & (rank == k))
-            for heavy in (True, False) for k in np.unique(rank[plan.step_heavy == heavy])]
+    return [
+        np.flatnonzero((plan.step_heavy == heavy) & (rank == k))
+        for heavy in (True, False)
+        for k in np.unique(rank[plan.step_heavy == heavy])
+    ]
 
 
 def gibbs_schedule(plan: SystemPlan, neighbours: torch.Tensor, steps: np.ndarray | None = None) -> list[np.ndarray]:
@@ -220,7 +226,8 @@ def native_bfloat16(device: str | torch.device) -> bool:
     """Whether `device` is a CPU with bfloat16 units (AVX512-BF16 or AMX)."""
     cpu = torch.cpu
     return torch.device(device).type == "cpu" and any(
-        getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
 
 
 def uses_bfloat16(precision: str, device: str | torch.device) -> bool:
@@ -256,9 +263,20 @@ def _standing_energies(state: _FrameState) -> tuple[np.ndarray, np.ndarray, np.n
     out = np.empty((3, len(state.plan.step_bead)))
     for chunk in _chunks(np.arange(out.shape[1]), 1):
         items = torch.from_numpy(chunk)
-        batch = _trim(gather(state.plan, state.hood, state.positions, state.cg, state.box, items,
-                             torch.full((len(chunk),), GIBBS), torch.zeros(len(chunk), dtype=torch.float64),
-                             state.model.half_extent, score_hidden=True))
+        batch = _trim(
+            gather(
+                state.plan,
+                state.hood,
+                state.positions,
+                state.cg,
+                state.box,
+                items,
+                torch.full((len(chunk),), GIBBS),
+                torch.zeros(len(chunk), dtype=torch.float64),
+                state.model.half_extent,
+                score_hidden=True,
+            )
+        )
         out[:, chunk] = torch.stack(state.prior.total_and_strain(batch, batch.target)).numpy()
     return out[0], out[1], out[2]
 
@@ -272,13 +290,33 @@ def _place(state: _FrameState, steps: np.ndarray, context: int, k: int, score_hi
     items = torch.from_numpy(steps).repeat_interleave(k)
     offset = torch.rand(n, 1, generator=state.angles, dtype=torch.float64) * 2 * math.pi
     angle = (offset + torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)).reshape(-1)
-    batch = _trim(gather(plan, state.hood, state.positions, state.cg, state.box, items,
-                         torch.full((n * k,), context), angle, model.half_extent, score_hidden=score_hidden))
+    batch = _trim(
+        gather(
+            plan,
+            state.hood,
+            state.positions,
+            state.cg,
+            state.box,
+            items,
+            torch.full((n * k,), context),
+            angle,
+            model.half_extent,
+            score_hidden=score_hidden,
+        )
+    )
     on_device = to_device(batch, state.device)
     static = environment_densities(on_device, plan.layout.n_channels, model.grid)
     with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=state.bfloat16):
-        _, _, coords = rollout(model.generator, static, on_device, model.grid, model.network.n_atom_types,
-                               model.network.noise_dim, sampling=True, noise_scale=state.noise_scale)
+        _, _, coords = rollout(
+            model.generator,
+            static,
+            on_device,
+            model.grid,
+            model.network.n_atom_types,
+            model.network.noise_dim,
+            sampling=True,
+            noise_scale=state.noise_scale,
+        )
     local = coords.to("cpu", torch.float64)
     if context == FORWARD:  # in Gibbs sweeps a bead sits between two joints; shifting it flipped chirality
         local = local + state.prior.junction_shift(batch, local)[:, None]
@@ -296,16 +334,22 @@ def _trim(batch: Batch) -> Batch:
     """The batch without the step columns no item uses (gather pads to the longest step of all)."""
     n = int(batch.step_mask.sum(1).max())
     return dataclasses.replace(
-        batch, channels=batch.channels[:, :n], sequence_channels=batch.sequence_channels[:, :n, :n],
-        atom_types=batch.atom_types[:, :n], step_mask=batch.step_mask[:, :n], target=batch.target[:, :n],
-        sequence_atoms=batch.sequence_atoms[:, :n])
+        batch,
+        channels=batch.channels[:, :n],
+        sequence_channels=batch.sequence_channels[:, :n, :n],
+        atom_types=batch.atom_types[:, :n],
+        step_mask=batch.step_mask[:, :n],
+        target=batch.target[:, :n],
+        sequence_atoms=batch.sequence_atoms[:, :n],
+    )
 
 
 def step_templates(plan: SystemPlan) -> np.ndarray:
     """(S,) template of each step: steps of the same bead of the same molecule type in the same
     phase (heavy or hydrogen) share one, so their energies are comparable."""
-    key = np.stack([plan.molecule_type[plan.bead_molecule[plan.step_bead]], plan.bead_rank[plan.step_bead],
-                    plan.step_heavy], 1)
+    key = np.stack(
+        [plan.molecule_type[plan.bead_molecule[plan.step_bead]], plan.bead_rank[plan.step_bead], plan.step_heavy], 1
+    )
     return np.unique(key, axis=0, return_inverse=True)[1].reshape(-1)
 
 
@@ -325,8 +369,9 @@ def outlier_steps(energy: np.ndarray, templates: np.ndarray, mads: float = OUTLI
     return out
 
 
-def repair_steps(energy: np.ndarray, worst_pair: np.ndarray, worst_term: np.ndarray, templates: np.ndarray,
-                 outliers_too: bool) -> np.ndarray:
+def repair_steps(
+    energy: np.ndarray, worst_pair: np.ndarray, worst_term: np.ndarray, templates: np.ndarray, outliers_too: bool
+) -> np.ndarray:
     """(S,) bool: steps with a strained contact (`STRAINED_PAIR`) or bent term (`STRAINED_TERM`)
     and, if `outliers_too`, energy outliers among their template's copies (`outlier_steps`)."""
     strained = (worst_pair > STRAINED_PAIR) | (worst_term > STRAINED_TERM)
@@ -346,13 +391,17 @@ def repair_schedule(plan: SystemPlan, neighbours: torch.Tensor, chosen: np.ndarr
     colour = np.full(len(plan.bead_rank), -1)
     colour[beads] = graph_colours(neighbours, beads)
     step_colour = colour[plan.step_bead]
-    batches = [np.flatnonzero((step_colour == c) & (plan.step_heavy == heavy))
-               for c in np.unique(colour[beads]) for heavy in (True, False)]
+    batches = [
+        np.flatnonzero((step_colour == c) & (plan.step_heavy == heavy))
+        for c in np.unique(colour[beads])
+        for heavy in (True, False)
+    ]
     return [steps for steps in batches if len(steps)]
 
 
-def mirror_schedule(plan: SystemPlan, neighbours: torch.Tensor, atoms: np.ndarray,
-                    centres: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def mirror_schedule(
+    plan: SystemPlan, neighbours: torch.Tensor, atoms: np.ndarray, centres: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(heavy, hydrogen) batches to re-place around mirrored centres (`atoms` (M, 4), see
     `StereoCheck.mirror_inverted`; `centres`: every recorded centre): the heavy steps of the beads
     that own a neighbour of a mirrored centre but no centre at all (sPS: the phenyl ring, oriented
@@ -368,7 +417,7 @@ def mirror_schedule(plan: SystemPlan, neighbours: torch.Tensor, atoms: np.ndarra
 
 def _chunks(steps: np.ndarray, orientations: int) -> list[np.ndarray]:
     size = max(MAX_ITEMS // orientations, 1)
-    return [steps[i:i + size] for i in range(0, len(steps), size)]
+    return [steps[i : i + size] for i in range(0, len(steps), size)]
 
 
 def backmap_frame(
@@ -416,9 +465,11 @@ def backmap_frame(
     Atoms lie near their owner beads, so molecules may be broken across the box (see `make_whole`).
     """
     if orientations < 1 or gibbs_sweeps < 0 or repair_rounds < 0 or thermal_sweeps < 0 or not noise_scale >= 0:
-        raise InputError("need orientations >= 1, gibbs_sweeps >= 0, repair_rounds >= 0, thermal_sweeps >= 0 and "
-                         f"noise_scale >= 0 (got {orientations}, {gibbs_sweeps}, {repair_rounds}, {thermal_sweeps}, "
-                         f"{noise_scale})")
+        raise InputError(
+            "need orientations >= 1, gibbs_sweeps >= 0, repair_rounds >= 0, thermal_sweeps >= 0 and "
+            f"noise_scale >= 0 (got {orientations}, {gibbs_sweeps}, {repair_rounds}, {thermal_sweeps}, "
+            f"{noise_scale})"
+        )
     if ranking not in RANKINGS:
         raise InputError(f"ranking '{ranking}': expected one of {', '.join(RANKINGS)}")
     if thermal is not None and not (temperature is not None and temperature > 0):
@@ -430,11 +481,25 @@ def backmap_frame(
     cg_t, box_t = torch.as_tensor(cg, dtype=torch.float64), torch.as_tensor(box, dtype=torch.float64)
     hood = neighbourhood(plan, cg, box, reach(model.half_extent))
     stereo = stereo or StereoCheck(plan, np.zeros((0, 4), dtype=np.int64), np.zeros(0))
-    state = _FrameState(model, plan, prior, stereo, hood, cg_t, box_t, cg_t[torch.from_numpy(plan.atom_owner)].clone(),
-                        gen, device, ranking, noise_scale, uses_bfloat16(precision, device))
+    state = _FrameState(
+        model,
+        plan,
+        prior,
+        stereo,
+        hood,
+        cg_t,
+        box_t,
+        cg_t[torch.from_numpy(plan.atom_owner)].clone(),
+        gen,
+        device,
+        ranking,
+        noise_scale,
+        uses_bfloat16(precision, device),
+    )
     sweep = gibbs_schedule(plan, hood.beads)
-    passes = [("forward", forward_schedule(plan), FORWARD)] + [(f"sweep {k + 1}", sweep, GIBBS)
-                                                               for k in range(gibbs_sweeps)]
+    passes = [("forward", forward_schedule(plan), FORWARD)] + [
+        (f"sweep {k + 1}", sweep, GIBBS) for k in range(gibbs_sweeps)
+    ]
     templates = step_templates(plan)
 
     def run(name: str, schedule: list[np.ndarray], context: int, k: int, score_hidden: bool = False) -> None:
@@ -479,8 +544,9 @@ def backmap_frame(
                 state.positions = restore_bonds(state.positions, box_t, moving_only(constraints, moved[moved >= 0]))
             state.stereo.mirror_inverted(state.positions, box_t)  # a re-placed neighbour may invert one again
         if thermal is not None:
-            state.positions = torch.from_numpy(thermalise(state.positions, box, thermal, temperature, thermal_sweeps,
-                                                          generator=gen, cg=cg))
+            state.positions = torch.from_numpy(
+                thermalise(state.positions, box, thermal, temperature, thermal_sweeps, generator=gen, cg=cg)
+            )
             if stages is not None:
                 stages("thermalised", state.positions.numpy().copy())
     return state.positions.numpy()
@@ -500,22 +566,32 @@ class SystemParts:
     thermal: ThermalMoves | None
 
 
-def prepare_system(model: DeepBackmapModel, topology: Topology, mapping: Mapping, constrain: bool = True,
-                   thermal: str = DEFAULT_THERMAL) -> SystemParts:
+def prepare_system(
+    model: DeepBackmapModel,
+    topology: Topology,
+    mapping: Mapping,
+    constrain: bool = True,
+    thermal: str = DEFAULT_THERMAL,
+) -> SystemParts:
     """The plan, energy prior, chiral-centre check, (if `constrain`) bond constraints and the
     moves of the last stage (`THERMAL`) of a system for `backmap_frame`."""
     if thermal not in THERMAL:
         raise InputError(f"thermal '{thermal}': expected one of {', '.join(THERMAL)}")
     plan = plan_system(topology, mapping, model.layout)
     centres, signs, hydrogens = system_stereo(topology, model.stereo)
-    moves = None if thermal == "none" else thermal_moves(topology, ForceField(topology), thermal, mapping,
-                                                         (centres, signs))
-    return SystemParts(plan, LocalPrior(topology, plan), StereoCheck(plan, centres, signs, hydrogens),
-                       bond_constraints(topology) if constrain else None, moves)
+    moves = (
+        None if thermal == "none" else thermal_moves(topology, ForceField(topology), thermal, mapping, (centres, signs))
+    )
+    return SystemParts(
+        plan,
+        LocalPrior(topology, plan),
+        StereoCheck(plan, centres, signs, hydrogens),
+        bond_constraints(topology) if constrain else None,
+        moves,
+    )
 
 
-def noise_scale_for(model: DeepBackmapModel, temperature: float | None,
-                    path: str | os.PathLike | None = None) -> float:
+def noise_scale_for(model: DeepBackmapModel, temperature: float | None, path: str | os.PathLike | None = None) -> float:
     """How much to scale the generator's noise to sample at `temperature` (K): sqrt(T / T_train),
     T_train the temperature of the model's training frames (its config's `temperature`). Thermal
     displacements along stiff (harmonic) coordinates grow as sqrt(T), so a generator whose noise
@@ -525,31 +601,40 @@ def noise_scale_for(model: DeepBackmapModel, temperature: float | None,
         return 1.0
     trained = model.training.get("temperature")
     if trained is None:
-        raise InputError("the model does not record the temperature of its training frames "
-                         "(training config key `temperature`), so it cannot be sampled at another one", path)
+        raise InputError(
+            "the model does not record the temperature of its training frames "
+            "(training config key `temperature`), so it cannot be sampled at another one",
+            path,
+        )
     if not temperature > 0:
         raise InputError(f"temperature {temperature}: expected a positive number of kelvin")
     return math.sqrt(temperature / trained)
 
 
-def frames_temperature(model: DeepBackmapModel, temperature: float | None, thermal: str,
-                       path: str | os.PathLike | None = None) -> float | None:
+def frames_temperature(
+    model: DeepBackmapModel, temperature: float | None, thermal: str, path: str | os.PathLike | None = None
+) -> float | None:
     """The temperature (K) of the CG frames: `temperature`, else that of the model's training
     frames. Needed unless `thermal` is "none"; `path`: the model file, named in errors."""
     kelvin = model.training.get("temperature") if temperature is None else temperature
     if kelvin is None and thermal != "none":
-        raise InputError("the last stage samples at the temperature of the CG frames, and the model does not "
-                         "record that of its training frames: give --temperature (or --thermal none)", path)
+        raise InputError(
+            "the last stage samples at the temperature of the CG frames, and the model does not "
+            "record that of its training frames: give --temperature (or --thermal none)",
+            path,
+        )
     return kelvin
 
 
 def _growing(bar) -> Callable[[int], None]:
     """A progress callback for a bar whose total covers the forward pass and sweeps: the repair
     rounds, of a size known only as they run, extend it."""
+
     def update(n: int) -> None:
         if bar.n + n > bar.total:
             bar.total = bar.n + n
         bar.update(n)
+
     return update
 
 
@@ -601,8 +686,9 @@ def backmap(
     net.check_system(top, cg_map, path)
     noise_scale = noise_scale_for(net, temperature, path) if scale_noise else 1.0
     kelvin = frames_temperature(net, temperature, thermal, path)
-    universe, n_frames = open_frames(structure, trajectory, cg_map.n_beads, frames, output,
-                                     f"the CG mapping of the topology {topology}")
+    universe, n_frames = open_frames(
+        structure, trajectory, cg_map.n_beads, frames, output, f"the CG mapping of the topology {topology}"
+    )
 
     system = prepare_system(net, top, cg_map, constrain, thermal)
     levels = unwrap_levels(top)
@@ -614,12 +700,27 @@ def backmap(
             if not (np.diag(cg.box) > 0).all():
                 raise InputError(f"frame {cg.step} has no periodic box", trajectory or structure)
             with tqdm(total=per_frame, unit="atom", desc=f"frame {cg.step}", leave=False, disable=disable) as bar:
-                x = backmap_frame(net, system.plan, system.prior, cg.positions, cg.box, gibbs_sweeps=gibbs_sweeps,
-                                  orientations=orientations, repair_rounds=repair_rounds, ranking=ranking,
-                                  noise_scale=noise_scale, generator=frame_seed(seed, cg.step), device=device,
-                                  constraints=system.constraints, stereo=system.stereo, thermal=system.thermal,
-                                  temperature=kelvin, thermal_sweeps=thermal_sweeps, precision=precision,
-                                  progress=_growing(bar))
+                x = backmap_frame(
+                    net,
+                    system.plan,
+                    system.prior,
+                    cg.positions,
+                    cg.box,
+                    gibbs_sweeps=gibbs_sweeps,
+                    orientations=orientations,
+                    repair_rounds=repair_rounds,
+                    ranking=ranking,
+                    noise_scale=noise_scale,
+                    generator=frame_seed(seed, cg.step),
+                    device=device,
+                    constraints=system.constraints,
+                    stereo=system.stereo,
+                    thermal=system.thermal,
+                    temperature=kelvin,
+                    thermal_sweeps=thermal_sweeps,
+                    precision=precision,
+                    progress=_growing(bar),
+                )
             whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), levels).numpy()
             written.append(Frame(whole, cg.box, cg.time, cg.step))
             frames_bar.update(1)

@@ -126,8 +126,9 @@ class StereoCheck:
         None: none) as from `system_stereo`."""
         self.atoms = torch.as_tensor(atoms, dtype=torch.int64)
         self.signs = torch.as_tensor(signs, dtype=torch.float64)
-        self.hydrogens = torch.as_tensor(np.full(len(self.atoms), -1) if hydrogens is None else hydrogens,
-                                         dtype=torch.int64)
+        self.hydrogens = torch.as_tensor(
+            np.full(len(self.atoms), -1) if hydrogens is None else hydrogens, dtype=torch.int64
+        )
         self.of_step = terms_of_steps(plan, np.asarray(atoms, dtype=np.int64).reshape(-1, 4))
 
     def mirror_inverted(self, positions: torch.Tensor, box: torch.Tensor) -> np.ndarray:
@@ -173,8 +174,14 @@ class StereoCheck:
         positions[centres] += reflect + lift
         return self.atoms[bad].numpy()
 
-    def inverted(self, steps: torch.Tensor, sequence_atoms: torch.Tensor, sequence: torch.Tensor,
-                 positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    def inverted(
+        self,
+        steps: torch.Tensor,
+        sequence_atoms: torch.Tensor,
+        sequence: torch.Tensor,
+        positions: torch.Tensor,
+        box: torch.Tensor,
+    ) -> torch.Tensor:
         """Number (B,) of centres touched by each item's step (B,) that its sequence atoms (B, L),
         at box-frame positions `sequence` (B, L, 3), put in the mirror image or (nearly) flat
         (`MIN_VOLUME`); every other atom at `positions` (N, 3), unplaced ones at their bead."""

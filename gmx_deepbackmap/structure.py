@@ -82,8 +82,10 @@ def check_output_format(output: str | os.PathLike, n_frames: int) -> None:
         get_writer_for(str(output), multiframe=n_frames > 1)
     except (TypeError, ValueError):
         what = f"{n_frames} frames" if n_frames > 1 else "a structure"
-        raise InputError(f"cannot write {what} in this format (use .xtc or .trr for trajectories, "
-                         ".gro or .pdb for one frame)", output) from None
+        raise InputError(
+            f"cannot write {what} in this format (use .xtc or .trr for trajectories, .gro or .pdb for one frame)",
+            output,
+        ) from None
 
 
 def open_frames(structure, trajectory, n_atoms: int, frames: slice, output, what: str):
@@ -200,9 +202,7 @@ def _empty_universe(atom_names, residue_names, residue_numbers):
     resnums = np.asarray(residue_numbers)
     starts = np.flatnonzero(np.r_[True, resnums[1:] != resnums[:-1]])
     atom_resindex = np.cumsum(np.r_[True, resnums[1:] != resnums[:-1]]) - 1
-    universe = mda.Universe.empty(
-        len(atom_names), n_residues=len(starts), atom_resindex=atom_resindex, trajectory=True
-    )
+    universe = mda.Universe.empty(len(atom_names), n_residues=len(starts), atom_resindex=atom_resindex, trajectory=True)
     universe.add_TopologyAttr("name", list(atom_names))
     universe.add_TopologyAttr("resname", [residue_names[i] for i in starts])
     universe.add_TopologyAttr("resid", [int(resnums[i]) for i in starts])

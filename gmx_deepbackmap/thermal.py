@@ -98,9 +98,13 @@ class ThermalMoves:
         return np.repeat(np.arange(len(self.kinds)), np.diff(self.starts))
 
 
-def thermal_moves(topology: Topology, force_field: ForceField, selection: str = "groups",
-                  mapping: Mapping | None = None,
-                  chiral: tuple[np.ndarray, np.ndarray] | None = None) -> ThermalMoves:
+def thermal_moves(
+    topology: Topology,
+    force_field: ForceField,
+    selection: str = "groups",
+    mapping: Mapping | None = None,
+    chiral: tuple[np.ndarray, np.ndarray] | None = None,
+) -> ThermalMoves:
     """The moves of `selection` (`SELECTIONS`) in a topology; with a `mapping`, bead centres are
     restrained to the CG positions given to `thermalise`; moves that would invert or flatten one of
     the `chiral` centres (atoms (C, 4) and signs (C,) as from `stereo.system_stereo`) are refused."""
@@ -122,7 +126,7 @@ def thermal_moves(topology: Topology, force_field: ForceField, selection: str = 
                 found.setdefault((group, (p, -1)), KINDS.index("pivot"))
         axis_atoms = [p for p in neighbours[a] if heavy[p]]
         for k, p in enumerate(axis_atoms):
-            for q in axis_atoms[k + 1:]:
+            for q in axis_atoms[k + 1 :]:
                 group = _hanging(neighbours, a, (p, q))
                 if group is not None:
                     found.setdefault((group, (min(p, q), max(p, q))), KINDS.index("crankshaft"))
@@ -131,13 +135,23 @@ def thermal_moves(topology: Topology, force_field: ForceField, selection: str = 
     atoms = np.array([i for (group, _), _ in moves for i in sorted(group)], dtype=np.int64)
     pivots = np.array([pivot for (_, pivot), _ in moves], dtype=np.int64).reshape(-1, 2)
     kinds = np.array([kind for _, kind in moves], dtype=np.int64)
-    centres = None if mapping is None else CentreMembers(mapping.member_atoms, mapping.member_beads,
-                                                         mapping.member_weights)
+    centres = (
+        None if mapping is None else CentreMembers(mapping.member_atoms, mapping.member_beads, mapping.member_weights)
+    )
     keys = np.unique(topology.exclusions[:, 0] * topology.n_atoms + topology.exclusions[:, 1])
     if chiral is None:
         chiral = (np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64))
-    moves = ThermalMoves(force_field, starts, atoms, pivots, kinds, keys, np.zeros((0, 2), np.int64), centres,
-                         (np.asarray(chiral[0], dtype=np.int64).reshape(-1, 4), np.asarray(chiral[1])))
+    moves = ThermalMoves(
+        force_field,
+        starts,
+        atoms,
+        pivots,
+        kinds,
+        keys,
+        np.zeros((0, 2), np.int64),
+        centres,
+        (np.asarray(chiral[0], dtype=np.int64).reshape(-1, 4), np.asarray(chiral[1])),
+    )
     return dataclasses.replace(moves, conflicts=_conflicts(moves, topology.n_atoms))
 
 
@@ -254,8 +268,14 @@ class _PairList:
         coefficients = _pair_coefficients(force_field, i, j, excluded)
         images = np.rint(shifts @ np.linalg.inv(box)).astype(np.int8)
         atom = np.concatenate([i, j])
-        return cls(atom, np.concatenate([j, i]), np.concatenate([shifts, -shifts]), np.concatenate([images, -images]),
-                   np.concatenate([coefficients, coefficients]), *_csr(atom, len(x)))
+        return cls(
+            atom,
+            np.concatenate([j, i]),
+            np.concatenate([shifts, -shifts]),
+            np.concatenate([images, -images]),
+            np.concatenate([coefficients, coefficients]),
+            *_csr(atom, len(x)),
+        )
 
     def close(self, x: np.ndarray, distance: float) -> np.ndarray:
         """(P, 2) the pairs closer than `distance`, each once."""
@@ -269,8 +289,15 @@ class _ColourEnergy:
     Lennard-Jones and reaction-field Coulomb pairs (`ForceField`'s forms) and the centre restraint
     of its beads. Periodic images are fixed when built from `x`: moves keep atoms in their image."""
 
-    def __init__(self, moves: ThermalMoves, colour: np.ndarray, x: torch.Tensor, box: torch.Tensor,
-                 pairs: _PairList, stiffness: float):
+    def __init__(
+        self,
+        moves: ThermalMoves,
+        colour: np.ndarray,
+        x: torch.Tensor,
+        box: torch.Tensor,
+        pairs: _PairList,
+        stiffness: float,
+    ):
         force_field = moves.force_field
         n_atoms = force_field.n_atoms
         entries = np.concatenate([np.arange(moves.starts[g], moves.starts[g + 1]) for g in colour])
@@ -298,29 +325,47 @@ class _ColourEnergy:
         local = where[centres]
         rows = (local >= 0).any(1)  # no two groups of a colour touch one centre (they share its angles)
         atoms = torch.from_numpy(centres[rows])
-        self.chiral = (atoms.numpy(), np.stack([image_shifts(x[atoms[:, k]] - x[atoms[:, 0]], box).numpy()
-                                                for k in (1, 2, 3)], 1).reshape(-1, 3, 3),
-                       signs[rows].astype(np.float64), local[rows].max(1))
+        self.chiral = (
+            atoms.numpy(),
+            np.stack([image_shifts(x[atoms[:, k]] - x[atoms[:, 0]], box).numpy() for k in (1, 2, 3)], 1).reshape(
+                -1, 3, 3
+            ),
+            signs[rows].astype(np.float64),
+            local[rows].max(1),
+        )
         self.centres = None
         if moves.centres is not None and stiffness > 0:
             rows = where[moves.centres.atoms] >= 0
             beads = moves.centres.beads[rows]
-            self.centres = (torch.from_numpy(self.slot[moves.centres.atoms[rows]]), torch.from_numpy(beads),
-                            torch.from_numpy(moves.centres.weights[rows]),
-                            torch.from_numpy(np.unique(beads)))
+            self.centres = (
+                torch.from_numpy(self.slot[moves.centres.atoms[rows]]),
+                torch.from_numpy(beads),
+                torch.from_numpy(moves.centres.weights[rows]),
+                torch.from_numpy(np.unique(beads)),
+            )
             bead_owner = np.zeros(int(beads.max(initial=0)) + 1, dtype=np.int64)
             bead_owner[beads] = where[moves.centres.atoms[rows]]
             self.bead_owner = torch.from_numpy(bead_owner)
 
-    def change(self, new: torch.Tensor, old: torch.Tensor, x: torch.Tensor,
-               offsets: torch.Tensor | None) -> torch.Tensor:
+    def change(
+        self, new: torch.Tensor, old: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor | None
+    ) -> torch.Tensor:
         """(n,) each group's energy change with the colour's atoms moved from `old` to `new` (m, 3),
         one move at a time (in `x`: `old`), infinite where the colour's move would put a recorded
         chiral centre in its mirror image or flat; `offsets`: the bead centres minus their CG
         positions."""
         x_np, old_np, new_np = x.numpy(), old.numpy(), new.numpy()
-        pairs = _pair_changes(x_np, old_np, new_np, self.other, self.images, self.box, self.pair_starts,
-                              self.coefficients, self.ff.cutoff**2)
+        pairs = _pair_changes(
+            x_np,
+            old_np,
+            new_np,
+            self.other,
+            self.images,
+            self.box,
+            self.pair_starts,
+            self.coefficients,
+            self.ff.cutoff**2,
+        )
         out = np.bincount(self.owner.numpy(), pairs, minlength=self.size)
         _bonded_changes(x_np, self.slot, old_np, new_np, *self.bonded, out)
         _mark_inverting(x_np, self.slot, new_np, *self.chiral, MIN_VOLUME, out)
@@ -343,13 +388,21 @@ class _ColourEnergy:
 _FORMS = {"bond": 0, "angle": 1, "improper": 2, "proper": 3, "periodic_improper": 3, "pair14": 4}
 
 
-def _bonded_rows(force_field: ForceField, where: np.ndarray, x: torch.Tensor,
-                 box: torch.Tensor) -> tuple[np.ndarray, ...]:
+def _bonded_rows(
+    force_field: ForceField, where: np.ndarray, x: torch.Tensor, box: torch.Tensor
+) -> tuple[np.ndarray, ...]:
     """The bonded terms a colour's moves change (`where`: each atom's move, or -1; terms inside one
     group never change), for `_bonded_changes`: atoms (T, 4) padded with -1, bond image shifts
     (T, 3, 3), parameters (T, 3) in radians padded with 0, `_FORMS` (T,) and moves (T,)."""
-    parts = [(np.zeros((0, 4), np.int64), np.zeros((0, 3, 3)), np.zeros((0, 3)), np.zeros(0, np.int64),
-              np.zeros(0, np.int64))]
+    parts = [
+        (
+            np.zeros((0, 4), np.int64),
+            np.zeros((0, 3, 3)),
+            np.zeros((0, 3)),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+        )
+    ]
     for name, (idx, params) in force_field.terms.items():
         local = where[idx.numpy()]
         rows = (local >= 0).any(1) & ~(local == local[:, :1]).all(1)
@@ -357,7 +410,7 @@ def _bonded_rows(force_field: ForceField, where: np.ndarray, x: torch.Tensor,
             continue
         idx, params = idx[torch.from_numpy(rows)], params[torch.from_numpy(rows)].numpy()
         atoms, shifts, padded = np.full((len(idx), 4), -1), np.zeros((len(idx), 3, 3)), np.zeros((len(idx), 3))
-        atoms[:, :idx.shape[1]], padded[:, :params.shape[1]] = idx.numpy(), params
+        atoms[:, : idx.shape[1]], padded[:, : params.shape[1]] = idx.numpy(), params
         for k in range(idx.shape[1] - 1):
             shifts[:, k] = image_shifts(x[idx[:, k + 1]] - x[idx[:, k]], box).numpy()
         parts.append((atoms, shifts, padded, np.full(len(idx), _FORMS[name]), local[rows].max(1)))
@@ -445,8 +498,9 @@ def _pair_coefficients(force_field: ForceField, i: np.ndarray, j: np.ndarray, ex
     correction f q_i q_j (k_rf r^2 - c_rf)."""
     c6, c12, qq, lj_shift = (p.numpy() for p in force_field.pair_parameters(torch.from_numpy(i), torch.from_numpy(j)))
     kept = ~excluded
-    return np.column_stack([c12 * kept, c6 * kept, qq * kept, qq * force_field.k_rf,
-                            lj_shift * kept + qq * force_field.c_rf]).astype(np.float32)
+    return np.column_stack(
+        [c12 * kept, c6 * kept, qq * kept, qq * force_field.k_rf, lj_shift * kept + qq * force_field.c_rf]
+    ).astype(np.float32)
 
 
 # FAST_MATH: an overlap still gives an infinite energy and is refused; 3x faster than strict IEEE
@@ -477,8 +531,9 @@ def _pair_changes(x, old, new, other, images, box, starts, coefficients, cutoff2
             px = x[o, 0] + i * box[0, 0] + j * box[1, 0] + k * box[2, 0]
             py = x[o, 1] + i * box[0, 1] + j * box[1, 1] + k * box[2, 1]
             pz = x[o, 2] + i * box[0, 2] + j * box[1, 2] + k * box[2, 2]
-            total += _pair_energy(px - new[a, 0], py - new[a, 1], pz - new[a, 2], coefficients[r], cutoff2) \
-                - _pair_energy(px - old[a, 0], py - old[a, 1], pz - old[a, 2], coefficients[r], cutoff2)
+            total += _pair_energy(
+                px - new[a, 0], py - new[a, 1], pz - new[a, 2], coefficients[r], cutoff2
+            ) - _pair_energy(px - old[a, 0], py - old[a, 1], pz - old[a, 2], coefficients[r], cutoff2)
         out[a] = total
     return out
 
@@ -499,8 +554,9 @@ def _turn(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return vectors * cos + torch.cross(axis, vectors, dim=-1) * sin + along * (1 - cos)
 
 
-def _rotations(energy: _ColourEnergy, x: torch.Tensor, steps: torch.Tensor,
-               generator: torch.Generator | None) -> torch.Tensor:
+def _rotations(
+    energy: _ColourEnergy, x: torch.Tensor, steps: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """(n, 3) random rotation vectors: crankshafts about their axes, the rest about any axis; the
     proposal is symmetric (a turn and its inverse are equally likely)."""
     pivot, second, shift = energy.axes
@@ -512,8 +568,9 @@ def _rotations(energy: _ColourEnergy, x: torch.Tensor, steps: torch.Tensor,
     return torch.where((second >= 0)[:, None], along, free)
 
 
-def _propose(energy: _ColourEnergy, x: torch.Tensor, steps: torch.Tensor,
-             generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _propose(
+    energy: _ColourEnergy, x: torch.Tensor, steps: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The colour's atoms where they stand and turned by `_rotations` (each group keeps its image)."""
     rotation = _rotations(energy, x, steps, generator)
     old = x[energy.members]
@@ -521,9 +578,16 @@ def _propose(energy: _ColourEnergy, x: torch.Tensor, steps: torch.Tensor,
     return old, old + _turn(arm, rotation[energy.owner]) - arm
 
 
-def thermalise(positions: np.ndarray | torch.Tensor, box: np.ndarray, moves: ThermalMoves, temperature: float,
-               sweeps: int = DEFAULT_SWEEPS, generator: torch.Generator | None = None,
-               cg: np.ndarray | None = None, centre_spread: float = CENTRE_SPREAD) -> np.ndarray:
+def thermalise(
+    positions: np.ndarray | torch.Tensor,
+    box: np.ndarray,
+    moves: ThermalMoves,
+    temperature: float,
+    sweeps: int = DEFAULT_SWEEPS,
+    generator: torch.Generator | None = None,
+    cg: np.ndarray | None = None,
+    centre_spread: float = CENTRE_SPREAD,
+) -> np.ndarray:
     """Positions (N, 3) nm after `sweeps` Metropolis sweeps of `moves` at `temperature` (K). With
     `cg` (M, 3) nm and moves that know the mapping, bead centres are restrained to it with a
     thermal spread of `centre_spread` nm. Every random draw comes from `generator`."""

@@ -40,13 +40,21 @@ SUPPORTED_FUNCTS = {
     "position_restraints": {1},
 }
 ATOMS_PER_TERM = {
-    "bonds": 2, "pairs": 2, "constraints": 2, "angles": 3, "dihedrals": 4,
-    "bondtypes": 2, "pairtypes": 2, "constrainttypes": 2, "angletypes": 3,
+    "bonds": 2,
+    "pairs": 2,
+    "constraints": 2,
+    "angles": 3,
+    "dihedrals": 4,
+    "bondtypes": 2,
+    "pairtypes": 2,
+    "constrainttypes": 2,
+    "angletypes": 3,
     "position_restraints": 1,
 }
 IGNORED_SECTIONS = {"system", "implicit_genborn_params", "cmaptypes"}
 KNOWN_SECTIONS = (
-    set(SUPPORTED_FUNCTS) | IGNORED_SECTIONS
+    set(SUPPORTED_FUNCTS)
+    | IGNORED_SECTIONS
     | {"defaults", "atomtypes", "nonbond_params", "moleculetype", "atoms", "exclusions", "molecules"}
 )
 
@@ -172,7 +180,9 @@ def _number(word: str, kind, line: SourceLine, section: str, what: str):
         expected = "an integer" if kind is int else "a number"
         raise InputError(
             f"malformed number '{word}' for {what} (expected {expected})",
-            line.path, line.lineno, section,
+            line.path,
+            line.lineno,
+            section,
         ) from None
 
 
@@ -181,7 +191,9 @@ def _fields(line: SourceLine, section: str, minimum: int, what: str) -> list[str
     if len(words) < minimum:
         raise InputError(
             f"expected at least {minimum} fields ({what}), found {len(words)}",
-            line.path, line.lineno, section,
+            line.path,
+            line.lineno,
+            section,
         )
     return words
 
@@ -202,8 +214,7 @@ def _scan(lines: list[SourceLine], top: Path) -> _Scan:
             words = _fields(line, section, 2, "nbfunc comb-rule")
             scan.comb_rule = _number(words[1], int, line, section, "comb-rule")
             if scan.comb_rule not in (1, 2, 3):
-                raise InputError(f"comb-rule {scan.comb_rule} (expected 1, 2 or 3)",
-                                 line.path, line.lineno, section)
+                raise InputError(f"comb-rule {scan.comb_rule} (expected 1, 2 or 3)", line.path, line.lineno, section)
             if len(words) >= 5:
                 scan.fudge_lj = _number(words[3], float, line, section, "fudgeLJ")
                 scan.fudge_qq = _number(words[4], float, line, section, "fudgeQQ")
@@ -226,14 +237,12 @@ def _scan(lines: list[SourceLine], top: Path) -> _Scan:
             words = _fields(line, section, 2, "name nrexcl")
             molecule = _ScannedMolecule(words[0], _number(words[1], int, line, section, "nrexcl"))
             if molecule.name in scan.molecule_types:
-                raise InputError(f"moleculetype '{molecule.name}' defined twice",
-                                 line.path, line.lineno, section)
+                raise InputError(f"moleculetype '{molecule.name}' defined twice", line.path, line.lineno, section)
             scan.molecule_types[molecule.name] = molecule
         elif section == "molecules":
             words = _fields(line, section, 2, "name count")
             if words[0] not in scan.molecule_types:
-                raise InputError(f"molecule '{words[0]}' has no [ moleculetype ]",
-                                 line.path, line.lineno, section)
+                raise InputError(f"molecule '{words[0]}' has no [ moleculetype ]", line.path, line.lineno, section)
             scan.molecules.append((words[0], _number(words[1], int, line, section, "count")))
         elif section in IGNORED_SECTIONS:
             continue
@@ -243,7 +252,7 @@ def _scan(lines: list[SourceLine], top: Path) -> _Scan:
             # dihedraltypes may name 2 or 4 atom types; the funct follows them
             funct_at = n if _is_int(words[n]) or section != "dihedraltypes" else 2
             _check_funct(words[funct_at], SUPPORTED_FUNCTS[section], line, section)
-            for word in words[funct_at + 1:]:
+            for word in words[funct_at + 1 :]:
                 _number(word, float, line, section, "parameter")
         else:
             if molecule is None:
@@ -267,7 +276,9 @@ def _check_funct(word: str, supported: set[int], line: SourceLine, section: str)
     if funct not in supported:
         raise InputError(
             f"unsupported function type {funct} (supported: {', '.join(map(str, sorted(supported)))})",
-            line.path, line.lineno, section,
+            line.path,
+            line.lineno,
+            section,
         )
     return funct
 
@@ -277,11 +288,14 @@ def _scan_molecule_line(scan: _Scan, molecule: _ScannedMolecule, section: str, l
         words = _fields(line, section, 5, "nr type resnr residue atom")
         nr = _number(words[0], int, line, section, "atom number")
         if nr != len(molecule.atom_names) + 1:
-            raise InputError(f"atom number {nr} out of sequence (expected {len(molecule.atom_names) + 1})",
-                             line.path, line.lineno, section)
+            raise InputError(
+                f"atom number {nr} out of sequence (expected {len(molecule.atom_names) + 1})",
+                line.path,
+                line.lineno,
+                section,
+            )
         if words[1] not in scan.atomtypes:
-            raise InputError(f"unknown atom type '{words[1]}' (not in [ atomtypes ])",
-                             line.path, line.lineno, section)
+            raise InputError(f"unknown atom type '{words[1]}' (not in [ atomtypes ])", line.path, line.lineno, section)
         _number(words[2], int, line, section, "residue number")
         for word, what in zip(words[6:8], ("charge", "mass")):
             _number(word, float, line, section, what)
@@ -297,7 +311,7 @@ def _scan_molecule_line(scan: _Scan, molecule: _ScannedMolecule, section: str, l
     words = _fields(line, section, n + 1, f"{n} atom numbers and funct")
     atoms = tuple(_atom_index(w, molecule, line, section) for w in words[:n])
     funct = _check_funct(words[n], SUPPORTED_FUNCTS[section], line, section)
-    for word in words[n + 1:]:
+    for word in words[n + 1 :]:
         _number(word, float, line, section, "parameter")
     if section == "bonds" or (section == "constraints" and funct == 1):
         molecule.bonds.append(atoms)
@@ -309,9 +323,10 @@ def _atom_index(word: str, molecule: _ScannedMolecule, line: SourceLine, section
     nr = _number(word, int, line, section, "atom number")
     if not 1 <= nr <= len(molecule.atom_names):
         raise InputError(
-            f"atom {nr} does not exist in moleculetype '{molecule.name}' "
-            f"({len(molecule.atom_names)} atoms)",
-            line.path, line.lineno, section,
+            f"atom {nr} does not exist in moleculetype '{molecule.name}' ({len(molecule.atom_names)} atoms)",
+            line.path,
+            line.lineno,
+            section,
         )
     return nr - 1
 
@@ -356,12 +371,12 @@ def _build(top: Path, scan: _Scan, structure) -> Topology:
     type_index = np.array([type_of[t] for t in atom_types], dtype=np.int64)
     c6, c12, sigma_t, eps_t = _lj_tables(scan, type_names)
 
-    exclusions = np.concatenate(
-        [molecule_types[name].exclusions + start for name, start in molecules]
-    ).astype(np.int64)
+    exclusions = np.concatenate([molecule_types[name].exclusions + start for name, start in molecules]).astype(np.int64)
     pair_rows = np.concatenate(
-        [np.asarray(scan.molecule_types[name].pairs, dtype=np.int64).reshape(-1, 2) + start
-         for name, start in molecules]
+        [
+            np.asarray(scan.molecule_types[name].pairs, dtype=np.int64).reshape(-1, 2) + start
+            for name, start in molecules
+        ]
     )
     return Topology(
         path=top,
@@ -452,20 +467,23 @@ def _terms(rows: list[tuple], n_atoms: int, columns: tuple[str, ...]) -> Terms:
 
 
 def _bonds(structure) -> Terms:
-    rows = [(b.atom1.idx, b.atom2.idx, b.type.req / 10, b.type.k * 2 * KCAL * 100)
-            for b in structure.bonds if b.funct == 1]
+    rows = [
+        (b.atom1.idx, b.atom2.idx, b.type.req / 10, b.type.k * 2 * KCAL * 100) for b in structure.bonds if b.funct == 1
+    ]
     return _terms(rows, 2, ("b0", "kb"))
 
 
 def _constraints(structure) -> Terms:
-    rows = [(b.atom1.idx, b.atom2.idx, b.type.req / 10) for b in structure.bonds
-            if b.funct in (-1, -2) or getattr(b, "constraint", False)]
+    rows = [
+        (b.atom1.idx, b.atom2.idx, b.type.req / 10)
+        for b in structure.bonds
+        if b.funct in (-1, -2) or getattr(b, "constraint", False)
+    ]
     return _terms(rows, 2, ("b0",))
 
 
 def _angles(structure) -> Terms:
-    rows = [(a.atom1.idx, a.atom2.idx, a.atom3.idx, a.type.theteq, a.type.k * 2 * KCAL)
-            for a in structure.angles]
+    rows = [(a.atom1.idx, a.atom2.idx, a.atom3.idx, a.type.theteq, a.type.k * 2 * KCAL) for a in structure.angles]
     return _terms(rows, 3, ("theta0", "k"))
 
 
@@ -476,14 +494,15 @@ def _dihedrals(structure, improper: bool) -> Terms:
             continue
         series = d.type if isinstance(d.type, (list, tuple)) or hasattr(d.type, "__iter__") else [d.type]
         for term in series:
-            rows.append((d.atom1.idx, d.atom2.idx, d.atom3.idx, d.atom4.idx,
-                         term.phase, term.phi_k * KCAL, term.per))
+            rows.append((d.atom1.idx, d.atom2.idx, d.atom3.idx, d.atom4.idx, term.phase, term.phi_k * KCAL, term.per))
     return _terms(rows, 4, ("phi_s", "k", "multiplicity"))
 
 
 def _impropers(structure) -> Terms:
-    rows = [(d.atom1.idx, d.atom2.idx, d.atom3.idx, d.atom4.idx, d.type.psi_eq, d.type.psi_k * 2 * KCAL)
-            for d in structure.impropers]
+    rows = [
+        (d.atom1.idx, d.atom2.idx, d.atom3.idx, d.atom4.idx, d.type.psi_eq, d.type.psi_k * 2 * KCAL)
+        for d in structure.impropers
+    ]
     return _terms(rows, 4, ("xi0", "k"))
 
 

@@ -115,8 +115,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
-        network = NetworkConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in data.pop("network", {}).items()})
+        network = NetworkConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("network", {}).items()}
+        )
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(f"unknown training options: {', '.join(sorted(unknown))}")
@@ -197,8 +198,9 @@ def load_training_set(config: TrainConfig, plan: SystemPlan, mapping) -> Trainin
                 cg = read_frames(cg_files[i], n_atoms=len(plan.bead_type))[0].positions
             positions = near_owners(plan, frame.positions, cg, frame.box)
             hood = neighbourhood(plan, cg, frame.box, reach(config.half_extent))
-            snapshots.append(Snapshot(torch.as_tensor(positions), torch.as_tensor(cg),
-                                      torch.as_tensor(frame.box), hood))
+            snapshots.append(
+                Snapshot(torch.as_tensor(positions), torch.as_tensor(cg), torch.as_tensor(frame.box), hood)
+            )
     return TrainingSet(plan, snapshots, config.end_weight)
 
 
@@ -249,8 +251,9 @@ def environment_densities(batch: Batch, n_channels: int, grid: Grid) -> torch.Te
     particles = batch.particles.to(torch.float32)
     first = voxelise(particles, batch.channels[:, 0], n_channels, grid)
     out = first[:, None].expand(b, n_steps, *first.shape[1:]).contiguous()
-    item, step, particle = torch.nonzero((batch.channels != batch.channels[:, :1]) & batch.step_mask[..., None],
-                                         as_tuple=True)
+    item, step, particle = torch.nonzero(
+        (batch.channels != batch.channels[:, :1]) & batch.step_mask[..., None], as_tuple=True
+    )
     if not len(item):
         return out
     row = (item * n_steps + step) * n_channels
@@ -258,14 +261,27 @@ def environment_densities(batch: Batch, n_channels: int, grid: Grid) -> torch.Te
     into, out_of = new >= 0, old >= 0  # a particle may also appear or vanish (channel -1)
     moved = particles[item, particle]
     signs = torch.cat([moved.new_ones(int(into.sum())), -moved.new_ones(int(out_of.sum()))])
-    splat(out.view(-1, grid.size**3), torch.cat([(row + new)[into], (row + old)[out_of]]),
-          torch.cat([moved[into], moved[out_of]]), grid, signs)
+    splat(
+        out.view(-1, grid.size**3),
+        torch.cat([(row + new)[into], (row + old)[out_of]]),
+        torch.cat([moved[into], moved[out_of]]),
+        grid,
+        signs,
+    )
     return out
 
 
-def rollout(generator: Generator, static: torch.Tensor, batch: Batch, grid: Grid, n_types: int,
-            noise_dim: int, sequence: torch.Tensor | None = None, sampling: bool = False,
-            noise_scale: float = 1.0):
+def rollout(
+    generator: Generator,
+    static: torch.Tensor,
+    batch: Batch,
+    grid: Grid,
+    n_types: int,
+    noise_dim: int,
+    sequence: torch.Tensor | None = None,
+    sampling: bool = False,
+    noise_scale: float = 1.0,
+):
     """Place the atoms of each sequence one after the other.
 
     With `sequence` None the generator's own densities join the environment (generation);
@@ -343,8 +359,9 @@ class Trainer:
         cfg = self.config
         snap_i, steps, context, angle = self.data.sample(cfg.batch_size, cfg.gibbs_fraction, self.sampler)
         snap = self.data.snapshots[snap_i]
-        cpu_batch = gather(self.data.plan, snap.hood, snap.positions, snap.cg, snap.box, steps, context, angle,
-                           cfg.half_extent)
+        cpu_batch = gather(
+            self.data.plan, snap.hood, snap.positions, snap.cg, snap.box, steps, context, angle, cfg.half_extent
+        )
         batch = to_device(cpu_batch, self.device)
         static = environment_densities(batch, self.data.plan.layout.n_channels, cfg.grid)
         return batch, static
@@ -353,8 +370,9 @@ class Trainer:
         """Critic inputs of the real and the generated sequences (valid steps only), the generated
         local coordinates (B, L, 3) and the real sequence's environments (for `generate`)."""
         real = coordinates_to_density(batch.target, self.config.grid)
-        env_real, _, _ = rollout(self.generator, static, batch, self.config.grid, self.n_types,
-                                 self.config.network.noise_dim, real)
+        env_real, _, _ = rollout(
+            self.generator, static, batch, self.config.grid, self.n_types, self.config.network.noise_dim, real
+        )
         m = batch.step_mask
         env_fake, fake, coords = self.generate(batch, static, env_real)
         types = torch.nn.functional.one_hot(batch.atom_types[m], self.n_types).to(static)
@@ -372,14 +390,16 @@ class Trainer:
         """
         cfg, m = self.config, batch.step_mask
         if cfg.recurrent:
-            env_fake, fake, coords = rollout(self.generator, static, batch, cfg.grid, self.n_types,
-                                             cfg.network.noise_dim)
+            env_fake, fake, coords = rollout(
+                self.generator, static, batch, cfg.grid, self.n_types, cfg.network.noise_dim
+            )
             return env_fake[m], fake[m], coords
         types = torch.nn.functional.one_hot(batch.atom_types[m], self.n_types).to(static)
         z = torch.randn(int(m.sum()), cfg.network.noise_dim, device=static.device)
         fake = self.generator(self.layout(env_real[m]), z, types)[:, 0]
         coords = batch.target.new_zeros(batch.target.shape).masked_scatter(
-            m[..., None], density_to_coordinates(fake, cfg.grid))
+            m[..., None], density_to_coordinates(fake, cfg.grid)
+        )
         return env_real[m], fake, coords
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
@@ -419,9 +439,14 @@ class Trainer:
         self.opt_g.step()
         if self.average is not None:
             update_average(self.average, self.generator, self.config.ema_decay, self.step)
-        return {"generator_loss": loss.item(), "adversarial": adversarial.item(), "prior": phi.item(),
-                "lambda_phi": lam, **terms,
-                **density_diagnostics(real_in[0], fake_in[0], coords, batch)}
+        return {
+            "generator_loss": loss.item(),
+            "adversarial": adversarial.item(),
+            "prior": phi.item(),
+            "lambda_phi": lam,
+            **terms,
+            **density_diagnostics(real_in[0], fake_in[0], coords, batch),
+        }
 
     def prior_loss(self, batch: Batch, draws: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Phi: summed over terms, the mean |E(reference) - E(generated)| over the draws (B, L, 3)
@@ -550,8 +575,11 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     mapping = read_mapping(config.mapping or None, topology)
     plan = plan_system(topology, mapping)
     config.network = dataclasses.replace(
-        config.network, n_atom_types=len(plan.layout.atom_types), n_env_channels=plan.layout.n_channels,
-        grid_size=config.grid_size)
+        config.network,
+        n_atom_types=len(plan.layout.atom_types),
+        n_env_channels=plan.layout.n_channels,
+        grid_size=config.grid_size,
+    )
     data = load_training_set(config, plan, mapping)
 
     torch.manual_seed(config.seed)  # identical initial weights in every process
@@ -559,10 +587,15 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     if config.channels_last:
         generator, critic = (m.to(memory_format=torch.channels_last_3d) for m in (generator, critic))
     trainer = Trainer(
-        config=config, data=data, prior=LocalPrior(topology, plan), generator=generator, critic=critic,
+        config=config,
+        data=data,
+        prior=LocalPrior(topology, plan),
+        generator=generator,
+        critic=critic,
         opt_g=torch.optim.Adam(generator.parameters(), config.learning_rate, betas=config.betas),
         opt_c=torch.optim.Adam(critic.parameters(), config.learning_rate, betas=config.betas),
-        sampler=torch.Generator().manual_seed(config.seed + 7919 * rank), device=device,
+        sampler=torch.Generator().manual_seed(config.seed + 7919 * rank),
+        device=device,
         average=copy.deepcopy(generator).requires_grad_(False) if config.ema_decay > 0 else None,
     )
     torch.manual_seed(config.seed + 104729 * (rank + 1))  # noise: different in every process
@@ -580,8 +613,12 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
         _check_finite(row, trainer.step, checkpoint)
         bar.update(1)
         if trainer.step % config.log_every == 0 or trainer.step == config.steps:
-            bar.set_postfix(critic=f"{row['critic_loss']:.3g}", W=f"{row['wasserstein']:.3g}",
-                            prior=f"{row['prior']:.3g}", refresh=False)
+            bar.set_postfix(
+                critic=f"{row['critic_loss']:.3g}",
+                W=f"{row['wasserstein']:.3g}",
+                prior=f"{row['prior']:.3g}",
+                refresh=False,
+            )
             if log:
                 log.write(trainer.step, row)
         if trainer.step % config.checkpoint_every == 0:
@@ -594,8 +631,9 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
         return None
     weights = trainer.average if trainer.average is not None else generator
     stereo = learn_stereo(topology, [(s.positions, s.box) for s in data.snapshots])
-    model = new_model(weights, config.network, config.grid, config.half_extent, plan, topology, mapping,
-                      config.to_dict(), stereo)
+    model = new_model(
+        weights, config.network, config.grid, config.half_extent, plan, topology, mapping, config.to_dict(), stereo
+    )
     return save_model(model, config.output, overwrite=overwrite)
 
 
@@ -603,8 +641,10 @@ def _check_finite(row: dict[str, float], step: int, checkpoint: Path) -> None:
     """Stop before a diverged step can overwrite the last good checkpoint."""
     bad = [name for name in ("critic_loss", "generator_loss") if not math.isfinite(row[name])]
     if bad:
-        raise TrainingDiverged(f"step {step}: {' and '.join(bad)} not finite; training stopped, {checkpoint} "
-                               "(the last finite state) is kept")
+        raise TrainingDiverged(
+            f"step {step}: {' and '.join(bad)} not finite; training stopped, {checkpoint} "
+            "(the last finite state) is kept"
+        )
 
 
 class TrainingLog:

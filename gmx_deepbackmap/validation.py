@@ -71,8 +71,9 @@ def validate_md(
     template = Path(mdp) if mdp else bundled_path("sps/md-npt.mdp")
     engine = engine if isinstance(engine, Engine) else get_engine(engine)
     out = Path(output)
-    jobs = [(label, i, frame) for label, path in sets.items()
-            for i, frame in _frames(structure, path, frames, top.n_atoms)]
+    jobs = [
+        (label, i, frame) for label, path in sets.items() for i, frame in _frames(structure, path, frames, top.n_atoms)
+    ]
     if not jobs:
         raise InputError("no frames selected in any set")
     runs, failures = [], {label: {} for label in sets}  # failures: label -> {frame: reason}
@@ -80,9 +81,20 @@ def validate_md(
         rundir = run_dir(out, label, i)
         if not (rundir / "done").is_file() and not (rundir / "failed").is_file():
             try:
-                _run(rundir, frame, top, topology, template, engine, threads, temperature=temperature, time=time,
-                     energy_interval=energy_interval, seed=seed + i,
-                     timeout=None if max_minutes is None else 60 * max_minutes)
+                _run(
+                    rundir,
+                    frame,
+                    top,
+                    topology,
+                    template,
+                    engine,
+                    threads,
+                    temperature=temperature,
+                    time=time,
+                    energy_interval=energy_interval,
+                    seed=seed + i,
+                    timeout=None if max_minutes is None else 60 * max_minutes,
+                )
             except GromacsError as exc:  # a structure MD cannot start from is a result, not a crash
                 (rundir / "failed").write_text(f"{exc}\n")
         if (rundir / "failed").is_file():
@@ -120,19 +132,40 @@ def _frames(structure, path, frames: slice, n_atoms: int):
     return zip(indices, iter_frames(universe, frames))
 
 
-def _run(rundir: Path, frame, top, topology, template: Path, engine: Engine, threads, *, temperature: float,
-         time: float, energy_interval: float, seed: int, timeout: float | None) -> None:
+def _run(
+    rundir: Path,
+    frame,
+    top,
+    topology,
+    template: Path,
+    engine: Engine,
+    threads,
+    *,
+    temperature: float,
+    time: float,
+    energy_interval: float,
+    seed: int,
+    timeout: float | None,
+) -> None:
     """One MD run from scratch in `rundir` (a half-finished one is started again)."""
     shutil.rmtree(rundir, ignore_errors=True)
     rundir.mkdir(parents=True)
     start = rundir / "start.gro"
     write_frames(start, top.atom_names, top.residue_names, top.residue_numbers, [frame])
     dt = float(read_mdp(template).get("dt") or 0.001)  # GROMACS' default
-    mdp = write_mdp(template, rundir / "md.mdp", ref_t=temperature, gen_temp=temperature, gen_seed=seed,
-                    nsteps=int(round(time / dt)), nstenergy=max(1, int(round(energy_interval / dt))),
-                    nstcalcenergy=max(1, int(round(energy_interval / dt))))
-    outputs = run_md(start, topology, mdp, rundir / "gromacs", engine=engine, maxwarn=1, threads=threads,
-                     timeout=timeout)
+    mdp = write_mdp(
+        template,
+        rundir / "md.mdp",
+        ref_t=temperature,
+        gen_temp=temperature,
+        gen_seed=seed,
+        nsteps=int(round(time / dt)),
+        nstenergy=max(1, int(round(energy_interval / dt))),
+        nstcalcenergy=max(1, int(round(energy_interval / dt))),
+    )
+    outputs = run_md(
+        start, topology, mdp, rundir / "gromacs", engine=engine, maxwarn=1, threads=threads, timeout=timeout
+    )
     energies = read_edr(outputs.edr)
     with atomic_output(rundir / "energies.csv", overwrite=True) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -160,7 +193,7 @@ def steady_time(time: np.ndarray, energy: np.ndarray, tail: float = 0.25) -> flo
     n = len(energy)
     window = max(1, n // 100)
     smooth = np.convolve(energy, np.ones(window) / window, mode="same")
-    plateau = energy[int(n * (1 - tail)):]
+    plateau = energy[int(n * (1 - tail)) :]
     outside = np.abs(smooth - plateau.mean()) > 2 * plateau.std() + 1e-9
     last = np.flatnonzero(outside[: n - window // 2])
     return float(time[min(last[-1] + 1, n - 1)]) if len(last) else float(time[0])

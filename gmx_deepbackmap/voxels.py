@@ -93,8 +93,9 @@ def voxelise(
     return out.view(batch, n_channels, d, d, d)
 
 
-def splat(out: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, grid: Grid,
-          weights: torch.Tensor | None = None) -> None:
+def splat(
+    out: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, grid: Grid, weights: torch.Tensor | None = None
+) -> None:
     """Add the density of each particle (positions (N, 3) nm, local frame), times its weight (N,)
     if given, to its row of `out` (R, D^3), in place: `voxelise` without a new output, for
     corrections to densities already built. Without gradients on a CPU, a compiled loop
@@ -102,8 +103,13 @@ def splat(out: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, grid: 
     d = grid.size
     g = grid.profiles(positions.to(out.dtype))  # (N, 3, D)
     if out.device.type == "cpu" and not any(t is not None and t.requires_grad for t in (out, positions, weights)):
-        _splat_loop(out.numpy(), rows.numpy(), g.numpy(), None if weights is None else weights.to(out).numpy(),
-                    match_torch_threads())
+        _splat_loop(
+            out.numpy(),
+            rows.numpy(),
+            g.numpy(),
+            None if weights is None else weights.to(out).numpy(),
+            match_torch_threads(),
+        )
         return
     gx = g[:, 0, :, None]  # (N, D, 1)
     gyz = (g[:, 1, :, None] * g[:, 2, None, :]).reshape(-1, 1, d * d)  # (N, 1, D*D)

@@ -38,7 +38,7 @@ def one_chain(tmp_path, sps_data) -> tuple[Path, Path]:
     top.write_text(re.sub(r"^PS1\s+\d+\s*$", "PS1    1", text, flags=re.MULTILINE))
 
     lines = (sps_data / "aa.gro").read_text().splitlines()
-    atoms = lines[2:2 + CHAIN_ATOMS]
+    atoms = lines[2 : 2 + CHAIN_ATOMS]
     frame = read_frames(sps_data / "aa.gro")[0]
     chain = torch.as_tensor(frame.positions[:CHAIN_ATOMS])
     xyz = make_whole(chain, torch.as_tensor(frame.box), unwrap_levels(read_topology(top))).numpy()

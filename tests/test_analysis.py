@@ -61,8 +61,9 @@ def frames(sps_data):
 
 def bonded_context(frame) -> FrameContext:
     """A frame without its neighbour search: enough for the bonded observables."""
-    return FrameContext(torch.as_tensor(frame.positions), torch.as_tensor(frame.box),
-                        np.zeros((0, 2), dtype=np.int64), np.zeros(0))
+    return FrameContext(
+        torch.as_tensor(frame.positions), torch.as_tensor(frame.box), np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+    )
 
 
 def observable(analysis, kind):
@@ -129,7 +130,7 @@ def test_sps_selections(topology, analysis):
 
 def test_observables_file_errors(tmp_path):
     path = tmp_path / "obs.toml"
-    path.write_text('cutoff = 1.0\nbogus = 1\n')
+    path.write_text("cutoff = 1.0\nbogus = 1\n")
     with pytest.raises(InputError, match="bogus"):
         read_observables(path)
     path.write_text('[[distribution]]\nname = "a"\natoms = ["C", "C", "C"]\nbins = [150, 80, 2]\n')
@@ -174,8 +175,11 @@ def test_chirality_flips_under_inversion(analysis, frames):
     summary = chirality.summary(reference)
     assert summary["positive_per_frame"] + summary["negative_per_frame"] == CHAINS * CENTRES_PER_CHAIN
     assert chirality.score(reference, reference)["flips_per_frame"] == 0
-    assert chirality.score(reference, flipped) == {"frames_compared": 2, "flipped_fraction": 1.0,
-                                                   "flips_per_frame": CHAINS * CENTRES_PER_CHAIN}
+    assert chirality.score(reference, flipped) == {
+        "frames_compared": 2,
+        "flipped_fraction": 1.0,
+        "flips_per_frame": CHAINS * CENTRES_PER_CHAIN,
+    }
 
 
 def test_reference_rings_are_planar(analysis, frames):
@@ -200,8 +204,9 @@ def test_molecule_lj_adds_up_to_gromacs(analysis, topology, frames, sps_data):
         pytest.skip(str(exc))
     energies = set_energies(sps_data / "aa.gro", sps_data / "t568" / "aa.xtc", topology, slice(0, 2), engine=engine)
     assert len(energies["LJ (SR)"]) == 2 and "Potential" in energies
-    per_molecule = observable(analysis, MoleculeLJ).single_frame(frame_context(
-        frames[0].positions, frames[0].box, analysis.excluded_keys, analysis.cutoff))
+    per_molecule = observable(analysis, MoleculeLJ).single_frame(
+        frame_context(frames[0].positions, frames[0].box, analysis.excluded_keys, analysis.cutoff)
+    )
     assert per_molecule.shape == (CHAINS,)
     assert per_molecule.sum() == pytest.approx(energies["LJ (SR)"][0], abs=0.05)
     by_type = observable(analysis, BondedEnergyByType)
@@ -218,9 +223,25 @@ def test_molecule_lj_adds_up_to_gromacs(analysis, topology, frames, sps_data):
 def test_compare_command_writes_report(tmp_path, sps_data):
     xtc = str(sps_data / "t568" / "aa.xtc")
     out = tmp_path / "report"
-    args = ["compare", "-s", str(sps_data / "aa.gro"), "-p", str(bundled_path("sps/topol.top")), "--ref", xtc,
-            "--label", f"same={xtc}", "--frames", "0:2", "-o", str(out), "--no-rerun", "--workers", "1",
-            "--no-progress"]
+    args = [
+        "compare",
+        "-s",
+        str(sps_data / "aa.gro"),
+        "-p",
+        str(bundled_path("sps/topol.top")),
+        "--ref",
+        xtc,
+        "--label",
+        f"same={xtc}",
+        "--frames",
+        "0:2",
+        "-o",
+        str(out),
+        "--no-rerun",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "distributions.png", "bonded-types.png"}

@@ -67,11 +67,21 @@ def write_model(path: Path, top: Path, mapping: Path, stereo: dict | None = None
     cg_map = read_mapping(mapping, topology)
     plan = plan_system(topology, cg_map)
     torch.manual_seed(0)
-    network = NetworkConfig(width=4, noise_dim=4, n_atom_types=len(plan.layout.atom_types),
-                            n_env_channels=plan.layout.n_channels)
+    network = NetworkConfig(
+        width=4, noise_dim=4, n_atom_types=len(plan.layout.atom_types), n_env_channels=plan.layout.n_channels
+    )
     grid = Grid()
-    model = new_model(Generator(network), network, grid, grid.length / 2 + 2 * grid.sigma, plan, topology, cg_map,
-                      training or {}, stereo or {})
+    model = new_model(
+        Generator(network),
+        network,
+        grid,
+        grid.length / 2 + 2 * grid.sigma,
+        plan,
+        topology,
+        cg_map,
+        training or {},
+        stereo or {},
+    )
     return save_model(model, path)
 
 
@@ -93,23 +103,41 @@ def system(tmp_path_factory, sps_data) -> dict[str, Path]:
     lines = (sps_data / "cg.gro").read_text().splitlines()
     n = CHAINS * BEADS_PER_CHAIN
     gro = folder / "cg.gro"
-    gro.write_text("\n".join([lines[0], str(n), *lines[2:2 + n], lines[-1]]) + "\n")
+    gro.write_text("\n".join([lines[0], str(n), *lines[2 : 2 + n], lines[-1]]) + "\n")
     frame = read_frames(gro)[0]
     second = Frame(frame.positions + 0.05, frame.box, time=10.0, step=1)
-    names = [line[10:15].strip() for line in lines[2:2 + n]]
+    names = [line[10:15].strip() for line in lines[2 : 2 + n]]
     xtc = folder / "cg.xtc"
     write_frames(xtc, names, ["PS1"] * n, np.repeat(np.arange(1, CHAINS + 1), BEADS_PER_CHAIN), [frame, second])
     aa = read_frames(sps_data / "aa.gro")[0]
     n_atoms = CHAINS * ATOMS_PER_CHAIN
     stereo = learn_stereo(read_topology(top), [(torch.as_tensor(aa.positions[:n_atoms]), torch.as_tensor(aa.box))])
-    model = write_model(folder / "tiny.pt", top, mapping, stereo,  # the sampler's stereo check runs
-                        training={"temperature": 568.0})
+    model = write_model(
+        folder / "tiny.pt",
+        top,
+        mapping,
+        stereo,  # the sampler's stereo check runs
+        training={"temperature": 568.0},
+    )
     return {"top": top, "map": mapping, "gro": gro, "xtc": xtc, "model": model}
 
 
 def run(system: dict[str, Path], output: Path, *extra: str, structure: Path | None = None):
-    args = ["backmap", "-s", str(structure or system["gro"]), "-p", str(system["top"]), "-m", str(system["map"]),
-            "--model", str(system["model"]), "-o", str(output), *FAST, *extra]
+    args = [
+        "backmap",
+        "-s",
+        str(structure or system["gro"]),
+        "-p",
+        str(system["top"]),
+        "-m",
+        str(system["map"]),
+        "--model",
+        str(system["model"]),
+        "-o",
+        str(output),
+        *FAST,
+        *extra,
+    ]
     return CliRunner().invoke(main, args)
 
 
@@ -117,8 +145,12 @@ def sampling_inputs(system: dict[str, Path]):
     """Topology, tiny model, prepared system parts and first CG frame of `system`, for `backmap_frame`."""
     topology = read_topology(system["top"])
     model = load_model(system["model"])
-    return topology, model, prepare_system(model, topology, read_mapping(system["map"], topology)), \
-        read_frames(system["gro"])[0]
+    return (
+        topology,
+        model,
+        prepare_system(model, topology, read_mapping(system["map"], topology)),
+        read_frames(system["gro"])[0],
+    )
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -145,7 +177,7 @@ def test_backmap_writes_the_topology_atoms_whole_in_the_cg_box(backmapped, syste
     reference = (sps_data / "aa.gro").read_text().splitlines()
     n = CHAINS * ATOMS_PER_CHAIN
     assert int(ours[1]) == n
-    assert [line[:20] for line in ours[2:2 + n]] == [line[:20] for line in reference[2:2 + n]]  # resnr, names, nr
+    assert [line[:20] for line in ours[2 : 2 + n]] == [line[:20] for line in reference[2 : 2 + n]]  # resnr, names, nr
     assert np.allclose(read_frames(backmapped)[0].box, read_frames(system["gro"])[0].box, atol=1e-5)
     x = read_frames(backmapped)[0].positions
     bonds = bond_constraints(read_topology(system["top"]))
@@ -195,10 +227,15 @@ def test_temperature_sets_the_last_stage_and_scales_the_noise_on_request(backmap
     assert noise_scale_for(load_model(system["model"]), 313.0) == pytest.approx((313 / 568) ** 0.5)
 
     bare = write_model(tmp_path / "bare.pt", system["top"], system["map"], load_model(system["model"]).stereo)
-    assert_one_line_error(run({**system, "model": bare}, tmp_path / "bare.gro"),
-                          "bare.pt: the last stage samples at the temperature of the CG frames", "--temperature")
-    assert_one_line_error(run({**system, "model": bare}, tmp_path / "bare.gro", "--temperature", "313",
-                              "--scale-noise"), "bare.pt: the model does not record the temperature")
+    assert_one_line_error(
+        run({**system, "model": bare}, tmp_path / "bare.gro"),
+        "bare.pt: the last stage samples at the temperature of the CG frames",
+        "--temperature",
+    )
+    assert_one_line_error(
+        run({**system, "model": bare}, tmp_path / "bare.gro", "--temperature", "313", "--scale-noise"),
+        "bare.pt: the model does not record the temperature",
+    )
     assert run({**system, "model": bare}, tmp_path / "bare.gro", "--thermal", "none").exit_code == 0
     assert run(system, tmp_path / "zero.gro", "--temperature", "0").exit_code == 2  # click's usage error
 
@@ -206,10 +243,21 @@ def test_temperature_sets_the_last_stage_and_scales_the_noise_on_request(backmap
 def test_stages_report_each_pass_and_the_thermal_sweeps_last(system):
     topology, model, parts, cg = sampling_inputs(system)
     seen = {}
-    x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=2, orientations=2,
-                      repair_rounds=0, constraints=parts.constraints, stereo=parts.stereo,
-                      thermal=parts.thermal, temperature=568.0,
-                      stages=lambda name, positions: seen.setdefault(name, positions))
+    x = backmap_frame(
+        model,
+        parts.plan,
+        parts.prior,
+        cg.positions,
+        cg.box,
+        gibbs_sweeps=2,
+        orientations=2,
+        repair_rounds=0,
+        constraints=parts.constraints,
+        stereo=parts.stereo,
+        thermal=parts.thermal,
+        temperature=568.0,
+        stages=lambda name, positions: seen.setdefault(name, positions),
+    )
     assert list(seen)[:4] == ["forward", "sweep 1", "sweep 2", "bonds restored"]
     assert list(seen)[4:] in (["thermalised"], ["side groups re-placed", "centres mirrored", "thermalised"])
     assert np.array_equal(seen["thermalised"], x)
@@ -225,8 +273,10 @@ def test_precision_picks_bfloat16_where_the_cpu_has_it_and_is_checked(system):
     inputs = (model, parts.plan, parts.prior, cg.positions, cg.box)
     with pytest.raises(InputError, match="precision 'half': expected one of auto, float32, bfloat16"):
         backmap_frame(*inputs, precision="half")
-    single, half = (backmap_frame(*inputs, gibbs_sweeps=0, orientations=1, repair_rounds=0, precision=p)
-                    for p in ("float32", "bfloat16"))
+    single, half = (
+        backmap_frame(*inputs, gibbs_sweeps=0, orientations=1, repair_rounds=0, precision=p)
+        for p in ("float32", "bfloat16")
+    )
     assert np.isfinite(half).all() and np.abs(half - single).max() < 0.05  # the same atoms, rounded products
 
 
@@ -235,9 +285,19 @@ def test_every_recorded_centre_ends_in_its_handedness_with_bonds_at_b0(system):
     their hydrogens re-placed and put on their bonds, and nothing moves them afterwards."""
     topology, model, parts, cg = sampling_inputs(system)
     seen = []
-    x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=1, orientations=2,
-                      repair_rounds=0, constraints=parts.constraints, stereo=parts.stereo,
-                      stages=lambda name, positions: seen.append(name))
+    x = backmap_frame(
+        model,
+        parts.plan,
+        parts.prior,
+        cg.positions,
+        cg.box,
+        gibbs_sweeps=1,
+        orientations=2,
+        repair_rounds=0,
+        constraints=parts.constraints,
+        stereo=parts.stereo,
+        stages=lambda name, positions: seen.append(name),
+    )
     assert seen[-1] == "centres mirrored"
     atoms, signs, _ = system_stereo(topology, model.stereo)
     box = torch.as_tensor(cg.box)
@@ -258,8 +318,10 @@ def test_mirroring_re_places_side_groups_whole_and_the_centres_beads_hydrogens_o
     centre_bead = plan.atom_owner[atoms[0, 0]]
     side = set(plan.atom_owner[atoms[0, 1:]].tolist()) - set(plan.atom_owner[atoms[:, 0]].tolist())
     assert side  # sPS: the phenyl ring of the centre's monomer
-    assert sorted(np.concatenate(heavy).tolist()) == np.flatnonzero(
-        np.isin(plan.step_bead, list(side)) & plan.step_heavy).tolist()
+    assert (
+        sorted(np.concatenate(heavy).tolist())
+        == np.flatnonzero(np.isin(plan.step_bead, list(side)) & plan.step_heavy).tolist()
+    )
     redone = np.concatenate(hydrogens)
     assert not plan.step_heavy[redone].any()
     assert centre_bead in plan.step_bead[redone] and side <= set(plan.step_bead[redone].tolist())
@@ -318,8 +380,18 @@ def test_repair_rounds_follow_the_sweeps(system, monkeypatch):
     monkeypatch.setattr(sampler, "OUTLIER_MADS", -1.0)  # and every step is an outlier
     topology, model, parts, cg = sampling_inputs(system)
     seen = []
-    backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=1, orientations=2,
-                  repair_rounds=2, stereo=parts.stereo, stages=lambda name, positions: seen.append(name))
+    backmap_frame(
+        model,
+        parts.plan,
+        parts.prior,
+        cg.positions,
+        cg.box,
+        gibbs_sweeps=1,
+        orientations=2,
+        repair_rounds=2,
+        stereo=parts.stereo,
+        stages=lambda name, positions: seen.append(name),
+    )
     assert seen == ["forward", "sweep 1", "repair 1", "repair 2"]
 
 
@@ -329,8 +401,17 @@ def test_repairs_end_on_the_least_strained_frame_they_passed(system, monkeypatch
     monkeypatch.setattr(sampler, "STRAINED_PAIR", -1e9)
     topology, model, parts, cg = sampling_inputs(system)
     seen = {}
-    x = backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, gibbs_sweeps=1, orientations=2,
-                      repair_rounds=2, stages=lambda name, positions: seen.setdefault(name, positions))
+    x = backmap_frame(
+        model,
+        parts.plan,
+        parts.prior,
+        cg.positions,
+        cg.box,
+        gibbs_sweeps=1,
+        orientations=2,
+        repair_rounds=2,
+        stages=lambda name, positions: seen.setdefault(name, positions),
+    )
     assert list(seen) == ["forward", "sweep 1", "repair 1", "repair 2"]
     kept = [name for name in ("sweep 1", "repair 1", "repair 2") if np.array_equal(seen[name], x)]
     assert len(kept) == 1
@@ -356,8 +437,22 @@ def test_chunked_run_resumes_and_merges_to_the_unchunked_trajectory(system, tmp_
     full, merged, work = tmp_path / "full.xtc", tmp_path / "merged.xtc", tmp_path / "chunks"
     assert run(system, full, "-f", str(system["xtc"]), "--seed", "3").exit_code == 0
     chunked = ["--workdir", str(work), "--chunk-size", "1", "-f", str(system["xtc"]), "--seed", "3"]
-    result = CliRunner().invoke(main, ["backmap", "-s", str(system["gro"]), "-p", str(system["top"]), "-m",
-                                       str(system["map"]), "--model", str(system["model"]), *FAST, *chunked])
+    result = CliRunner().invoke(
+        main,
+        [
+            "backmap",
+            "-s",
+            str(system["gro"]),
+            "-p",
+            str(system["top"]),
+            "-m",
+            str(system["map"]),
+            "--model",
+            str(system["model"]),
+            *FAST,
+            *chunked,
+        ],
+    )
     assert result.exit_code == 0, result.output
     kept = (work / "chunk00000.xtc").stat().st_mtime_ns
     (work / "chunk00001.xtc").unlink()
@@ -400,9 +495,23 @@ def test_bundled_model_backmaps_the_sps_melt_with_nothing_else(sps_data, tmp_pat
     if not (MODELS_DIR / "sps-568.pt").is_file():
         pytest.skip("no bundled model")
     out = tmp_path / "aa.gro"
-    result = CliRunner().invoke(main, ["backmap", "-s", str(sps_data / "cg.gro"), "-o", str(out),
-                                       "--gibbs-sweeps", "0", "--orientations", "1", "--repair-rounds", "0",
-                                       "--no-progress"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "backmap",
+            "-s",
+            str(sps_data / "cg.gro"),
+            "-o",
+            str(out),
+            "--gibbs-sweeps",
+            "0",
+            "--orientations",
+            "1",
+            "--repair-rounds",
+            "0",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     topology = read_topology(bundled_path("sps/topol.top"))
     frame = read_frames(out, n_atoms=topology.n_atoms)[0]
@@ -412,8 +521,9 @@ def test_bundled_model_backmaps_the_sps_melt_with_nothing_else(sps_data, tmp_pat
 
 
 def test_unknown_bundled_model_name_is_named(system, tmp_path):
-    result = CliRunner().invoke(main, ["backmap", "-s", str(system["gro"]), "--model", "sps-999",
-                                       "-o", str(tmp_path / "aa.gro")])
+    result = CliRunner().invoke(
+        main, ["backmap", "-s", str(system["gro"]), "--model", "sps-999", "-o", str(tmp_path / "aa.gro")]
+    )
     assert_one_line_error(result, "model 'sps-999' not found")
 
 
@@ -432,18 +542,20 @@ def distorted_chain(one_chain) -> tuple[torch.Tensor, torch.Tensor, Constraints]
     gro, top = one_chain
     frame = read_frames(gro)[0]
     box = torch.as_tensor(frame.box)
-    x = torch.as_tensor(frame.positions) + 0.02 * torch.randn(len(frame.positions), 3,
-                                                             generator=torch.Generator().manual_seed(1),
-                                                             dtype=torch.float64)
+    x = torch.as_tensor(frame.positions) + 0.02 * torch.randn(
+        len(frame.positions), 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     x = torch.where(torch.arange(len(x))[:, None] % 2 == 0, x + box[0], x)  # bonds across the boundary
     return x, box, bond_constraints(read_topology(top))
 
 
 def angle_change(x: torch.Tensor, y: torch.Tensor, box: torch.Tensor, c: Constraints) -> float:
     """Mean absolute change (degrees) of the bond-graph angles from x to y."""
+
     def angles(z):
         u, v = (minimum_image(z[c.angles[:, k]] - z[c.angles[:, 1]], box) for k in (0, 2))
         return torch.atan2(torch.linalg.cross(u, v).norm(dim=-1), (u * v).sum(-1))
+
     return float((angles(y) - angles(x)).abs().mean().rad2deg())
 
 

@@ -106,13 +106,17 @@ def test_no_em_seeds_and_checks(chain, tmp_path, sps_data):
     cg, top, aa = chain
     bare_map = tmp_path / "bare.map"  # the sPS mapping without modifiers: the displacement acts on every atom
     text = bundled_path("sps/PS1.map").read_text()
-    bare_map.write_text(text[:text.index("[ modifiers ]")])
+    bare_map.write_text(text[: text.index("[ modifiers ]")])
     outputs = {}
-    for name, seed, mapping in (("a", 3, []), ("b", 3, []), ("c", 4, []), ("bare3", 3, ["-m", bare_map]),
-                                ("bare4", 4, ["-m", bare_map])):
+    for name, seed, mapping in (
+        ("a", 3, []),
+        ("b", 3, []),
+        ("c", 4, []),
+        ("bare3", 3, ["-m", bare_map]),
+        ("bare4", 4, ["-m", bare_map]),
+    ):
         outputs[name] = tmp_path / f"{name}.gro"
-        result = run_cli("-s", cg, "-p", top, *mapping, "-o", outputs[name], "--no-em", "--seed", seed,
-                         "--no-progress")
+        result = run_cli("-s", cg, "-p", top, *mapping, "-o", outputs[name], "--no-em", "--seed", seed, "--no-progress")
         assert result.exit_code == 0, result.output
     assert outputs["a"].read_text() == outputs["b"].read_text()
     assert outputs["a"].read_text() == outputs["c"].read_text()  # the sPS modifiers name every atom

@@ -74,8 +74,9 @@ def write_gro(path, x: np.ndarray, box: np.ndarray) -> None:
     for k, p in enumerate(x):
         lines.append(f"{k // 5 + 1:5d}{'MOL':<5}{names[k % 5]:>5}{k + 1:5d}{p[0]:8.3f}{p[1]:8.3f}{p[2]:8.3f}")
     b = box
-    lines.append(" ".join(f"{v:.5f}" for v in (b[0, 0], b[1, 1], b[2, 2], b[0, 1], b[0, 2],
-                                                b[1, 0], b[1, 2], b[2, 0], b[2, 1])))
+    lines.append(
+        " ".join(f"{v:.5f}" for v in (b[0, 0], b[1, 1], b[2, 2], b[0, 1], b[0, 2], b[1, 0], b[1, 2], b[2, 0], b[2, 1]))
+    )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -142,8 +143,10 @@ def test_energy_command_matches_gromacs_rerun(temperature, sps_data, tmp_path, c
         worst[GMX_TERM_NAMES[term]] = diff.max()
         assert (diff <= np.maximum(1e-3 * np.abs(gmx), 1.0)).all(), (term, ours, gmx)
     with capsys.disabled():
-        print(f"\n{temperature} largest |ours - gmx| per frame (kJ/mol): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in worst.items()))
+        print(
+            f"\n{temperature} largest |ours - gmx| per frame (kJ/mol): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in worst.items())
+        )
 
 
 def test_small_system_every_term_matches_gromacs(small, tmp_path):
@@ -228,8 +231,10 @@ def test_gradients_match_finite_differences(small):
     assert torch.autograd.gradcheck(lambda y: total(force_field.energies(y, box)), (x,), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name, params", [("bond", [0.15, 1e5]), ("angle", [110.0, 400.0]),
-                                          ("proper", [0.0, 5.0, 3.0]), ("improper", [0.0, 100.0])])
+@pytest.mark.parametrize(
+    "name, params",
+    [("bond", [0.15, 1e5]), ("angle", [110.0, 400.0]), ("proper", [0.0, 5.0, 3.0]), ("improper", [0.0, 100.0])],
+)
 def test_degenerate_geometry_has_finite_gradients(name, params):
     """Coinciding or collinear atoms (an untrained generator places them so) must not turn the
     energy prior's gradient, and with it every weight, into NaN."""
@@ -274,8 +279,7 @@ def test_subset_changes_like_the_whole_system(sps_force_field, sps_data):
     subset = sps_force_field.subset(atoms, active)
 
     moved = x.clone()
-    moved[active] += 0.03 * torch.randn(len(active), 3, generator=torch.Generator().manual_seed(0),
-                                        dtype=torch.float64)
+    moved[active] += 0.03 * torch.randn(len(active), 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         before = sps_force_field.energies(x, box)
     after = moved.clone().requires_grad_(True)
@@ -291,7 +295,7 @@ def test_subset_changes_like_the_whole_system(sps_force_field, sps_data):
         change = (e_whole[term] - before[term]).item()
         assert (e_local[term][1] - e_local[term][0]).item() == pytest.approx(change, abs=1e-6), term
         assert torch.allclose(e_unwrapped[term], e_local[term], atol=1e-8), term
-    assert torch.allclose(local.grad[1, :len(active)], after.grad[active], atol=1e-6)
+    assert torch.allclose(local.grad[1, : len(active)], after.grad[active], atol=1e-6)
 
 
 def test_subset_float32_and_errors(sps_force_field, sps_data):
@@ -330,8 +334,9 @@ def test_cuda_matches_cpu(small):
 
 def test_energy_command_rejects_atom_count_mismatch(small, sps_data, tmp_path):
     _, top = small
-    result = CliRunner().invoke(main, ["energy", "-s", str(sps_data / "aa.gro"), "-p", str(top),
-                                       "-o", str(tmp_path / "e.csv")])
+    result = CliRunner().invoke(
+        main, ["energy", "-s", str(sps_data / "aa.gro"), "-p", str(top), "-o", str(tmp_path / "e.csv")]
+    )
     assert result.exit_code == 1
     assert "5832 atoms, but topology" in result.output and "describes 20" in result.output
     assert not (tmp_path / "e.csv").exists()

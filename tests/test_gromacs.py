@@ -62,8 +62,11 @@ def test_grompp_atom_count_mismatch_quotes_gromacs(engine, one_chain, tmp_path):
     message = str(err.value)
     assert message.startswith("gmx grompp failed: Program: gmx grompp")
     assert "Source file: src/gromacs/" in message and "(line " in message
-    assert re.search(r"number of coordinates in coordinate file \(\S*short.gro, 161\)\s+does not match "
-                     r"topology \(\S*topol.top, 162\)", message)
+    assert re.search(
+        r"number of coordinates in coordinate file \(\S*short.gro, 161\)\s+does not match "
+        r"topology \(\S*topol.top, 162\)",
+        message,
+    )
     assert "\n" not in message and "For more information" not in message
     assert not (tmp_path / "em.tpr").exists()
 
@@ -81,9 +84,12 @@ def test_mdrun_fatal_error_quotes_gromacs(engine, one_chain, sps_data, tmp_path)
     run input) becomes a GromacsError; with gmxapi it must not end the Python process."""
     gro, top = one_chain
     tpr = engine.grompp(bundled_path("sps/rerun.mdp"), gro, top, tmp_path / "rerun.tpr")
-    with pytest.raises(GromacsError, match=r"gmx mdrun.* failed: Program: .*Source file: src/gromacs/mdrun/"
-                       r"rerun.cpp .*Number of atoms in trajectory \(5832\) does not match the run input "
-                       r"file \(162\)"):
+    with pytest.raises(
+        GromacsError,
+        match=r"gmx mdrun.* failed: Program: .*Source file: src/gromacs/mdrun/"
+        r"rerun.cpp .*Number of atoms in trajectory \(5832\) does not match the run input "
+        r"file \(162\)",
+    ):
         engine.mdrun(tpr, tmp_path / "run", rerun=sps_data / "aa.gro", threads=1)
 
 
@@ -96,8 +102,9 @@ def test_rerun_energies_per_frame(engine, sps_data, tmp_path):
         for _ in universe.trajectory[:2]:
             writer.write(universe.atoms)
 
-    energies = rerun_energies(sps_data / "aa.gro", two, bundled_path("sps/topol.top"), engine=engine,
-                              workdir=tmp_path / "rerun")
+    energies = rerun_energies(
+        sps_data / "aa.gro", two, bundled_path("sps/topol.top"), engine=engine, workdir=tmp_path / "rerun"
+    )
     for term in (*TERMS, "Potential", "Time"):
         assert energies[term].shape == (2,) and np.isfinite(energies[term]).all(), term
     np.testing.assert_allclose(sum(energies[t] for t in TERMS), energies["Potential"], rtol=1e-4)

@@ -46,8 +46,17 @@ def test_map_reproduces_reference_trajectories(tmp_path, sps_data, temperature, 
     """`gmx-dbm map` on the AA trajectories gives the published CG trajectories (with -m, and with
     the bundled default)."""
     out = tmp_path / "cg.xtc"
-    args = ["map", "-s", str(sps_data / "aa.gro"), "-f", str(sps_data / temperature / "aa.xtc"),
-            "-p", str(bundled_path("sps/topol.top")), "-o", str(out)]
+    args = [
+        "map",
+        "-s",
+        str(sps_data / "aa.gro"),
+        "-f",
+        str(sps_data / temperature / "aa.xtc"),
+        "-p",
+        str(bundled_path("sps/topol.top")),
+        "-o",
+        str(out),
+    ]
     if not use_bundled:
         args += ["-m", str(bundled_path("sps/PS1.map"))]
     result = CliRunner().invoke(main, args)
@@ -69,8 +78,14 @@ def test_map_gro_names_residues_and_frames(tmp_path, sps_data):
     assert [line[:15] for line in ours[1:-1]] == [line[:15] for line in theirs[1:-1]]
     assert max_deviation(read_frames(out), read_frames(sps_data / "cg.gro")) <= TOLERANCE
     with pytest.raises(InputError, match="cannot write 3 frames"):
-        map_to_cg(sps_data / "aa.gro", bundled_path("sps/topol.top"), None, out,
-                  trajectory=sps_data / "t313" / "aa.xtc", frames=slice(0, 3))
+        map_to_cg(
+            sps_data / "aa.gro",
+            bundled_path("sps/topol.top"),
+            None,
+            out,
+            trajectory=sps_data / "t313" / "aa.xtc",
+            frames=slice(0, 3),
+        )
 
 
 def test_sps_mapping_structure(topology):
@@ -81,8 +96,13 @@ def test_sps_mapping_structure(topology):
     assert names == [f"{kind}{k}" for k in range(1, 11) for kind in "BS"]
     assert [names[b.frame_reference] for b in ps1.beads[:4]] == ["B2", "B1", "B1", "B2"]
     atom = {name: i for i, name in enumerate(topology.molecule_types["PS1"].atom_names)}
-    assert [names[ps1.atom_owner[atom[a]]] for a in ("H161", "C5", "C6", "H162", "C149")] == \
-        ["B1", "B1", "S1", "B10", "B10"]
+    assert [names[ps1.atom_owner[atom[a]]] for a in ("H161", "C5", "C6", "H162", "C149")] == [
+        "B1",
+        "B1",
+        "S1",
+        "B10",
+        "B10",
+    ]
     b2 = ps1.beads[2]
     weight = dict(zip(b2.atoms, b2.weights))
     assert weight[atom["C5"]] == pytest.approx(weight[atom["C18"]] / 2)
@@ -113,14 +133,15 @@ BAD_MAPPINGS = {  # name: (old text, new text, expected message)
     "owned twice": ("  B1    H161 H1", "  B1    C6 H161 H1", "atom 'C6' owned twice"),
     "never owned": ("  B1    H161 H1", "  B1    H1", "atoms never owned by a bead: H161"),
     "zero weight": ("H4:0.5 C5:0.5 H20", "H4:0 C5:0.5 H20", "weight 0 of atom 'H4' is not positive"),
-    "negative weight": ("H4:0.5 C5:0.5 H20", "H4:-0.5 C5:0.5 H20",
-                        "weight -0.5 of atom 'H4' is not positive"),
+    "negative weight": ("H4:0.5 C5:0.5 H20", "H4:-0.5 C5:0.5 H20", "weight -0.5 of atom 'H4' is not positive"),
     "malformed weight": ("H4:0.5 C5:0.5 H20", "H4:0.5x C5:0.5 H20", "malformed weight '0.5x' for atom 'H4'"),
     "unknown frame bead": ("  S1    B1u   B1\n", "  S1    B1u   B0\n", "frame reference 'B0' of bead 'S1'"),
-    "duplicated bead": ("  S1    B1u   B1\n", "  S1    B1u   B1\n  S1    B1u   B1\n",
-                        "bead 'S1' defined twice"),
-    "unknown molecule type": ("[ moleculetype ]\nPS1\n", "[ moleculetype ]\nPS2\n",
-                              "molecule type 'PS2' is not in the topology"),
+    "duplicated bead": ("  S1    B1u   B1\n", "  S1    B1u   B1\n  S1    B1u   B1\n", "bead 'S1' defined twice"),
+    "unknown molecule type": (
+        "[ moleculetype ]\nPS1\n",
+        "[ moleculetype ]\nPS2\n",
+        "molecule type 'PS2' is not in the topology",
+    ),
 }
 
 
@@ -142,8 +163,7 @@ def test_modifiers_are_read_and_checked(tmp_path, topology, ps1_map):
     without = ps1_map.split("[ modifiers ]")[0]  # the bundled sPS modifiers are the baseline's
     path.write_text(without + "\n[ modifiers ]\ntrans H1 C2 C5 C6\nchiral H4 C5 C2 C6 C18\n")
     ps1 = read_mapping(path, topology).molecule_types["PS1"]
-    assert [(m.kind, m.atoms) for m in ps1.modifiers] == \
-        [("trans", (0, 1, 4, 5)), ("chiral", (3, 4, 1, 5, 17))]
+    assert [(m.kind, m.atoms) for m in ps1.modifiers] == [("trans", (0, 1, 4, 5)), ("chiral", (3, 4, 1, 5, 17))]
     path.write_text(without + "\n[ modifiers ]\ncis H1 C2 C5\n")
     with pytest.raises(InputError, match="modifier 'cis' takes 4 atom names, found 3"):
         read_mapping(path, topology)
@@ -152,9 +172,20 @@ def test_modifiers_are_read_and_checked(tmp_path, topology, ps1_map):
 def test_cli_reports_bad_mapping_on_one_line(tmp_path, sps_data, ps1_map):
     path = tmp_path / "bad.map"
     path.write_text(edited(ps1_map, "  B1    C2\n", "  B1    C2X\n"))
-    result = CliRunner().invoke(main, ["map", "-s", str(sps_data / "aa.gro"), "-p",
-                                       str(bundled_path("sps/topol.top")), "-m", str(path),
-                                       "-o", str(tmp_path / "cg.gro")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "map",
+            "-s",
+            str(sps_data / "aa.gro"),
+            "-p",
+            str(bundled_path("sps/topol.top")),
+            "-m",
+            str(path),
+            "-o",
+            str(tmp_path / "cg.gro"),
+        ],
+    )
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {path}:") and "C2X" in lines[0]
@@ -168,8 +199,11 @@ def test_atom_count_mismatch_is_a_clear_error(tmp_path, sps_data):
     lines = (sps_data / "aa.gro").read_text().splitlines()
     gro = tmp_path / "short.gro"
     gro.write_text("\n".join([lines[0], "5831", *lines[2:-2], lines[-1]]) + "\n")
-    result = CliRunner().invoke(main, ["map", "-s", str(gro), "-p", str(bundled_path("sps/topol.top")),
-                                       "-o", str(tmp_path / "cg.gro")])
+    result = CliRunner().invoke(
+        main, ["map", "-s", str(gro), "-p", str(bundled_path("sps/topol.top")), "-o", str(tmp_path / "cg.gro")]
+    )
     assert result.exit_code != 0
-    assert result.output.strip() == f"Error: {gro}: 5831 atoms, but the topology " \
+    assert (
+        result.output.strip() == f"Error: {gro}: 5831 atoms, but the topology "
         f"{bundled_path('sps/topol.top')} describes 5832"
+    )

@@ -15,9 +15,7 @@ def inputs(config=CONFIG, batch=4, seed=0):
     return env, noise, atom_type
 
 
-@pytest.mark.parametrize(
-    "config", [CONFIG, NetworkConfig(width=4, blocks=(0, 2, 1), grid_size=16, norm_groups=0)]
-)
+@pytest.mark.parametrize("config", [CONFIG, NetworkConfig(width=4, blocks=(0, 2, 1), grid_size=16, norm_groups=0)])
 def test_shapes_and_range(config):
     env, noise, atom_type = inputs(config)
     density = Generator(config)(env, noise, atom_type)

@@ -36,7 +36,7 @@ def chain(one_chain):
 
 def groups(moves, kind: str) -> list[list[int]]:
     rows = np.flatnonzero(moves.kinds == KINDS.index(kind))
-    return [moves.atoms[moves.starts[g]:moves.starts[g + 1]].tolist() for g in rows]
+    return [moves.atoms[moves.starts[g] : moves.starts[g + 1]].tolist() for g in rows]
 
 
 def bond_lengths(topology, x: np.ndarray, box: np.ndarray) -> torch.Tensor:
@@ -62,7 +62,7 @@ def test_the_moves_of_an_sps_chain(chain):
     assert pivots.count(sorted(["C_AR"] * 6 + ["H_AR"] * 5)) == 10  # each phenyl about its methine
     assert pivots.count(sorted(["C_AR"] * 5 + ["H_AR"] * 5)) == 10  # each ring about its ipso carbon
     for g, pivot in enumerate(moves.pivots):  # no group holds an atom of its own axis
-        assert not np.isin(pivot, moves.atoms[moves.starts[g]:moves.starts[g + 1]]).any()
+        assert not np.isin(pivot, moves.atoms[moves.starts[g] : moves.starts[g + 1]]).any()
 
 
 def test_colour_energies_add_up_to_the_force_fields_change(chain):
@@ -82,8 +82,9 @@ def test_colour_energies_add_up_to_the_force_fields_change(chain):
         energy = _ColourEnergy(moves, colour, xt, box_t, pairs, stiffness=0.0)
         old, new = _propose(energy, xt, steps, generator)
         moved = xt.index_put((energy.members,), new)
-        whole = sum(float(v) for v in force_field.energies(moved, box_t).values()) \
-            - sum(float(v) for v in force_field.energies(xt, box_t).values())
+        whole = sum(float(v) for v in force_field.energies(moved, box_t).values()) - sum(
+            float(v) for v in force_field.energies(xt, box_t).values()
+        )
         return float(energy.change(new, old, xt, None).sum()), whole
 
     for colour in colours[:4]:
@@ -118,10 +119,10 @@ def test_bead_centres_stay_on_the_cg_frame(chain):
     xt, box_t, cg_t = (torch.from_numpy(a) for a in (x, box, cg))
 
     def offset(moves) -> float:
-        y = thermalise(x, box, moves, 568.0, sweeps=6, generator=torch.Generator().manual_seed(0), cg=cg,
-                       centre_spread=0.005)
-        return float(centre_offsets(held.centres, torch.from_numpy(y), box_t, cg_t).norm(dim=-1)
-                     .square().mean().sqrt())
+        y = thermalise(
+            x, box, moves, 568.0, sweeps=6, generator=torch.Generator().manual_seed(0), cg=cg, centre_spread=0.005
+        )
+        return float(centre_offsets(held.centres, torch.from_numpy(y), box_t, cg_t).norm(dim=-1).square().mean().sqrt())
 
     held = thermal_moves(topology, force_field, "groups", mapping)
     assert float(centre_offsets(held.centres, xt, box_t, cg_t).abs().max()) < 1e-9

@@ -14,8 +14,9 @@ from gmx_deepbackmap.errors import InputError
 from gmx_deepbackmap.topology import read_topology
 
 SPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps"
-RF_MDP = "\n".join(["cutoff-scheme = Verlet", "coulombtype = reaction-field", "epsilon-rf = 2.5",
-                    "rcoulomb = 1.0", "rvdw = 1.0", ""])
+RF_MDP = "\n".join(
+    ["cutoff-scheme = Verlet", "coulombtype = reaction-field", "epsilon-rf = 2.5", "rcoulomb = 1.0", "rvdw = 1.0", ""]
+)
 
 
 def reference_copy(dest: Path, n_chains: int = 36) -> Path:
@@ -59,10 +60,15 @@ def test_exclusions_match_grompp(tmp_path):
     (tmp_path / "one.gro").write_text("one chain\n162\n" + "\n".join(lines[2:164]) + "\n 8.0 8.0 8.0\n")
     (tmp_path / "rf.mdp").write_text(RF_MDP)
     gmx = ["gmx", "-quiet"]
-    subprocess.run([*gmx, "grompp", "-f", "rf.mdp", "-c", "one.gro", "-p", top.name, "-o", "one.tpr"],
-                   cwd=tmp_path, check=True, capture_output=True)
-    dump = subprocess.run([*gmx, "dump", "-s", "one.tpr"], cwd=tmp_path, check=True,
-                          capture_output=True, text=True).stdout
+    subprocess.run(
+        [*gmx, "grompp", "-f", "rf.mdp", "-c", "one.gro", "-p", top.name, "-o", "one.tpr"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    dump = subprocess.run(
+        [*gmx, "dump", "-s", "one.tpr"], cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout
     grompp = set()
     for i, members in re.findall(r"excls\[(\d+)\]\[num=\d+\]=\{([^}]*)\}", dump):
         grompp |= {(int(i), int(j)) for j in members.replace("\n", " ").split(",") if int(i) < int(j)}
@@ -86,17 +92,34 @@ def replace_line(text: str, old: str, new: str) -> str:
     "edit, line, message",
     [
         (lambda t: replace_line(t, "    15   C_AR ", "    15   C_XX "), 24, r"unknown atom type 'C_XX'"),
-        (lambda t: replace_line(t, "     1       2       1\n", "     1       2       1.5x\n"), 179,
-         r"malformed number '1\.5x' for function type"),
-        (lambda t: replace_line(t, "     1       2       1\n", "     1       2       7\n"), 179,
-         r"\[ bonds \]: unsupported function type 7 \(supported: 1\)"),
-        (lambda t: replace_line(t, "146    149    148      1 ", "146    149    148      3 "),
-         None, r"\[ dihedrals \]: unsupported function type 3"),
-        (lambda t: replace_line(t, "     1       2       1\n", "     1     999       1\n"), 179,
-         r"atom 999 does not exist in moleculetype 'PS1'"),
+        (
+            lambda t: replace_line(t, "     1       2       1\n", "     1       2       1.5x\n"),
+            179,
+            r"malformed number '1\.5x' for function type",
+        ),
+        (
+            lambda t: replace_line(t, "     1       2       1\n", "     1       2       7\n"),
+            179,
+            r"\[ bonds \]: unsupported function type 7 \(supported: 1\)",
+        ),
+        (
+            lambda t: replace_line(t, "146    149    148      1 ", "146    149    148      3 "),
+            None,
+            r"\[ dihedrals \]: unsupported function type 3",
+        ),
+        (
+            lambda t: replace_line(t, "     1       2       1\n", "     1     999       1\n"),
+            179,
+            r"atom 999 does not exist in moleculetype 'PS1'",
+        ),
     ],
-    ids=["unknown-atom-type", "malformed-number", "unsupported-bond-funct", "unsupported-dihedral-funct",
-         "atom-out-of-range"],
+    ids=[
+        "unknown-atom-type",
+        "malformed-number",
+        "unsupported-bond-funct",
+        "unsupported-dihedral-funct",
+        "atom-out-of-range",
+    ],
 )
 def test_bad_topology_lines(tmp_path, edit, line, message):
     top = write_case(tmp_path, edit)

@@ -39,11 +39,24 @@ from gmx_deepbackmap.training import (
 )
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps" / "train_t568"
-TINY = "\n".join([
-    'aa = ["{aa}"]', 'cg = ["{cg}"]', 'topology = "{top}"', "steps = {steps}", "batch_size = 4",
-    "n_critic = 2", "prior_ramp = [0, 2]", "checkpoint_every = 1", "log_every = 1", "seed = 3",
-    "[network]", "width = 4", "noise_dim = 4", "",
-])
+TINY = "\n".join(
+    [
+        'aa = ["{aa}"]',
+        'cg = ["{cg}"]',
+        'topology = "{top}"',
+        "steps = {steps}",
+        "batch_size = 4",
+        "n_critic = 2",
+        "prior_ramp = [0, 2]",
+        "checkpoint_every = 1",
+        "log_every = 1",
+        "seed = 3",
+        "[network]",
+        "width = 4",
+        "noise_dim = 4",
+        "",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +68,11 @@ def sps_system():
 
 def write_config(tmp_path: Path, steps: int) -> Path:
     path = tmp_path / "train.toml"
-    path.write_text(TINY.format(aa=TRAIN / "aa" / "90.gro", cg=TRAIN / "cg" / "90.gro",
-                                top=bundled_path("sps/topol.top"), steps=steps))
+    path.write_text(
+        TINY.format(
+            aa=TRAIN / "aa" / "90.gro", cg=TRAIN / "cg" / "90.gro", top=bundled_path("sps/topol.top"), steps=steps
+        )
+    )
     return path
 
 
@@ -90,9 +106,18 @@ def environments(plan, frame, cg, angle, shift=(0.0, 0.0, 0.0), score_hidden=Fal
     hood = neighbourhood(plan, cg + shift, frame.box, reach(TrainConfig().half_extent))
     steps = torch.tensor([0, 1, 25, 700, 1439])
     context = torch.tensor([FORWARD, GIBBS, GIBBS, FORWARD, GIBBS])
-    return gather(plan, hood, torch.as_tensor(positions), torch.as_tensor(cg + shift), torch.as_tensor(frame.box),
-                  steps, context, torch.full((5,), float(angle), dtype=torch.float64), TrainConfig().half_extent,
-                  score_hidden=score_hidden)
+    return gather(
+        plan,
+        hood,
+        torch.as_tensor(positions),
+        torch.as_tensor(cg + shift),
+        torch.as_tensor(frame.box),
+        steps,
+        context,
+        torch.full((5,), float(angle), dtype=torch.float64),
+        TrainConfig().half_extent,
+        score_hidden=score_hidden,
+    )
 
 
 def sorted_particles(batch):
@@ -155,12 +180,16 @@ def test_environment_energy_leaves_out_the_sequences_own_terms(sps_system, snaps
     prior = LocalPrior(topology, plan)
     moved = batch.target + torch.tensor([0.02, 0.01, -0.03], dtype=torch.float64)
     for name in ("bond", "angle", "proper", "improper"):
-        own = [prior.energies(batch, x)[name] - prior.energies(batch, x, internal=False)[name]
-               for x in (batch.target, moved)]
+        own = [
+            prior.energies(batch, x)[name] - prior.energies(batch, x, internal=False)[name]
+            for x in (batch.target, moved)
+        ]
         torch.testing.assert_close(own[0], own[1])
     ring = 1  # item 1 re-places a phenyl ring: its in-ring angles are its own
-    assert prior.energies(batch, batch.target)["angle"][ring] > prior.energies(batch, batch.target,
-                                                                               internal=False)["angle"][ring]
+    assert (
+        prior.energies(batch, batch.target)["angle"][ring]
+        > prior.energies(batch, batch.target, internal=False)["angle"][ring]
+    )
 
 
 def test_hidden_hydrogens_enter_the_energy_not_the_network(sps_system, snapshot):
@@ -174,8 +203,10 @@ def test_hidden_hydrogens_enter_the_energy_not_the_network(sps_system, snapshot)
         torch.testing.assert_close(x, y, atol=0, rtol=0)
     extra = set(scored.env_atoms[1].tolist()) - set(hidden.env_atoms[1].tolist())
     ring = plan.step_bead[1]
-    assert extra and all(not plan.atom_heavy[a] and plan.atom_molecule[a] == plan.bead_molecule[ring]
-                         and plan.atom_owner[a] != ring for a in extra)
+    assert extra and all(
+        not plan.atom_heavy[a] and plan.atom_molecule[a] == plan.bead_molecule[ring] and plan.atom_owner[a] != ring
+        for a in extra
+    )
     assert set(scored.env_atoms[0].tolist()) == set(hidden.env_atoms[0].tolist())  # forward: nothing hidden
     prior = LocalPrior(topology, plan)
     assert prior.energies(scored, scored.target)["lj"][1] != prior.energies(hidden, hidden.target)["lj"][1]
@@ -191,8 +222,9 @@ def test_strain_finds_one_strained_contact_and_its_bent_joints(sps_system, snaps
     assert (at_reference < 25.0).all() and (bent < 40.0).all()  # an equilibrated structure
     moved = batch.target.clone()
     atoms = batch.env_atoms[2]
-    other = (atoms >= 0) & (torch.from_numpy(plan.atom_molecule)[atoms.clamp(min=0)]
-                            != plan.atom_molecule[int(batch.sequence_atoms[2, 0])])
+    other = (atoms >= 0) & (
+        torch.from_numpy(plan.atom_molecule)[atoms.clamp(min=0)] != plan.atom_molecule[int(batch.sequence_atoms[2, 0])]
+    )
     env = int(torch.nonzero(other)[0, 0])  # 0.11 nm from an atom of another molecule
     moved[2, 0] = batch.particles[2, env] + torch.tensor([0.11, 0.0, 0.0], dtype=torch.float64)
     _, worst, bent_moved = prior.total_and_strain(batch, moved)
@@ -214,8 +246,9 @@ def test_sampling_rollout_skips_padded_steps(sps_system, snapshot):
     for sampling in (False, True):
         torch.manual_seed(0)
         with torch.no_grad():
-            runs.append(rollout(generator, static, batch, grid, config.n_atom_types, config.noise_dim,
-                                sampling=sampling))
+            runs.append(
+                rollout(generator, static, batch, grid, config.n_atom_types, config.noise_dim, sampling=sampling)
+            )
     (envs, _, full), (none, _, sampled) = runs
     assert envs is not None and none is None
     live = batch.step_mask
@@ -254,8 +287,12 @@ def test_stereo_check_judges_placements_with_unplaced_neighbours_at_their_beads(
     for step, sequence in zip(steps.tolist(), atoms):
         later = (molecule == molecule[sequence[0]]) & (rank[owner] > rank[plan.step_bead[step]])
         forward = torch.where(later[:, None], beads[owner], x)
-        assert check.inverted(torch.tensor([step]), sequence[None], forward[sequence.clamp(min=0)][None], forward,
-                              box).item() == 0
+        assert (
+            check.inverted(
+                torch.tensor([step]), sequence[None], forward[sequence.clamp(min=0)][None], forward, box
+            ).item()
+            == 0
+        )
     flip = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)  # the box too: molecules cross it
     mirrored = check.inverted(steps, atoms, x[atoms.clamp(min=0)] * flip, x * flip, box * flip)
     assert mirrored.tolist() == (check.of_step[steps] >= 0).sum(1).tolist()  # every centre a step touches
@@ -389,18 +426,39 @@ def test_resume_continues_exactly(tmp_path):
     rows_a = [{k: v for k, v in r.items() if k not in drop} for r in read_log(tmp_path / "a" / "log.csv")]
     rows_b = [{k: v for k, v in r.items() if k not in drop} for r in read_log(tmp_path / "b" / "log.csv")]
     assert rows_a == rows_b
-    average_a, average_b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["generator_average"]
-                            for run in ("a", "b"))
+    average_a, average_b = (
+        torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["generator_average"] for run in ("a", "b")
+    )
     assert all(torch.equal(average_a[k], average_b[k]) for k in average_a)
 
 
 def torchrun(config: Path, workdir: Path, output: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-         "-m", "gmx_deepbackmap.cli", "train", "--config", str(config), "--workdir", str(workdir),
-         "-o", str(output), "--no-progress"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            "-m",
+            "gmx_deepbackmap.cli",
+            "train",
+            "--config",
+            str(config),
+            "--workdir",
+            str(workdir),
+            "-o",
+            str(output),
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_torchrun_two_processes_sigterm_and_resume(tmp_path):

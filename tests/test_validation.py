@@ -22,10 +22,32 @@ def short_md(tmp_path_factory):
 
 def test_validate_md_runs_resumes_and_summarises(tmp_path, sps_data, short_md):
     traj = sps_data / "t568" / "aa.xtc"
-    args = ["validate-md", "-s", str(sps_data / "aa.gro"), "-p", str(bundled_path("sps/topol.top")),
-            "--label", f"ref={traj}", "--label", f"again={traj}", "--temperature", "568", "--time", "0.02",
-            "--frames", "0:2", "--mdp", str(short_md), "--engine", "cli", "--nt", "1", "-o", str(tmp_path / "out"),
-            "--no-progress"]
+    args = [
+        "validate-md",
+        "-s",
+        str(sps_data / "aa.gro"),
+        "-p",
+        str(bundled_path("sps/topol.top")),
+        "--label",
+        f"ref={traj}",
+        "--label",
+        f"again={traj}",
+        "--temperature",
+        "568",
+        "--time",
+        "0.02",
+        "--frames",
+        "0:2",
+        "--mdp",
+        str(short_md),
+        "--engine",
+        "cli",
+        "--nt",
+        "1",
+        "-o",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
@@ -48,17 +70,56 @@ def test_a_run_past_its_time_limit_is_stopped_and_counted_as_failed(tmp_path, sp
     if engine == "gmxapi":
         pytest.importorskip("gmxapi")
     traj = sps_data / "t568" / "aa.xtc"
-    result = CliRunner().invoke(main, [
-        "validate-md", "-s", str(sps_data / "aa.gro"), "-p", str(bundled_path("sps/topol.top")), "--label",
-        f"ref={traj}", "--temperature", "568", "--time", "10", "--frames", "0:1", "--mdp", str(short_md),
-        "--engine", engine, "--nt", "1", "--max-minutes", "0.0005", "-o", str(tmp_path / "out"), "--no-progress"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "validate-md",
+            "-s",
+            str(sps_data / "aa.gro"),
+            "-p",
+            str(bundled_path("sps/topol.top")),
+            "--label",
+            f"ref={traj}",
+            "--temperature",
+            "568",
+            "--time",
+            "10",
+            "--frames",
+            "0:1",
+            "--mdp",
+            str(short_md),
+            "--engine",
+            engine,
+            "--nt",
+            "1",
+            "--max-minutes",
+            "0.0005",
+            "-o",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "1 of 1 runs failed" in result.output and "did not finish within 0.03 s" in result.output
 
 
 def test_bad_label_is_a_usage_error(tmp_path, sps_data):
-    result = CliRunner().invoke(main, ["validate-md", "-s", str(sps_data / "aa.gro"), "-p", "x.top",
-                                       "--label", "noequals", "--temperature", "300", "-o", str(tmp_path)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "validate-md",
+            "-s",
+            str(sps_data / "aa.gro"),
+            "-p",
+            "x.top",
+            "--label",
+            "noequals",
+            "--temperature",
+            "300",
+            "-o",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code != 0 and "expected NAME=FILE" in result.output
 
 
@@ -80,9 +141,11 @@ def test_steady_time_of_a_short_run_still_moving_at_its_end():
 
 
 def test_failure_reason_is_gromacs_fatal_error_in_short():
-    message = ("gmx mdrun (gmxapi) failed: Program: GROMACS, version 2022.5; Source file: src/gromacs/mdlib/"
-               "constr.cpp (line 240); Fatal error: Too many LINCS warnings (1207) If you know what you are "
-               "doing you can adjust the lincs warning threshold in your mdp file\n")
+    message = (
+        "gmx mdrun (gmxapi) failed: Program: GROMACS, version 2022.5; Source file: src/gromacs/mdlib/"
+        "constr.cpp (line 240); Fatal error: Too many LINCS warnings (1207) If you know what you are "
+        "doing you can adjust the lincs warning threshold in your mdp file\n"
+    )
     assert failure_reason(message) == "Too many LINCS warnings (1207)"
     assert failure_reason("Fatal error: Atomtype HX not found. See the manual.") == "Atomtype HX not found"
     assert failure_reason("gmx grompp failed: no such file\nmore\n") == "gmx grompp failed: no such file"

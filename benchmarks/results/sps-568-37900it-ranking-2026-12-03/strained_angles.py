@@ -1,6 +1,6 @@
 """Angle terms above 40 kJ/mol (the sampler's STRAINED_TERM) per frame, and the largest one.
 
-    python strained_angles.py -p topologies/sps/topol.top -s ../shared/data/sps/aa.gro FRAMES.xtc [...]
+python strained_angles.py -p topologies/sps/topol.top -s ../shared/data/sps/aa.gro FRAMES.xtc [...]
 """
 
 import argparse
@@ -31,8 +31,10 @@ def main() -> None:
             energy = vector_energies("angle", vectors, params).numpy()
             counts.append(int((energy > STRAINED_TERM).sum()))
             largest.append(float(energy.max()))
-        print(f"{path}: {np.mean(counts):.1f} angles above {STRAINED_TERM:g} kJ/mol per frame {counts}, "
-              f"largest {max(largest):.0f} kJ/mol")
+        print(
+            f"{path}: {np.mean(counts):.1f} angles above {STRAINED_TERM:g} kJ/mol per frame {counts}, "
+            f"largest {max(largest):.0f} kJ/mol"
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,15 @@ def main() -> None:
         for name in ("t568", "t313"):
             sets = {f: held_out_frames(name, parse_frames(f), out, tag=f.replace(":", "_"))[1] for f in sys.argv[1:]}
             first, *others = sets
-            report = compare(DATA / "aa.gro", bundled_path("sps/topol.top"), sets[first],
-                             {f: sets[f] for f in others}, out / f"compare-{name}", rerun=False, progress=False)
+            report = compare(
+                DATA / "aa.gro",
+                bundled_path("sps/topol.top"),
+                sets[first],
+                {f: sets[f] for f in others},
+                out / f"compare-{name}",
+                rerun=False,
+                progress=False,
+            )
             for key, o in report["observables"].items():
                 if o.get("kind") in ("distribution", "histogram"):
                     score = "l1" if o["kind"] == "histogram" else "jsd"
