@@ -3,14 +3,14 @@
     python benchmarks/bench_backmap.py [--model sps-568] [--frames 0:80:8] [--baseline-dir bench-out]
         [--out bench-out] [--device cpu] [--threads 2] [--orientations K] [--gibbs-sweeps N] [--repair-rounds R]
         [--ranking environment|all] [--thermal groups|hydrogens|planar-hydrogens|none] [--thermal-sweeps N]
-        [--precision auto|float32|bfloat16] [--temperature-noise]
+        [--precision auto|float32|bfloat16] [--scale-noise true]
         [--sets t568 t313]
 
 For t568 and t313: takes the selected frames of cg.xtc/aa.xtc (at 568 K without the 7 frames that
-are also training snapshots), backmaps them with `gmx_deepbackmap.sampler.backmap` (default settings
-unless --orientations/--gibbs-sweeps/--repair-rounds/--ranking/--thermal say otherwise; each
-set at its own temperature, `backmap(temperature=568 or 313)`; --temperature-noise: the generator's
-noise scaled to it too, `scale_noise=True`), runs `gmx-dbm
+are also training snapshots), backmaps them with `gmx_deepbackmap.sampling.backmap` (the `SamplerConfig` defaults
+unless its options, --orientations, --gibbs-sweeps, ..., say otherwise; each
+set at its own temperature, `SamplerConfig(temperature=568 or 313)`; --scale-noise true: the generator's
+noise scaled to it too), runs `gmx-dbm
 compare` of the result (and of `baseline-<T>.xtc` from bench_baseline.py, when --baseline-dir has it
 for the same frames) against the reference frames, and prints one table per temperature: JSD and W1
 per observable against the published DeepBackmap figures, frame-mean energies per term as % of the
@@ -28,29 +28,19 @@ by all runs of it (`speed-<T>.json`). Speed is only meaningful on an idle machin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
+import typing
 from pathlib import Path
 
 import torch
 
-from gmx_deepbackmap.analysis import compare
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.chunks import backmap_in_chunks, merge_chunks
-from gmx_deepbackmap.report import markdown_table
-from gmx_deepbackmap.sampler import (
-    DEFAULT_GIBBS_SWEEPS,
-    DEFAULT_ORIENTATIONS,
-    DEFAULT_PRECISION,
-    DEFAULT_RANKING,
-    DEFAULT_REPAIR_ROUNDS,
-    DEFAULT_THERMAL,
-    DEFAULT_THERMAL_SWEEPS,
-    PRECISIONS,
-    RANKINGS,
-    THERMAL,
-    uses_bfloat16,
-)
+from gmx_deepbackmap.config import DEFAULTS, SamplerConfig
+from gmx_deepbackmap.report import compare, markdown_table
+from gmx_deepbackmap.sampling import uses_bfloat16
 from gmx_deepbackmap.structure import iter_frames, load_universe, parse_frames, write_frames
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps"
@@ -105,14 +95,34 @@ def held_out_frames(name: str, frames: slice, out: Path, tag: str = "heldout") -
     return *paths, len(kept)
 
 
-def backmap_resumably(cg: Path, result: Path, tag: str, chunk_size: int, **settings) -> float:
+def add_sampler_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The `SamplerConfig` fields (but `skip`) as options, with the package's defaults."""
+    hints = typing.get_type_hints(SamplerConfig)
+    for field in dataclasses.fields(SamplerConfig):
+        if field.name in skip:
+            continue
+        option, default = f"--{field.name.replace('_', '-')}", getattr(DEFAULTS, field.name)
+        if hints[field.name] is bool:
+            parser.add_argument(option, type=lambda v: v.lower() in ("1", "true", "yes"), default=default)
+        else:
+            kind = next(t for t in typing.get_args(hints[field.name]) or (hints[field.name],) if t is not type(None))
+            parser.add_argument(option, type=kind, default=default, choices=field.metadata.get("choices"))
+
+
+def sampler_config(args: argparse.Namespace, **fixed) -> SamplerConfig:
+    """The `SamplerConfig` of parsed `add_sampler_arguments` options, with `fixed` fields set."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig) if hasattr(args, f.name)}
+    return SamplerConfig(**{**given, **fixed})
+
+
+def backmap_resumably(cg: Path, result: Path, tag: str, chunk_size: int, config: SamplerConfig, model: str) -> float:
     """Backmap the frames of cg into result through a chunk folder beside it, skipping the chunks a
     stopped run finished; returns the wall seconds per frame over all runs (kept in speed-<tag>.json)."""
     work, speed = result.parent / f"chunks-{tag}", result.parent / f"speed-{tag}.json"
     spent = json.loads(speed.read_text()) if speed.is_file() else {"seconds": 0.0, "frames": 0}
     start = time.perf_counter()
     done = backmap_in_chunks(
-        DATA / "cg.gro", bundled_path("sps/topol.top"), work, chunk_size=chunk_size, trajectory=cg, **settings
+        DATA / "cg.gro", bundled_path("sps/topol.top"), work, config, chunk_size=chunk_size, trajectory=cg, model=model
     )
     if done:
         spent = {"seconds": spent["seconds"] + time.perf_counter() - start, "frames": spent["frames"] + done}
@@ -173,21 +183,8 @@ def main() -> None:
     parser.add_argument("--frames", default="0:80:8", help="b:e:s of the 78 CG/AA frames (default 0:80:8)")
     parser.add_argument("--baseline-dir", help="folder with baseline-t568.xtc/baseline-t313.xtc of the same frames")
     parser.add_argument("--out", default="bench-out", help="folder for frames, reports and the table")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--orientations", type=int, default=DEFAULT_ORIENTATIONS)
-    parser.add_argument("--gibbs-sweeps", type=int, default=DEFAULT_GIBBS_SWEEPS)
-    parser.add_argument("--repair-rounds", type=int, default=DEFAULT_REPAIR_ROUNDS)
-    parser.add_argument("--ranking", choices=RANKINGS, default=DEFAULT_RANKING)
-    parser.add_argument("--thermal", choices=THERMAL, default=DEFAULT_THERMAL)
-    parser.add_argument("--thermal-sweeps", type=int, default=DEFAULT_THERMAL_SWEEPS)
-    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
-    parser.add_argument(
-        "--temperature-noise",
-        action="store_true",
-        help="scale the generator's noise to each set's temperature (sqrt(T / T_train))",
-    )
+    add_sampler_arguments(parser, skip=("temperature",))  # each set is sampled at its own temperature
     parser.add_argument(
         "--sets",
         nargs="+",
@@ -208,31 +205,14 @@ def main() -> None:
         f"sweeps, {args.repair_rounds} repair rounds, ranking {args.ranking}, thermal "
         f"{args.thermal} ({args.thermal_sweeps} sweeps), device {args.device}, precision {args.precision} "
         f"({'bfloat16' if uses_bfloat16(args.precision, args.device) else 'float32'}), "
-        f"{args.threads} threads, seed {args.seed}"
-        + (", noise scaled to each temperature" if args.temperature_noise else "")
+        f"{args.threads} threads, seed {args.seed}" + (", noise scaled to each temperature" if args.scale_noise else "")
     ]
     for name in args.sets:
         cg, aa, n = held_out_frames(name, parse_frames(args.frames), out)
         result = out / f"dbm-{name}.xtc"
         tag = f"{name}-{args.frames.replace(':', '_')}"
-        seconds = backmap_resumably(
-            cg,
-            result,
-            tag,
-            args.chunk_size,
-            model=args.model,
-            seed=args.seed,
-            device=args.device,
-            orientations=args.orientations,
-            gibbs_sweeps=args.gibbs_sweeps,
-            ranking=args.ranking,
-            repair_rounds=args.repair_rounds,
-            temperature=TEMPERATURES[name],
-            thermal=args.thermal,
-            thermal_sweeps=args.thermal_sweeps,
-            precision=args.precision,
-            scale_noise=args.temperature_noise,
-        )
+        config = sampler_config(args, temperature=TEMPERATURES[name])
+        seconds = backmap_resumably(cg, result, tag, args.chunk_size, config, args.model)
         sets = {MODEL: result}
         baseline = Path(args.baseline_dir or out) / f"baseline-{name}.xtc"
         if baseline.is_file() and len(load_universe(DATA / "aa.gro", baseline).trajectory) == n:

@@ -15,8 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gmx_deepbackmap.analysis import available_cores, compare
+from gmx_deepbackmap.analysis import available_cores
 from gmx_deepbackmap.bundled import bundled_path
+from gmx_deepbackmap.report import compare
 from gmx_deepbackmap.structure import parse_frames
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sps"

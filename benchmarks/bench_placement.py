@@ -26,13 +26,13 @@ from bench_backmap import DATA, held_out  # the script's folder is on sys.path
 
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, neighbourhood, plan_system
+from gmx_deepbackmap.generation import environment_densities, reach, rollout, to_device
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.prior import PRIOR_TERMS, LocalPrior
 from gmx_deepbackmap.report import markdown_table
 from gmx_deepbackmap.structure import load_universe, parse_frames
 from gmx_deepbackmap.topology import read_topology
-from gmx_deepbackmap.training import environment_densities, reach, rollout, to_device
 from gmx_deepbackmap.voxels import coordinates_to_density
 
 CONTEXTS = {"forward": FORWARD, "Gibbs": GIBBS}

@@ -20,22 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_backmap import DATA, held_out  # the script's folder is on sys.path
+from bench_backmap import DATA, add_sampler_arguments, held_out, sampler_config  # the script's folder is on sys.path
 
 from gmx_deepbackmap.analysis import BondDeviation, Clashes, frame_context
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.energies import ForceField, _bonded_energy, _geometry
+from gmx_deepbackmap.frames import frame_seed
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.report import markdown_table
-from gmx_deepbackmap.sampler import (
-    DEFAULT_GIBBS_SWEEPS,
-    DEFAULT_ORIENTATIONS,
-    DEFAULT_REPAIR_ROUNDS,
-    backmap_frame,
-    frame_seed,
-    prepare_system,
-)
+from gmx_deepbackmap.sampling import backmap_frame, prepare_system
 from gmx_deepbackmap.structure import load_universe, parse_frames
 from gmx_deepbackmap.topology import Topology, read_topology
 
@@ -79,24 +73,18 @@ class StageMetrics:
         }
 
 
-def sample_stages(
-    model, system, metrics: StageMetrics, frame, seed: int, orientations: int, gibbs_sweeps: int, repair_rounds: int
-) -> dict[str, dict[str, float]]:
-    """`metrics` of one CG frame's structure after each stage of sampling, by stage name."""
+def sample_stages(model, system, metrics: StageMetrics, frame, config) -> dict[str, dict[str, float]]:
+    """`metrics` of one CG frame's structure after each stage of the pipeline `config` builds, by
+    stage name (seeded as `gmx-dbm backmap` seeds the frame)."""
     out = {}
     backmap_frame(
         model,
-        system.plan,
-        system.prior,
+        system,
         frame.positions,
         frame.box,
-        gibbs_sweeps=gibbs_sweeps,
-        repair_rounds=repair_rounds,
-        orientations=orientations,
-        generator=seed,
-        constraints=system.constraints,
-        stereo=system.stereo,
-        stages=lambda stage, positions: out.__setitem__(stage, metrics(positions, frame.box)),
+        config,
+        seed=frame_seed(config.seed, frame.step),
+        trace=lambda stage, positions: out.__setitem__(stage, metrics(positions, frame.box)),
     )
     return out
 
@@ -106,16 +94,14 @@ def main() -> None:
     parser.add_argument("--model", default="sps-568", help="bundled model name or model file")
     parser.add_argument("--frames", default="0:16:8", help="b:e:s of the 78 CG/AA frames (default 0:16:8)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--orientations", type=int, default=DEFAULT_ORIENTATIONS)
-    parser.add_argument("--gibbs-sweeps", type=int, default=DEFAULT_GIBBS_SWEEPS)
-    parser.add_argument("--repair-rounds", type=int, default=DEFAULT_REPAIR_ROUNDS)
+    add_sampler_arguments(parser)
     parser.add_argument("--json", type=Path, help="write the per-stage means here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     topology = read_topology(bundled_path("sps/topol.top"))
-    system = prepare_system(model, topology, read_mapping(None, topology))
+    config = sampler_config(args)
+    system = prepare_system(model, topology, read_mapping(None, topology), config.constrain, config.thermal)
     metrics = StageMetrics(topology, system.plan.atom_owner)
     results = {}
     for name in ("t568", "t313"):
@@ -125,10 +111,7 @@ def main() -> None:
         stages: dict[str, list[dict[str, float]]] = {}
         for ref, frame in zip(held_out(aa, name, frames), held_out(cg, name, frames)):
             stages.setdefault("reference", []).append(metrics(ref.positions, ref.box))
-            seed = frame_seed(args.seed, frame.step)
-            for stage, values in sample_stages(
-                model, system, metrics, frame, seed, args.orientations, args.gibbs_sweeps, args.repair_rounds
-            ).items():
+            for stage, values in sample_stages(model, system, metrics, frame, config).items():
                 stages.setdefault(stage, []).append(values)
         means = {
             stage: {k: float(np.mean([row[k] for row in rows])) for k in rows[0]} for stage, rows in stages.items()

@@ -9,7 +9,7 @@ For each set, reads `dbm-<T>.xtc`, `heldout-<T>-aa.xtc`, `heldout-<T>-cg.xtc` an
 `speed-<T>-*.json` of the earlier run (made with `--thermal none`, or by a sampler without the
 stage), runs `thermal.thermalise` on every frame (or the `--frames` slice of the saved frames) at
 the set's temperature with the bead centres restrained to the CG frame (the call
-`sampler.backmap_frame` ends with, seeded per frame) and scores the result and the frames as they
+`sampling.backmap_frame` ends with, seeded per frame) and scores the result and the frames as they
 were against the reference with `gmx-dbm compare`, in bench_backmap.py's table. Only the random
 stream and the 0.001 nm rounding of the .xtc the stage starts from differ from a run of
 `gmx-dbm backmap` with the stage. The wall time per frame is the earlier run's plus the stage's,
@@ -27,15 +27,16 @@ import torch
 from bench_backmap import DATA, MODEL, TEMPERATURES, bar_table, publish
 from tqdm import tqdm
 
-from gmx_deepbackmap.analysis import compare
 from gmx_deepbackmap.bundled import bundled_path
+from gmx_deepbackmap.config import DEFAULTS
 from gmx_deepbackmap.energies import ForceField
+from gmx_deepbackmap.frames import frame_seed
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
-from gmx_deepbackmap.sampler import frame_seed
+from gmx_deepbackmap.report import compare
 from gmx_deepbackmap.stereo import system_stereo
 from gmx_deepbackmap.structure import Frame, iter_frames, load_universe, parse_frames, write_frames
-from gmx_deepbackmap.thermal import DEFAULT_SWEEPS, SELECTIONS, thermal_moves, thermalise
+from gmx_deepbackmap.thermal import SELECTIONS, thermal_moves, thermalise
 from gmx_deepbackmap.topology import read_topology, system_residue_numbers
 
 AS_GENERATED = "before the stage"
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--from", dest="source", required=True, help="--out folder of a bench_backmap.py run")
     parser.add_argument("--out", default="bench-thermal", help="folder for frames, reports and the table")
     parser.add_argument("--thermal", choices=SELECTIONS, default=SELECTIONS[0], help="what the stage moves")
-    parser.add_argument("--sweeps", type=int, default=DEFAULT_SWEEPS)
+    parser.add_argument("--sweeps", type=int, default=DEFAULTS.thermal_sweeps)
     parser.add_argument("--model", default="sps-568", help="the model whose chiral centres the stage keeps")
     parser.add_argument("--frames", default=None, help="b:e:s of the saved frames (default all)")
     parser.add_argument("--sets", nargs="+", choices=TEMPERATURES, default=list(TEMPERATURES))

@@ -67,8 +67,8 @@ from .energies import BONDED_TERMS, GMX_TERM_NAMES, _geometry, lj_row_energies, 
 from .errors import InputError, read_toml
 from .pbc import minimum_image, neighbour_pairs
 from .stereo import chiral_centres, handedness
-from .structure import Frame, check_atom_count, iter_frames, load_universe, write_frames
-from .topology import Topology, read_topology
+from .structure import Frame, iter_frames, load_universe, write_frames
+from .topology import Topology, bond_paths
 
 REFERENCE = "reference"
 SOURCES = ("paths", "bonds", "angles", "propers", "impropers")
@@ -196,24 +196,6 @@ def default_observables(topology: Topology) -> ObservableConfig:
 
 
 # --------------------------------------------------------------------------- selections
-
-
-def bond_paths(bonds: np.ndarray, n_atoms: int, length: int) -> np.ndarray:
-    """Every simple path of `length` atoms along `bonds` (n, 2), once: the orientation whose first
-    atom index is the smaller one. Returns (P, length)."""
-    directed = np.concatenate([bonds, bonds[:, ::-1]]).astype(np.int64)
-    directed = directed[np.argsort(directed[:, 0], kind="stable")]
-    starts = np.searchsorted(directed[:, 0], np.arange(n_atoms + 1))  # CSR adjacency
-    paths = np.arange(n_atoms, dtype=np.int64)[:, None]
-    for _ in range(length - 1):
-        last = paths[:, -1]
-        counts = starts[last + 1] - starts[last]
-        rows = np.repeat(np.arange(len(paths)), counts)
-        offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        following = directed[starts[last][rows] + offsets, 1]
-        paths = np.column_stack([paths[rows], following])
-        paths = paths[~(paths[:, :-1] == following[:, None]).any(1)]
-    return paths[paths[:, 0] < paths[:, -1]] if length > 1 else paths
 
 
 def rings(bonds: np.ndarray, n_atoms: int, size: int = 6) -> np.ndarray:
@@ -742,71 +724,6 @@ def available_cores() -> int:
 
 
 # --------------------------------------------------------------------------- compare
-
-
-def compare(
-    structure: str | os.PathLike,
-    topology: str | os.PathLike,
-    reference: str | os.PathLike,
-    sets: dict[str, str | os.PathLike],
-    output: str | os.PathLike,
-    frames: slice = slice(None),
-    observables: str | os.PathLike | None = None,
-    rerun: bool = True,
-    mdp: str | os.PathLike | None = None,
-    workers: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Compare labelled sets of atomistic frames with reference frames and write a report.
-
-    `structure` names the atoms of every trajectory; `frames` (a slice) selects the same frames of
-    each. Writes `report.json`, `report.md` and PNG figures to the folder `output` and returns the
-    report (as in `report.json`). `observables`: a TOML table (`read_observables`); default: the
-    bundled table of the topology's molecule types. `rerun`: per-term energies by `gmx mdrun
-    -rerun` with `mdp` (default: the bundled sPS settings). `workers`: processes for the frame
-    analysis (default: one per available core).
-    """
-    from tqdm import tqdm
-
-    from .gromacs import get_engine
-    from .report import build_report, write_report
-
-    for label in sets:
-        if not label or label == REFERENCE or "=" in label:
-            raise InputError(f"invalid set label '{label}' (non-empty, not '{REFERENCE}', no '=')")
-    trajectories = {REFERENCE: reference, **sets}
-    for path in (structure, *trajectories.values()):
-        if not Path(path).is_file():
-            raise InputError("file not found", path)
-    top = read_topology(topology)
-    config = read_observables(observables) if observables else default_observables(top)
-    analysis = Analysis.from_topology(top, config)
-    engine = get_engine() if rerun else None  # fails early when GROMACS is missing
-    workers = available_cores() if workers is None else workers
-    executor = frame_workers(analysis, workers) if workers > 1 else None
-    results = {}
-    try:
-        for label, trajectory in tqdm(trajectories.items(), desc="sets", unit="set", disable=not progress):
-            universe = load_universe(structure, trajectory)
-            check_atom_count(universe, top.n_atoms, trajectory, f"topology {top.path}")
-            n = len(range(len(universe.trajectory))[frames])
-            if n == 0:
-                raise InputError("--frames selects no frames of this trajectory", trajectory)
-            selected = tqdm(
-                iter_frames(universe, frames), total=n, desc=label, unit="frame", leave=False, disable=not progress
-            )
-            values = analysis.run(selected, executor, window=2 * workers)
-            results[label] = SetResult(label, str(trajectory), n, values)
-    finally:
-        if executor is not None:
-            executor.shutdown()
-    if engine is not None:
-        for label, trajectory in tqdm(trajectories.items(), desc="rerun", unit="set", disable=not progress):
-            results[label].energies = set_energies(structure, trajectory, top, frames, mdp, engine)
-    report = build_report(analysis, results)
-    write_report(report, analysis, results, output, overwrite)
-    return report
 
 
 def set_energies(

@@ -25,7 +25,7 @@ Per frame:
    nearly coincident atoms overflow, and GROMACS then stops the minimisation at once ("force ... not
    finite"), which happened in half of the sPS test frames without this guard.
 
-The seed of a frame depends only on `seed` and the frame's index (`sampler.frame_seed`), so a frame
+The seed of a frame depends only on `seed` and the frame's index (`frames.frame_seed`), so a frame
 comes out the same whichever other frames are selected.
 """
 
@@ -45,11 +45,11 @@ import torch
 from . import gromacs
 from .bundled import bundled_path, write_mdp
 from .errors import InputError
+from .frames import FrameOutput, FrameSource, frame_seed, run_frames
 from .mapping import Mapping, read_mapping
-from .pbc import minimum_image, neighbour_pairs
+from .pbc import make_whole, minimum_image, neighbour_pairs, unwrap_levels
 from .preprocess import preprocess
-from .sampler import frame_seed, make_whole, unwrap_levels
-from .structure import Frame, iter_frames, open_frames, read_frames, write_frames
+from .structure import Frame, read_frames, write_frames
 from .topology import Topology, read_topology, system_residue_numbers
 
 PathLike = str | os.PathLike
@@ -317,7 +317,7 @@ class BaselineSystem:
     topology: Topology
     mapping: Mapping
     steps: list[ModifierStep]
-    levels: list[tuple[torch.Tensor, torch.Tensor]]  # `sampler.unwrap_levels`: makes molecules whole
+    levels: list[tuple[torch.Tensor, torch.Tensor]]  # `pbc.unwrap_levels`: makes molecules whole
     unnamed: np.ndarray  # (N,) bool: atoms no modifier line names (the displacement moves these)
 
     @classmethod
@@ -360,39 +360,29 @@ def baseline(
     """Backmap CG frames (a structure, or a trajectory with it) with the geometric baseline and
     write them (topology atom names and order, molecules whole, CG box kept); returns the number
     of frames. Prints the mean wall time per frame; `timings`, if given, receives each frame's."""
-    from tqdm import tqdm
-
     if displacement < 0:
         raise InputError(f"displacement {displacement} nm: expected 0 (off) or more")
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
     system = BaselineSystem.from_topology(top, cg_map)
-    universe, n_frames = open_frames(
-        structure, trajectory, cg_map.n_beads, frames, output, f"the CG mapping of the topology {topology}"
-    )
+    source = FrameSource(structure, trajectory, cg_map.n_beads, f"the CG mapping of the topology {topology}", frames)
+    out = FrameOutput(output, top.atom_names, top.residue_names, system_residue_numbers(top), system.levels, overwrite)
     gmx = gromacs.get_engine(engine) if minimise else None  # fails early when GROMACS is missing
-    written, times = [], []
+    times = []
     with tempfile.TemporaryDirectory(prefix="gmxdbm-baseline-") as tmp:
         minimiser = _Minimiser(top, gmx, Path(tmp)) if gmx is not None else None
-        for cg in tqdm(
-            iter_frames(universe, frames),
-            total=n_frames,
-            unit="frame",
-            desc="baseline",
-            disable=None if progress else True,
-        ):
-            if not (np.diag(cg.box) > 0).all():
-                raise InputError(f"frame {cg.step} has no periodic box", trajectory or structure)
+
+        def place(cg: Frame) -> np.ndarray:
             t0 = time.perf_counter()
             x = baseline_positions(system, cg, seed, displacement)
             timing = FrameTiming(time.perf_counter() - t0)
             if minimiser is not None:
                 x, bonded, full = minimiser.run(x, cg.box, f"frame{cg.step}")
                 timing = FrameTiming(timing.placement, bonded, full)
-            whole = make_whole(torch.from_numpy(x), torch.from_numpy(cg.box), system.levels).numpy()
-            written.append(Frame(whole, cg.box, cg.time, cg.step))
             times.append(timing)
-    write_frames(output, top.atom_names, top.residue_names, system_residue_numbers(top), written, overwrite)
+            return x
+
+        n_frames = len(run_frames(source, place, desc="baseline", output=out, progress=progress))
     print(timing_summary(times))
     if timings is not None:
         timings.extend(times)

@@ -1,7 +1,7 @@
 """Long trajectories in chunks: resumable backmapping and the merge of its chunks.
 
 `backmap_in_chunks` writes every chunk of frames atomically into a work folder whose
-`manifest.json` records the run's identity (inputs, model hash, seed, frame range, options); a
+`manifest.json` records the run's identity (inputs, model hash, frame range, sampler settings); a
 chunk file exists only once it is complete, so a rerun skips finished chunks, separate processes
 (e.g. the tasks of a SLURM array job, `only`) can each write their own chunk, and a folder of
 another run is refused. Each frame's seed depends only on
@@ -15,9 +15,10 @@ import json
 import os
 from pathlib import Path
 
+from .config import DEFAULTS, SamplerConfig
 from .errors import InputError
 from .model import resolve_model
-from .sampler import backmap
+from .sampling import backmap
 from .structure import Frame, atomic_output, load_universe, write_frames
 from .topology import read_topology, system_residue_numbers
 
@@ -28,19 +29,18 @@ def backmap_in_chunks(
     structure: str | os.PathLike,
     topology: str | os.PathLike,
     workdir: str | os.PathLike,
+    config: SamplerConfig = DEFAULTS,
     *,
     chunk_size: int,
     trajectory: str | os.PathLike | None = None,
-    frames: slice = slice(None),
-    seed: int = 0,
+    mapping: str | os.PathLike | list | tuple | None = None,
     model: str | os.PathLike = "sps-568",
+    frames: slice = slice(None),
     only: int | None = None,
     progress: bool = True,
-    **options,
 ) -> int:
-    """Backmap the selected frames chunk by chunk into `workdir` (with `only`, just chunk number
-    `only`); returns the number of frames done. `options` go to `sampler.backmap` (mapping,
-    device, gibbs_sweeps, ...)."""
+    """Backmap the selected frames chunk by chunk into `workdir` with `sampling.backmap` (with
+    `only`, just chunk number `only`); returns the number of frames done."""
     if chunk_size < 1:
         raise InputError(f"--chunk-size {chunk_size}: expected at least 1")
     indices = range(len(load_universe(structure, trajectory).trajectory))[frames]
@@ -52,19 +52,19 @@ def backmap_in_chunks(
         "structure": str(Path(structure).resolve()),
         "trajectory": None if trajectory is None else str(Path(trajectory).resolve()),
         "topology": str(Path(topology).resolve()),
+        "mapping": _plain(mapping),
         "model_sha256": _sha256(resolve_model(model)),
-        "seed": seed,
         "frames": [indices.start, indices.stop, indices.step],
         "chunk_size": chunk_size,
-        "options": {k: _plain(v) for k, v in sorted(options.items())},
+        "sampler": config.as_dict(),
     }
     manifest = _read_manifest(work)
     if manifest is None:
         _write_manifest(work, {"run": run})
     elif manifest["run"] != run:
         raise InputError(
-            "this folder holds chunks of another run (different inputs, model, seed, frames or "
-            "options); use a new --workdir",
+            "this folder holds chunks of another run (different inputs, model, frames or sampler settings); "
+            "use a new --workdir",
             work,
         )
     chunks = list(_chunks(run))
@@ -78,13 +78,13 @@ def backmap_in_chunks(
             structure,
             topology,
             work / name,
+            config,
             trajectory=trajectory,
-            frames=slice(chunk.start, chunk.stop, chunk.step),
-            seed=seed,
+            mapping=mapping,
             model=model,
+            frames=slice(chunk.start, chunk.stop, chunk.step),
             overwrite=True,
             progress=progress,
-            **options,
         )
         done += len(chunk)
     return done

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import typing
 
 import click
 
 from . import __version__
+from .config import SamplerConfig
 from .errors import GromacsError, InputError, TrainingDiverged
 
 
@@ -96,13 +99,16 @@ aa_output_option = click.option(
     help="CG output: .gro/.pdb for one frame, .xtc/.trr for several.",
 )
 @frames_option
+@no_progress_option
 @overwrite_option
-def map_command(structure, trajectory, topology, mapping, output, frames, overwrite):
+def map_command(structure, trajectory, topology, mapping, output, frames, no_progress, overwrite):
     """Map atomistic frames to coarse-grained beads (centres of the mapping's weighted atoms)."""
     from .mapping import map_to_cg
     from .structure import parse_frames
 
-    n = map_to_cg(structure, topology, mapping or None, output, trajectory, parse_frames(frames), overwrite)
+    n = map_to_cg(
+        structure, topology, mapping or None, output, trajectory, parse_frames(frames), overwrite, not no_progress
+    )
     click.echo(f"Mapped {n} frame{'s' if n != 1 else ''} to {output}")
 
 
@@ -155,6 +161,40 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
         click.echo(f"Model: {path}")
 
 
+def sampler_options(command):
+    """Every `SamplerConfig` field as an option of `command`: name, type, bounds, choices, default
+    and help all come from the dataclass, so the command line cannot drift from the library."""
+    hints = typing.get_type_hints(SamplerConfig)
+    for f in reversed(dataclasses.fields(SamplerConfig)):
+        meta = f.metadata
+        if hints[f.name] is bool:
+            option = click.option(
+                meta["flag"], f.name, is_flag=True, flag_value=not f.default, default=f.default, help=meta["help"]
+            )
+        else:
+            option = click.option(
+                f"--{f.name.replace('_', '-')}",
+                f.name,
+                type=_option_type(hints[f.name], meta),
+                default=f.default,
+                show_default=f.default is not None,
+                metavar=meta.get("metavar"),
+                help=meta["help"],
+            )
+        command = option(command)
+    return command
+
+
+def _option_type(hint, meta: dict):
+    if meta.get("choices"):
+        return click.Choice(meta["choices"])
+    kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    if meta.get("minimum") is None:
+        return kind
+    bounded = click.IntRange if kind is int else click.FloatRange
+    return bounded(min=meta["minimum"], min_open=bool(meta.get("open_minimum")))
+
+
 @main.command("backmap")
 @cg_structure_option
 @cg_trajectory_option
@@ -174,95 +214,7 @@ def train_command(config_path, aa, cg, topology, mapping, output, workdir, steps
     help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several (with --workdir: the merged chunks).",
 )
 @frames_option
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Random seed; each frame's result depends only on it and the frame's index.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option(
-    "--gibbs-sweeps",
-    type=click.IntRange(min=0),
-    default=2,
-    show_default=True,
-    help="Gibbs sweeps after the forward pass (each re-places every atom seeing all others).",
-)
-@click.option(
-    "--orientations",
-    type=click.IntRange(min=1),
-    default=6,
-    show_default=True,
-    help="Turns about each bead's frame axis tried per placement (forward-pass hydrogens: at most 2); "
-    "the lowest-energy one that keeps the model's chiral centres is kept.",
-)
-@click.option(
-    "--ranking",
-    type=click.Choice(["environment", "all"]),
-    default="environment",
-    show_default=True,
-    help="Energy that picks the turn: 'environment' (Lennard-Jones and the bonded terms joining the "
-    "placed atoms to the others; their own angles and dihedrals stay as generated) or 'all' (plus "
-    "their own bonded terms: more ideal, colder shapes).",
-)
-@click.option(
-    "--repair-rounds",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Rounds after the sweeps that re-place, under 8 turns, the beads with a strained contact (a "
-    "Lennard-Jones pair above 25 kJ/mol) or a bent joint (an angle or dihedral term above 40 "
-    "kJ/mol) and, in the first 3, those whose energy is an outlier "
-    "among the same bead's copies in other molecules (0: none).",
-)
-@click.option(
-    "--temperature",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="K",
-    help="Temperature of the CG frames (default: the model's training temperature, when it records "
-    "one). The --thermal stage samples at it.",
-)
-@click.option(
-    "--thermal",
-    type=click.Choice(["groups", "hydrogens", "planar-hydrogens", "none"]),
-    default="groups",
-    show_default=True,
-    help="Last stage: Metropolis sweeps with the force field at --temperature, bond lengths kept and "
-    "bead centres held to the CG frame. 'groups': hydrogens, and heavy atoms with what hangs off "
-    "them, turned about their neighbours; 'hydrogens'; 'planar-hydrogens' (sp2 C-H only); "
-    "'none' (as generated).",
-)
-@click.option(
-    "--thermal-sweeps",
-    type=click.IntRange(min=0),
-    default=60,
-    show_default=True,
-    help="Sweeps of the --thermal stage (each tries every move once; the step sizes adapt during the "
-    "first half). Fewer are faster and leave dihedrals more strained.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "float32", "bfloat16"]),
-    default="auto",
-    show_default=True,
-    help="Arithmetic of the generator's convolutions: 'auto' is bfloat16 on CPUs with bfloat16 units "
-    "(AVX512-BF16 or AMX; about 2x faster there, 15-50x slower without them) and float32 "
-    "elsewhere.",
-)
-@click.option(
-    "--scale-noise",
-    is_flag=True,
-    help="Also scale the generator's noise by sqrt(T / T_train) (the model must record T_train), so "
-    "that coordinates the noise carries get the spread of --temperature.",
-)
-@click.option(
-    "--no-constrain",
-    is_flag=True,
-    help="Keep generated bond lengths (default: restore them to the topology's b0, as in an "
-    "ensemble run with constraints = all-bonds, keeping the generated angles, torsions and "
-    "contacts as far as possible).",
-)
+@sampler_options
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),
@@ -288,23 +240,12 @@ def backmap_command(
     model,
     output,
     frames,
-    seed,
-    device,
-    gibbs_sweeps,
-    orientations,
-    ranking,
-    repair_rounds,
-    temperature,
-    thermal,
-    thermal_sweeps,
-    precision,
-    scale_noise,
-    no_constrain,
     workdir,
     chunk_size,
     only,
     no_progress,
     overwrite,
+    **sampler,
 ):
     """Backmap CG frames to atomistic ones with a trained DeepBackmap generator.
 
@@ -318,34 +259,18 @@ def backmap_command(
 
     if output is None and workdir is None:
         raise click.UsageError("give -o, --workdir, or both")
-    options = dict(
-        mapping=list(mapping) or None,
-        model=model,
-        frames=parse_frames(frames),
-        seed=seed,
-        device=device,
-        gibbs_sweeps=gibbs_sweeps,
-        orientations=orientations,
-        ranking=ranking,
-        repair_rounds=repair_rounds,
-        temperature=temperature,
-        thermal=thermal,
-        thermal_sweeps=thermal_sweeps,
-        precision=precision,
-        scale_noise=scale_noise,
-        constrain=not no_constrain,
-        progress=not no_progress,
-    )
+    config = SamplerConfig(**sampler)
+    inputs = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), progress=not no_progress)
     top = topology or bundled_path("sps/topol.top")
     if workdir is None:
-        from .sampler import backmap
+        from .sampling import backmap
 
-        n = backmap(structure, top, output, trajectory=trajectory, overwrite=overwrite, **options)
+        n = backmap(structure, top, output, config, trajectory=trajectory, overwrite=overwrite, **inputs)
     else:
         from .chunks import backmap_in_chunks, merge_chunks
 
         n = backmap_in_chunks(
-            structure, top, workdir, trajectory=trajectory, chunk_size=chunk_size, only=only, **options
+            structure, top, workdir, config, trajectory=trajectory, chunk_size=chunk_size, only=only, **inputs
         )
         if output is not None:
             merge_chunks(workdir, output, overwrite)
@@ -403,8 +328,6 @@ def energy_command(structure, trajectory, topology, output, frames, device, cuto
         cutoff=cutoff,
         epsilon_rf=epsilon_rf,
     )
-    if not rows:
-        raise InputError(f"--frames {frames}: no frames selected")
     write_energy_csv(output, rows, overwrite)
     click.echo(energy_summary(rows))
     click.echo(f"Energies of {len(rows)} frame{'s' if len(rows) != 1 else ''} written to {output}")
@@ -455,7 +378,7 @@ def compare_command(
     atom-type tuple, bond lengths, clashes, ring planarity and chirality; scores (Jensen-Shannon
     divergence, 1-Wasserstein distance, % of the reference's energy) against the reference.
     """
-    from .analysis import compare
+    from .report import compare
     from .structure import parse_frames
 
     sets = parse_labels(labels)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .analysis import bond_paths, frame_context
+from .analysis import frame_context
 from .energies import _geometry
 from .pbc import image_shifts
-from .topology import Topology
+from .topology import Topology, bond_paths
 
 SHAKE_TOLERANCE = 1e-5  # relative bond-length deviation at which the projection stops (GROMACS shake-tol: 1e-4)
 SHAKE_ITERATIONS = 200

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .frames import FrameSource, run_frames
 from .pbc import minimum_image, neighbour_pairs
 from .topology import Topology, read_topology
 
@@ -440,25 +441,18 @@ def frame_energies(
 ) -> list[dict[str, float]]:
     """Per-frame energies of a structure or trajectory: one dict per frame with `frame`, `time`
     (ps) and every term of `TERMS` (kJ/mol). Defaults: the sPS reference settings."""
-    from tqdm import tqdm
-
-    from .structure import check_atom_count, iter_frames, load_universe
-
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available")
     top = topology if isinstance(topology, Topology) else read_topology(topology)
-    universe = load_universe(structure, trajectory)
-    check_atom_count(universe, top.n_atoms, structure, f"topology {top.path}")
+    source = FrameSource(structure, trajectory, top.n_atoms, f"topology {top.path}", frames)
     force_field = ForceField(top, cutoff=cutoff, epsilon_rf=epsilon_rf, device=device)
-    rows = []
+
+    def row(frame) -> dict[str, float]:
+        energies = force_field.energies(frame.positions, frame.box)
+        return {"frame": frame.step, "time": frame.time, **{k: float(energies[k]) for k in TERMS}}
+
     with torch.no_grad():
-        selected = range(len(universe.trajectory))[frames]
-        for frame in tqdm(
-            iter_frames(universe, frames), total=len(selected), unit="frame", desc="energy", disable=not progress
-        ):
-            energies = force_field.energies(frame.positions, frame.box)
-            rows.append({"frame": frame.step, "time": frame.time, **{k: float(energies[k]) for k in TERMS}})
-    return rows
+        return run_frames(source, row, desc="energy", progress=progress)
 
 
 def write_energy_csv(path: str | os.PathLike, rows: list[dict[str, float]], overwrite: bool = False) -> Path:

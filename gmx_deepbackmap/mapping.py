@@ -15,7 +15,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from .bundled import bundled_root
 from .errors import InputError
+from .frames import FrameOutput, FrameSource, run_frames
 from .pbc import minimum_image
 from .topology import MoleculeType, Topology, read_topology, system_residue_numbers
 
@@ -31,7 +31,6 @@ WEIGHTINGS = ("mass", "geometric")
 # Geometric modifiers of the `backward` baseline: fewest and most atoms per line (target atom first).
 MODIFIER_ATOMS = {"cis": (4, 4), "trans": (4, 4), "out": (3, 4), "chiral": (4, 5)}
 MAPPING_SUFFIX = ".map"
-FRAMES_PER_BATCH = 32  # frames mapped per call: one call per frame is dominated by overhead
 
 PathLike = str | os.PathLike
 Array = np.ndarray | torch.Tensor
@@ -462,23 +461,15 @@ def map_to_cg(
     trajectory: PathLike | None = None,
     frames: slice = slice(None),
     overwrite: bool = False,
+    progress: bool = True,
 ) -> int:
     """Map AA frames (a structure, or a trajectory with it) to CG and write them; returns the
     number of frames written. Bead names and the structure's residue names/numbers are kept."""
-    from tqdm import tqdm
-
-    from .structure import Frame, iter_frames, open_frames, write_frames
-
     top = read_topology(topology)
     cg = read_mapping(mapping, top)
-    universe, n_frames = open_frames(structure, trajectory, top.n_atoms, frames, output, f"the topology {topology}")
-    source = iter(
-        tqdm(iter_frames(universe, frames), total=n_frames, unit="frame", desc="map", disable=n_frames < 10)
-    )  # one iterator: islice must not restart tqdm
-    mapped = []
-    while chunk := list(islice(source, FRAMES_PER_BATCH)):
-        beads = cg.cg_positions(np.stack([f.positions for f in chunk]), np.stack([f.box for f in chunk]))
-        mapped += [Frame(x, f.box, f.time, f.step) for x, f in zip(beads, chunk)]
-    atoms = universe.atoms[cg.bead_atom]
-    write_frames(output, cg.bead_names, atoms.resnames, atoms.resids, mapped, overwrite)
-    return n_frames
+    source = FrameSource(structure, trajectory, top.n_atoms, f"the topology {topology}", frames, require_box=False)
+    atoms = source.universe.atoms[cg.bead_atom]
+    out = FrameOutput(output, cg.bead_names, atoms.resnames, atoms.resids, overwrite=overwrite)
+    return len(
+        run_frames(source, lambda f: cg.cg_positions(f.positions, f.box), desc="map", output=out, progress=progress)
+    )

@@ -3,7 +3,7 @@
 A model file is a plain dict of tensors, numbers, strings and lists (loadable with
 `torch.load(weights_only=True)`): the generator weights, the network and grid settings, the
 feature layout, the identity of every molecule type it was trained on (atom names and types, bead
-names and types, owned atoms), the training config and the package version. Using a model on a
+names and types, owned atoms), the training config, the sampler settings and the package version. Using a model on a
 molecule it does not describe is refused.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .config import DEFAULTS
 from .environment import SystemPlan
 from .errors import InputError
 from .mapping import Mapping
@@ -44,6 +45,9 @@ class DeepBackmapModel:
     molecules: dict[str, dict]  # molecule type -> identity (see `molecule_identity`)
     training: dict
     stereo: dict[str, dict] = field(default_factory=dict)  # molecule type -> chiral centres (`stereo.learn_stereo`)
+    # The sampler settings of the package that wrote the file (`SamplerConfig.as_dict`; empty in older files):
+    # what its benchmarks ran with unless they say otherwise.
+    sampler: dict = field(default_factory=DEFAULTS.as_dict)
     version: str = __version__
 
     def check_system(self, topology: Topology, mapping: Mapping, path: str | os.PathLike) -> None:
@@ -114,6 +118,7 @@ def model_dict(model: DeepBackmapModel) -> dict:
         "molecules": model.molecules,
         "training": plain_data(model.training),
         "stereo": model.stereo,
+        "sampler": model.sampler,
     }
 
 
@@ -163,6 +168,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         molecules=data["molecules"],
         training=data["training"],
         stereo=data.get("stereo", {}),  # older files carry none: handedness then unchecked
+        sampler=data.get("sampler", {}),
         version=data["package_version"],
     )
 

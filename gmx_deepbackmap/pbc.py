@@ -4,14 +4,19 @@ lower-triangular, the data's xy angles range from 37 to 132 degrees).
 Rounding fractional coordinates alone does not give the shortest image in strongly sheared
 boxes, so `minimum_image` finishes with a search over the 27 neighbouring images. Functions take
 torch tensors and broadcast over leading batch dimensions; they are differentiable in positions.
+`make_whole` moves the atoms of every molecule to the images nearest their bonded parents.
 """
 
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .topology import Topology
 
 _SHIFTS = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=torch.float64)
 
@@ -109,3 +114,61 @@ def neighbour_pairs(positions: np.ndarray, box: np.ndarray, cutoff: float) -> tu
     xt = torch.as_tensor(x)
     d = xt[pairs[:, 1]] - xt[pairs[:, 0]]
     return pairs, image_shifts(d, torch.as_tensor(cell)).numpy() @ rotation.T
+
+
+# --------------------------------------------------------------------------- whole molecules
+
+
+def unwrap_levels(topology: Topology) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(atoms, their parents) per breadth-first level of every molecule's bond graph.
+
+    Each molecule is walked from its first atom; atoms it cannot reach (fragments without bonds to
+    the rest) hang from the first atom. Parents always lie one level up.
+    """
+    local = {name: _bfs_parents(m.n_atoms, m.bonds) for name, m in topology.molecule_types.items()}
+    atoms, parents, levels = [], [], []
+    for name, start in topology.molecules:
+        parent, level = local[name]
+        child = np.flatnonzero(level > 0)
+        atoms.append(child + start)
+        parents.append(parent[child] + start)
+        levels.append(level[child])
+    atoms_all, parents_all, levels_all = (np.concatenate(a) for a in (atoms, parents, levels))
+    return [
+        (torch.from_numpy(atoms_all[levels_all == k]), torch.from_numpy(parents_all[levels_all == k]))
+        for k in range(1, int(levels_all.max(initial=0)) + 1)
+    ]
+
+
+def _bfs_parents(n_atoms: int, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    neighbours: list[list[int]] = [[] for _ in range(n_atoms)]
+    for a, b in np.asarray(bonds, dtype=np.int64).reshape(-1, 2).tolist():
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    parent = np.full(n_atoms, -1, dtype=np.int64)
+    level = np.full(n_atoms, -1, dtype=np.int64)
+    for root in range(n_atoms):
+        if level[root] >= 0:
+            continue
+        parent[root], level[root] = (0, 1) if root else (-1, 0)
+        frontier = [root]
+        while frontier:
+            nxt = []
+            for a in frontier:
+                for b in neighbours[a]:
+                    if level[b] < 0:
+                        parent[b], level[b] = a, level[a] + 1
+                        nxt.append(b)
+            frontier = nxt
+    return parent, level
+
+
+def make_whole(
+    positions: torch.Tensor, box: torch.Tensor, levels: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """Every atom moved to the image nearest its parent, level by level: molecules unbroken."""
+    x = positions.clone()
+    b = box.to(x)
+    for atoms, parents in levels:
+        x[atoms] = x[parents] + minimum_image(x[atoms] - x[parents], b)
+    return x

@@ -1,4 +1,4 @@
-"""The report of `gmx-dbm compare`: `report.json` (every summary and score), `report.md` (tables and
+"""`gmx-dbm compare` (`compare`) and its report: `report.json` (every summary and score), `report.md` (tables and
 figures) and PNG figures laid out like Fig. 5 of the DeepBackmap paper: one panel per distribution,
 the reference in black and one colour per set. Every file is written atomically.
 """
@@ -12,8 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import REFERENCE, Analysis, Distribution, PairDistances, SetResult
+from .analysis import (
+    REFERENCE,
+    Analysis,
+    Distribution,
+    PairDistances,
+    SetResult,
+    available_cores,
+    default_observables,
+    frame_workers,
+    read_observables,
+    set_energies,
+)
+from .errors import InputError
+from .frames import FrameSource
 from .structure import atomic_output
+from .topology import read_topology
 
 FIGURES = {"distributions": "distributions.png", "energies": "energies.png", "bonded types": "bonded-types.png"}
 PANEL_SIZE = (4.0, 3.0)  # inches
@@ -290,3 +304,61 @@ def _only_summary(observable: dict, label: str) -> dict:
     values = observable["sets"][label]
     keep = set(observable[REFERENCE]) | {"flips_per_frame"}
     return {k: v for k, v in values.items() if k in keep}
+
+
+def compare(
+    structure: str | os.PathLike,
+    topology: str | os.PathLike,
+    reference: str | os.PathLike,
+    sets: dict[str, str | os.PathLike],
+    output: str | os.PathLike,
+    frames: slice = slice(None),
+    observables: str | os.PathLike | None = None,
+    rerun: bool = True,
+    mdp: str | os.PathLike | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Compare labelled sets of atomistic frames with reference frames and write a report.
+
+    `structure` names the atoms of every trajectory; `frames` (a slice) selects the same frames of
+    each. Writes `report.json`, `report.md` and PNG figures to the folder `output` and returns the
+    report (as in `report.json`). `observables`: a TOML table (`read_observables`); default: the
+    bundled table of the topology's molecule types. `rerun`: per-term energies by `gmx mdrun
+    -rerun` with `mdp` (default: the bundled sPS settings). `workers`: processes for the frame
+    analysis (default: one per available core).
+    """
+    from tqdm import tqdm
+
+    from .gromacs import get_engine
+
+    for label in sets:
+        if not label or label == REFERENCE or "=" in label:
+            raise InputError(f"invalid set label '{label}' (non-empty, not '{REFERENCE}', no '=')")
+    trajectories = {REFERENCE: reference, **sets}
+    for path in (structure, *trajectories.values()):
+        if not Path(path).is_file():
+            raise InputError("file not found", path)
+    top = read_topology(topology)
+    config = read_observables(observables) if observables else default_observables(top)
+    analysis = Analysis.from_topology(top, config)
+    engine = get_engine() if rerun else None  # fails early when GROMACS is missing
+    workers = available_cores() if workers is None else workers
+    executor = frame_workers(analysis, workers) if workers > 1 else None
+    results = {}
+    try:
+        for label, trajectory in tqdm(trajectories.items(), desc="sets", unit="set", disable=not progress):
+            source = FrameSource(structure, trajectory, top.n_atoms, f"topology {top.path}", frames)
+            selected = tqdm(source, total=len(source), desc=label, unit="frame", leave=False, disable=not progress)
+            values = analysis.run(selected, executor, window=2 * workers)
+            results[label] = SetResult(label, str(trajectory), len(source), values)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    if engine is not None:
+        for label, trajectory in tqdm(trajectories.items(), desc="rerun", unit="set", disable=not progress):
+            results[label].energies = set_energies(structure, trajectory, top, frames, mdp, engine)
+    report = build_report(analysis, results)
+    write_report(report, analysis, results, output, overwrite)
+    return report

@@ -138,7 +138,7 @@ class StereoCheck:
         the plane of its heavy neighbours, which keeps its bond lengths and angles; one still flat
         then moves off that plane until its volume is `MIN_VOLUME` (sPS: about 0.015 nm, its bonds
         0.001 nm longer), so that rounding (0.001 nm in .xtc files) cannot invert it. The
-        side groups and hydrogens around it no longer fit (see `sampler.mirror_schedule`)."""
+        side groups and hydrogens around it no longer fit (see `sampling.schedules.mirror_schedule`)."""
         if not len(self.atoms):
             return np.zeros((0, 4), dtype=np.int64)
         box = box.to(positions)

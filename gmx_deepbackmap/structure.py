@@ -88,18 +88,6 @@ def check_output_format(output: str | os.PathLike, n_frames: int) -> None:
         ) from None
 
 
-def open_frames(structure, trajectory, n_atoms: int, frames: slice, output, what: str):
-    """The universe of a structure/trajectory checked to hold `n_atoms` (as `what` describes them),
-    and the number of selected frames, also checked against the output's format."""
-    universe = load_universe(structure, trajectory)
-    check_atom_count(universe, n_atoms, trajectory or structure, what)
-    n_frames = len(universe.trajectory[frames])
-    if n_frames == 0:
-        raise InputError(f"no frames selected ({frames.start}:{frames.stop}:{frames.step})", trajectory or structure)
-    check_output_format(output, n_frames)
-    return universe, n_frames
-
-
 def parse_frames(spec: str | None) -> slice:
     """`b:e:s` (Python-style, any part optional) to a slice over frame indices."""
     if not spec:

@@ -42,6 +42,7 @@ import numba
 import numpy as np
 import torch
 
+from .config import DEFAULTS, THERMAL_SELECTIONS
 from .energies import ForceField, contains_sorted
 from .environment import graph_colours
 from .mapping import Mapping
@@ -51,13 +52,12 @@ from .stereo import MIN_VOLUME
 from .topology import Topology
 
 BOLTZMANN = 0.0083144626  # kJ/mol/K
-# What the stage moves: "groups" (every kind of move), "hydrogens" (hydrogens only),
-# "planar-hydrogens" (the hydrogens held in a plane by an improper dihedral: sp2 C-H)
-SELECTIONS = ("groups", "hydrogens", "planar-hydrogens")
+# What the stage moves (`config.THERMAL_SELECTIONS`): "groups" (every kind of move), "hydrogens"
+# (hydrogens only), "planar-hydrogens" (the hydrogens held in a plane by an improper dihedral: sp2 C-H)
+SELECTIONS = THERMAL_SELECTIONS
 KINDS = ("hydrogen", "crankshaft", "pivot")
 INITIAL_STEP = {"hydrogen": 0.1, "crankshaft": 0.06, "pivot": 0.03}  # radians, tuned during the first half
 TARGET_ACCEPTANCE = 0.4
-DEFAULT_SWEEPS = 60  # sPS, 4 frames at 313 K: proper-dihedral energy 108 % after 30, 104 % after 60, 102 % after 100
 MAX_GROUP = 16  # atoms moved by one move at most (an sPS methine with its phenyl: 13)
 # nm: thermal spread of a bead centre about its CG position under the restraint. sPS at 568 K, 20
 # sweeps: 0.002 strained the backbone (one frame: angle energy 140 % of the reference); on 4 frames,
@@ -583,7 +583,7 @@ def thermalise(
     box: np.ndarray,
     moves: ThermalMoves,
     temperature: float,
-    sweeps: int = DEFAULT_SWEEPS,
+    sweeps: int = DEFAULTS.thermal_sweeps,
     generator: torch.Generator | None = None,
     cg: np.ndarray | None = None,
     centre_spread: float = CENTRE_SPREAD,

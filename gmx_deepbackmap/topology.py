@@ -523,3 +523,21 @@ def _pairs(structure, pair_rows: np.ndarray, scan: _Scan, c6, c12, type_index) -
             ti, tj = type_index[i], type_index[j]
             rows.append((i, j, scan.fudge_lj * c6[ti, tj], scan.fudge_lj * c12[ti, tj]))
     return _terms(rows, 2, ("c6", "c12"))
+
+
+def bond_paths(bonds: np.ndarray, n_atoms: int, length: int) -> np.ndarray:
+    """Every simple path of `length` atoms along `bonds` (n, 2), once: the orientation whose first
+    atom index is the smaller one. Returns (P, length)."""
+    directed = np.concatenate([bonds, bonds[:, ::-1]]).astype(np.int64)
+    directed = directed[np.argsort(directed[:, 0], kind="stable")]
+    starts = np.searchsorted(directed[:, 0], np.arange(n_atoms + 1))  # CSR adjacency
+    paths = np.arange(n_atoms, dtype=np.int64)[:, None]
+    for _ in range(length - 1):
+        last = paths[:, -1]
+        counts = starts[last + 1] - starts[last]
+        rows = np.repeat(np.arange(len(paths)), counts)
+        offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        following = directed[starts[last][rows] + offsets, 1]
+        paths = np.column_stack([paths[rows], following])
+        paths = paths[~(paths[:, :-1] == following[:, None]).any(1)]
+    return paths[paths[:, 0] < paths[:, -1]] if length > 1 else paths

@@ -38,6 +38,7 @@ from .environment import (
     plan_system,
 )
 from .errors import InputError, TrainingDiverged, read_toml
+from .generation import environment_densities, reach, rollout, to_device
 from .mapping import read_mapping
 from .model import new_model, plain_data, save_model
 from .networks import Critic, Generator, NetworkConfig, gradient_penalty
@@ -45,7 +46,7 @@ from .prior import LocalPrior
 from .stereo import learn_stereo
 from .structure import atomic_output, read_frames
 from .topology import read_topology
-from .voxels import Grid, coordinates_to_density, density_to_coordinates, splat, voxelise
+from .voxels import Grid, coordinates_to_density, density_to_coordinates
 
 # "l1": the paper's per-item |E(reference) - E(generated)|. A generator that ignores its noise
 # minimises it by placing every item at the median of its reference energies, below their mean
@@ -63,7 +64,7 @@ class TrainConfig:
     cg: list[str] = field(default_factory=list)  # matching CG structures (paired by name); empty: map
     topology: str = ""
     mapping: list[str] = field(default_factory=list)  # empty: bundled mappings
-    temperature: float | None = None  # K, of the AA frames: the sampler's default (sampler.frames_temperature)
+    temperature: float | None = None  # K, of the AA frames: the sampler's default (sampling.frames_temperature)
     output: str = "model.pt"
     workdir: str = "train-run"  # checkpoint.pt and log.csv
     grid_size: int = 8
@@ -204,12 +205,6 @@ def load_training_set(config: TrainConfig, plan: SystemPlan, mapping) -> Trainin
     return TrainingSet(plan, snapshots, config.end_weight)
 
 
-def reach(half_extent: float) -> float:
-    """Bead-bead distance within which a bead's atoms can enter another bead's cube of half edge
-    `half_extent` (the model's, or `TrainConfig.half_extent`)."""
-    return math.sqrt(3) * half_extent + 0.4
-
-
 def expand_paths(patterns: list[str], what: str) -> list[Path]:
     """Files named by paths, directories (their .gro files) or glob patterns, sorted."""
     files: list[Path] = []
@@ -234,102 +229,6 @@ def pair_cg_files(aa: list[Path], cg: list[Path]) -> list[Path]:
     if missing:
         raise InputError(f"no CG structure with the name of AA structure(s) {', '.join(missing[:3])}")
     return [by_name[p.name] for p in aa]
-
-
-# --------------------------------------------------------------------------- model pieces
-
-
-def environment_densities(batch: Batch, n_channels: int, grid: Grid) -> torch.Tensor:
-    """Voxelised static environment of every step: (B, L, C, D, D, D).
-
-    Most particles keep their channel through a sequence (only close intramolecular partners
-    change relation), so the first step's densities are computed once, copied to every step, and
-    each particle whose channel changed at a step is moved there from its old channel to its new
-    one. Padded steps keep the first step's densities.
-    """
-    b, n_steps = batch.step_mask.shape
-    particles = batch.particles.to(torch.float32)
-    first = voxelise(particles, batch.channels[:, 0], n_channels, grid)
-    out = first[:, None].expand(b, n_steps, *first.shape[1:]).contiguous()
-    item, step, particle = torch.nonzero(
-        (batch.channels != batch.channels[:, :1]) & batch.step_mask[..., None], as_tuple=True
-    )
-    if not len(item):
-        return out
-    row = (item * n_steps + step) * n_channels
-    new, old = batch.channels[item, step, particle], batch.channels[item, 0, particle]
-    into, out_of = new >= 0, old >= 0  # a particle may also appear or vanish (channel -1)
-    moved = particles[item, particle]
-    signs = torch.cat([moved.new_ones(int(into.sum())), -moved.new_ones(int(out_of.sum()))])
-    splat(
-        out.view(-1, grid.size**3),
-        torch.cat([(row + new)[into], (row + old)[out_of]]),
-        torch.cat([moved[into], moved[out_of]]),
-        grid,
-        signs,
-    )
-    return out
-
-
-def rollout(
-    generator: Generator,
-    static: torch.Tensor,
-    batch: Batch,
-    grid: Grid,
-    n_types: int,
-    noise_dim: int,
-    sequence: torch.Tensor | None = None,
-    sampling: bool = False,
-    noise_scale: float = 1.0,
-):
-    """Place the atoms of each sequence one after the other.
-
-    With `sequence` None the generator's own densities join the environment (generation);
-    otherwise the given densities (B, L, D, D, D) do (the real sequence, for the critic).
-    Returns per-step environments (B, L, C, D, D, D), densities (B, L, D, D, D) and coordinates (B, L, 3).
-    `sampling` (generation for the sampler, which needs coordinates only): padded steps are not
-    generated (zero density, coordinates 0) and the environments are not kept (None).
-    `noise_scale` multiplies the generator's noise (1: as trained; see `sampler.noise_scale_for`).
-    """
-    b, n_steps = batch.step_mask.shape
-    one_hot = torch.nn.functional.one_hot
-    types = one_hot(batch.atom_types, n_types).to(static)
-    envs, dens = [], []
-    for step in range(n_steps):
-        env = static[:, step]
-        if step:
-            placed = torch.stack(dens, 1) if sequence is None else sequence[:, :step]
-            channel = batch.sequence_channels[:, step, :step]  # (B, step)
-            weights = one_hot(channel.clamp(min=0), static.shape[2]).to(static) * (channel >= 0)[..., None]
-            env = env + torch.einsum("bkc,bkxyz->bcxyz", weights, placed)
-        if not sampling:
-            envs.append(env)
-        if sequence is not None:
-            dens.append(sequence[:, step])
-            continue
-        z = noise_scale * torch.randn(b, noise_dim, device=static.device, dtype=static.dtype)
-        live = batch.step_mask[:, step]
-        if sampling and not bool(live.all()):
-            density = static.new_zeros(b, *static.shape[-3:])
-            density[live] = generator(env[live], z[live], types[live, step])[:, 0].to(density)
-            dens.append(density)
-        else:
-            dens.append(generator(env, z, types[:, step])[:, 0].to(static))
-    density = torch.stack(dens, 1)
-    coords = density_to_coordinates(density, grid)
-    if sampling:
-        return None, density, torch.where(batch.step_mask[..., None], coords, 0)
-    return torch.stack(envs, 1), density, coords
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """The network inputs of a batch on the training device (float32 positions)."""
-    moved = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    for name in ("particles", "target"):
-        moved[name] = moved[name].to(device, torch.float32)
-    for name in ("channels", "sequence_channels", "atom_types", "step_mask"):
-        moved[name] = moved[name].to(device)
-    return Batch(**moved)
 
 
 # --------------------------------------------------------------------------- the loop

@@ -28,8 +28,9 @@ import numpy as np
 
 from .bundled import bundled_path, read_mdp, write_mdp
 from .errors import GromacsError, InputError
+from .frames import FrameSource
 from .gromacs import Engine, get_engine, read_edr, run_md
-from .structure import atomic_output, iter_frames, load_universe, write_frames
+from .structure import atomic_output, write_frames
 from .topology import read_topology
 
 REPORT_TIMES = (0.0, 10.0, 100.0)  # ps
@@ -125,11 +126,8 @@ def failure_reason(message: str) -> str:
 
 
 def _frames(structure, path, frames: slice, n_atoms: int):
-    universe = load_universe(structure, path)
-    if len(universe.atoms) != n_atoms:
-        raise InputError(f"{len(universe.atoms)} atoms, but the topology describes {n_atoms}", path)
-    indices = range(len(universe.trajectory))[frames]
-    return zip(indices, iter_frames(universe, frames))
+    source = FrameSource(structure, path, n_atoms, "the topology", frames)
+    return zip(source.indices, source)
 
 
 def _run(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gmx_deepbackmap.bundled import bundled_path
-from gmx_deepbackmap.sampler import make_whole, unwrap_levels
+from gmx_deepbackmap.pbc import make_whole, unwrap_levels
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
 

@@ -3,6 +3,7 @@ determinism, trajectories, sampling stages, clear errors, and the bond constrain
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -12,9 +13,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gmx_deepbackmap import sampler
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.cli import main
+from gmx_deepbackmap.config import DEFAULTS, STRAINED_PAIR, STRAINED_TERM, SamplerConfig
 from gmx_deepbackmap.constraints import Constraints, bond_constraints, moving_only, project_bonds, restore_bonds
 from gmx_deepbackmap.environment import plan_system
 from gmx_deepbackmap.errors import InputError
@@ -22,19 +23,24 @@ from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import MODELS_DIR, load_model, new_model, save_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.pbc import minimum_image
-from gmx_deepbackmap.sampler import (
-    STRAINED_PAIR,
-    STRAINED_TERM,
+from gmx_deepbackmap.sampling import (
+    Pipeline,
     backmap_frame,
-    mirror_schedule,
+    build_pipeline,
     native_bfloat16,
     noise_scale_for,
-    outlier_steps,
     prepare_system,
+    repair,
+    schedules,
+    uses_bfloat16,
+)  # repair, schedules: modules whose thresholds tests lower
+from gmx_deepbackmap.sampling.forward import ForwardPass
+from gmx_deepbackmap.sampling.schedules import (
+    mirror_schedule,
+    outlier_steps,
     repair_schedule,
     repair_steps,
     step_templates,
-    uses_bfloat16,
 )
 from gmx_deepbackmap.stereo import handedness, learn_stereo, system_stereo
 from gmx_deepbackmap.structure import Frame, read_frames, write_frames
@@ -141,16 +147,26 @@ def run(system: dict[str, Path], output: Path, *extra: str, structure: Path | No
     return CliRunner().invoke(main, args)
 
 
-def sampling_inputs(system: dict[str, Path]):
-    """Topology, tiny model, prepared system parts and first CG frame of `system`, for `backmap_frame`."""
+def sampling_inputs(system: dict[str, Path], config: SamplerConfig = DEFAULTS):
+    """Topology, tiny model, system parts prepared for `config` and first CG frame of `system`,
+    for `backmap_frame`."""
     topology = read_topology(system["top"])
     model = load_model(system["model"])
     return (
         topology,
         model,
-        prepare_system(model, topology, read_mapping(system["map"], topology)),
+        prepare_system(model, topology, read_mapping(system["map"], topology), config.constrain, config.thermal),
         read_frames(system["gro"])[0],
     )
+
+
+def sample_stages(system: dict[str, Path], config: SamplerConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One frame of `system` sampled with `config`: the positions, and a copy of them after each
+    stage by stage name."""
+    _, model, parts, cg = sampling_inputs(system, config)
+    seen = {}
+    x = backmap_frame(model, parts, cg.positions, cg.box, config, trace=seen.setdefault)
+    return x, seen
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -199,9 +215,8 @@ def test_ranking_picks_other_turns_and_is_checked(backmapped, system, tmp_path):
     ranked = tmp_path / "all.gro"
     assert run(system, ranked, "--seed", "5", "--ranking", "all").exit_code == 0
     assert not np.array_equal(read_frames(backmapped)[0].positions, read_frames(ranked)[0].positions)
-    topology, model, parts, cg = sampling_inputs(system)
     with pytest.raises(InputError, match="ranking 'ideal': expected one of environment, all"):
-        backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, ranking="ideal")
+        SamplerConfig(ranking="ideal")
 
 
 def test_temperature_sets_the_last_stage_and_scales_the_noise_on_request(backmapped, system, tmp_path):
@@ -241,40 +256,29 @@ def test_temperature_sets_the_last_stage_and_scales_the_noise_on_request(backmap
 
 
 def test_stages_report_each_pass_and_the_thermal_sweeps_last(system):
-    topology, model, parts, cg = sampling_inputs(system)
-    seen = {}
-    x = backmap_frame(
-        model,
-        parts.plan,
-        parts.prior,
-        cg.positions,
-        cg.box,
-        gibbs_sweeps=2,
-        orientations=2,
-        repair_rounds=0,
-        constraints=parts.constraints,
-        stereo=parts.stereo,
-        thermal=parts.thermal,
-        temperature=568.0,
-        stages=lambda name, positions: seen.setdefault(name, positions),
-    )
-    assert list(seen)[:4] == ["forward", "sweep 1", "sweep 2", "bonds restored"]
-    assert list(seen)[4:] in (["thermalised"], ["side groups re-placed", "centres mirrored", "thermalised"])
+    config = SamplerConfig(gibbs_sweeps=2, orientations=2, repair_rounds=0)
+    x, seen = sample_stages(system, config)
+    assert list(seen) == ["forward", "sweep 1", "sweep 2", "bonds restored", "centres mirrored", "thermalised"]
+    assert list(seen) == build_pipeline(config).names  # the trace is the pipeline's
     assert np.array_equal(seen["thermalised"], x)
-    with pytest.raises(InputError, match="the Metropolis sweeps need a positive number of kelvin"):
-        backmap_frame(model, parts.plan, parts.prior, cg.positions, cg.box, thermal=parts.thermal)
     assert not np.array_equal(seen["sweep 1"], seen["sweep 2"])  # copies, not views of the frame
+
+
+def test_stages_follow_the_config(system):
+    """Turning a stage off is a setting: no repair rounds, no bond restoration, no last stage."""
+    names = build_pipeline(SamplerConfig(gibbs_sweeps=1, repair_rounds=2, constrain=False, thermal="none")).names
+    assert names == ["forward", "sweep 1", "repair 1", "repair 2", "least strained", "centres mirrored"]
 
 
 def test_precision_picks_bfloat16_where_the_cpu_has_it_and_is_checked(system):
     assert uses_bfloat16("auto", "cpu") == native_bfloat16("cpu")
     assert not uses_bfloat16("auto", "cuda") and not uses_bfloat16("float32", "cpu")
-    topology, model, parts, cg = sampling_inputs(system)
-    inputs = (model, parts.plan, parts.prior, cg.positions, cg.box)
     with pytest.raises(InputError, match="precision 'half': expected one of auto, float32, bfloat16"):
-        backmap_frame(*inputs, precision="half")
+        SamplerConfig(precision="half")
+    _, model, parts, cg = sampling_inputs(system)
+    forward_only = Pipeline((ForwardPass(orientations=1),))  # one turn: nothing to rank, the network alone
     single, half = (
-        backmap_frame(*inputs, gibbs_sweeps=0, orientations=1, repair_rounds=0, precision=p)
+        backmap_frame(model, parts, cg.positions, cg.box, SamplerConfig(precision=p), pipeline=forward_only)
         for p in ("float32", "bfloat16")
     )
     assert np.isfinite(half).all() and np.abs(half - single).max() < 0.05  # the same atoms, rounded products
@@ -283,22 +287,10 @@ def test_precision_picks_bfloat16_where_the_cpu_has_it_and_is_checked(system):
 def test_every_recorded_centre_ends_in_its_handedness_with_bonds_at_b0(system):
     """The random tiny model inverts and flattens centres; they are mirrored and lifted at the end,
     their hydrogens re-placed and put on their bonds, and nothing moves them afterwards."""
-    topology, model, parts, cg = sampling_inputs(system)
-    seen = []
-    x = backmap_frame(
-        model,
-        parts.plan,
-        parts.prior,
-        cg.positions,
-        cg.box,
-        gibbs_sweeps=1,
-        orientations=2,
-        repair_rounds=0,
-        constraints=parts.constraints,
-        stereo=parts.stereo,
-        stages=lambda name, positions: seen.append(name),
-    )
-    assert seen[-1] == "centres mirrored"
+    config = SamplerConfig(gibbs_sweeps=1, orientations=2, repair_rounds=0, thermal="none")
+    topology, model, parts, cg = sampling_inputs(system, config)
+    x, seen = sample_stages(system, config)
+    assert list(seen)[-1] == "centres mirrored"
     atoms, signs, _ = system_stereo(topology, model.stereo)
     box = torch.as_tensor(cg.box)
     assert handedness(torch.as_tensor(x), box, atoms[:, 0], atoms[:, 1:]).tolist() == signs.tolist()
@@ -376,44 +368,22 @@ def test_repairs_place_each_colour_whole(system):
 
 
 def test_repair_rounds_follow_the_sweeps(system, monkeypatch):
-    monkeypatch.setattr(sampler, "MIN_COPIES", CHAINS)  # two chains: every template has two copies,
-    monkeypatch.setattr(sampler, "OUTLIER_MADS", -1.0)  # and every step is an outlier
-    topology, model, parts, cg = sampling_inputs(system)
-    seen = []
-    backmap_frame(
-        model,
-        parts.plan,
-        parts.prior,
-        cg.positions,
-        cg.box,
-        gibbs_sweeps=1,
-        orientations=2,
-        repair_rounds=2,
-        stereo=parts.stereo,
-        stages=lambda name, positions: seen.append(name),
-    )
-    assert seen == ["forward", "sweep 1", "repair 1", "repair 2"]
+    monkeypatch.setattr(schedules, "MIN_COPIES", CHAINS)  # two chains: every template has two copies,
+    monkeypatch.setattr(schedules, "OUTLIER_MADS", -1.0)  # and every step is an outlier
+    config = SamplerConfig(gibbs_sweeps=1, orientations=2, repair_rounds=2, constrain=False, thermal="none")
+    _, seen = sample_stages(system, config)
+    assert list(seen)[:5] == ["forward", "sweep 1", "repair 1", "repair 2", "least strained"]
+    assert not np.array_equal(seen["sweep 1"], seen["repair 1"])  # every bead re-placed
 
 
 def test_repairs_end_on_the_least_strained_frame_they_passed(system, monkeypatch):
     """Every step counts as strained (thresholds below any energy): each round re-places every bead,
     and the frame kept is the one of the sweep or a round with the least summed excess strain."""
-    monkeypatch.setattr(sampler, "STRAINED_PAIR", -1e9)
-    topology, model, parts, cg = sampling_inputs(system)
-    seen = {}
-    x = backmap_frame(
-        model,
-        parts.plan,
-        parts.prior,
-        cg.positions,
-        cg.box,
-        gibbs_sweeps=1,
-        orientations=2,
-        repair_rounds=2,
-        stages=lambda name, positions: seen.setdefault(name, positions),
-    )
-    assert list(seen) == ["forward", "sweep 1", "repair 1", "repair 2"]
-    kept = [name for name in ("sweep 1", "repair 1", "repair 2") if np.array_equal(seen[name], x)]
+    monkeypatch.setattr(schedules, "STRAINED_PAIR", -1e9)
+    monkeypatch.setattr(repair, "STRAINED_PAIR", -1e9)
+    config = SamplerConfig(gibbs_sweeps=1, orientations=2, repair_rounds=2, constrain=False, thermal="none")
+    _, seen = sample_stages(system, config)
+    kept = [name for name in ("sweep 1", "repair 1", "repair 2") if np.array_equal(seen[name], seen["least strained"])]
     assert len(kept) == 1
 
 
@@ -464,6 +434,12 @@ def test_chunked_run_resumes_and_merges_to_the_unchunked_trajectory(system, tmp_
     assert len(ours) == len(theirs) == 2 and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
     other = run(system, merged, *chunked[:-1], "4")  # another seed: the folder belongs to another run
     assert_one_line_error(other, "chunks of another run")
+    recorded = json.loads((work / "manifest.json").read_text())["run"]["sampler"]
+    assert SamplerConfig.from_dict(recorded) == SamplerConfig(gibbs_sweeps=1, orientations=2, repair_rounds=1, seed=3)
+
+
+def test_model_files_record_the_sampler_config(system):
+    assert SamplerConfig.from_dict(load_model(system["model"]).sampler) == DEFAULTS
 
 
 # --------------------------------------------------------------------------- bad input

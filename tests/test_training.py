@@ -18,6 +18,7 @@ import torch
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, neighbourhood, plan_system
 from gmx_deepbackmap.errors import InputError, TrainingDiverged
+from gmx_deepbackmap.generation import environment_densities, reach, rollout
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
 from gmx_deepbackmap.networks import Generator, NetworkConfig
@@ -31,10 +32,7 @@ from gmx_deepbackmap.training import (
     TrainConfig,
     TrainingLog,
     _check_finite,
-    environment_densities,
-    reach,
     read_config,
-    rollout,
     train,
 )
 

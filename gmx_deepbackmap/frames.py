@@ -1,0 +1,118 @@
+"""The frame driver: one loop for every command that reads frames and writes frames.
+
+`FrameSource` opens a structure (or a trajectory with it) and checks it once, before any work:
+the file is readable, it holds the expected number of atoms and the selection holds frames. Its
+iterator yields `Frame`s in nm, each checked for a periodic box. `run_frames` owns the loop that
+`gmx-dbm backmap`, `baseline`, `map` and `energy` share (in the manner of MDAnalysis'
+`AnalysisBase.run`): the output's format is checked first, then every frame is processed under a
+progress bar and, for structure outputs, made whole and written atomically with a GROMACS-style
+backup. A command supplies only what it does to one frame.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .pbc import make_whole
+from .structure import Frame, check_atom_count, check_output_format, iter_frames, load_universe, write_frames
+
+Result = TypeVar("Result")
+
+
+class FrameSource:
+    """The selected frames of a structure, or of a trajectory with it, checked where they are read.
+
+    `what` describes who expects `n_atoms` (errors say "... but {what} describes N"). With
+    `require_box` (the default), a frame without a periodic box is an error naming it.
+    """
+
+    def __init__(
+        self,
+        structure: str | os.PathLike,
+        trajectory: str | os.PathLike | None,
+        n_atoms: int,
+        what: str,
+        frames: slice = slice(None),
+        require_box: bool = True,
+    ):
+        self.path = trajectory if trajectory is not None else structure
+        self.universe = load_universe(structure, trajectory)
+        check_atom_count(self.universe, n_atoms, self.path, what)
+        self.frames, self.require_box = frames, require_box
+        self.indices = range(len(self.universe.trajectory))[frames]
+        if not self.indices:
+            raise InputError(f"no frames selected ({frames.start}:{frames.stop}:{frames.step})", self.path)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for frame in iter_frames(self.universe, self.frames):
+            if self.require_box and not (np.diag(frame.box) > 0).all():
+                raise InputError(f"frame {frame.step} has no periodic box", self.path)
+            yield frame
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """Where and how processed frames are written: atom names, residues, and (`levels`, see
+    `pbc.unwrap_levels`) whether molecules are made whole first."""
+
+    path: str | os.PathLike
+    atom_names: np.ndarray
+    residue_names: np.ndarray
+    residue_numbers: np.ndarray
+    levels: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    overwrite: bool = False
+
+    def frame(self, positions: np.ndarray, like: Frame) -> Frame:
+        """`positions` as the output frame of input frame `like` (its box, time and step kept)."""
+        if self.levels is not None:
+            positions = make_whole(torch.from_numpy(positions), torch.from_numpy(like.box), self.levels).numpy()
+        return Frame(positions, like.box, like.time, like.step)
+
+
+def run_frames(
+    source: FrameSource,
+    process: Callable[[Frame], Result],
+    *,
+    desc: str,
+    output: FrameOutput | None = None,
+    progress: bool = True,
+) -> list[Result]:
+    """`process` every frame of `source` in order under a progress bar; returns the results.
+
+    With `output`, each result is an (N, 3) array of positions in nm, written there as one
+    structure or trajectory (checked to be writable in that format before the first frame).
+    `progress` False hides the bar; True shows it on terminals only (batch logs stay clean).
+    """
+    from tqdm import tqdm
+
+    if output is not None:
+        check_output_format(output.path, len(source))
+    results, written = [], []
+    with tqdm(total=len(source), unit="frame", desc=desc, disable=None if progress else True) as bar:
+        for frame in source:
+            result = process(frame)
+            results.append(result)
+            if output is not None:
+                written.append(output.frame(result, frame))
+            bar.update(1)
+    if output is not None:
+        write_frames(
+            output.path, output.atom_names, output.residue_names, output.residue_numbers, written, output.overwrite
+        )
+    return results
+
+
+def frame_seed(seed: int, frame: int) -> int:
+    """The seed of one frame: depends on the run's seed and the frame's index only, so a frame
+    comes out the same whichever other frames are selected (and in chunked runs)."""
+    return int(np.random.SeedSequence([seed, frame]).generate_state(1, np.uint64)[0] >> 1)

@@ -1,0 +1,95 @@
+"""`gmx-dbm backmap`: CG frames from files to atomistic frames in a file, through the frame driver."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+
+from ..config import DEFAULTS, SamplerConfig
+from ..errors import InputError
+from ..frames import FrameOutput, FrameSource, frame_seed, run_frames
+from ..mapping import read_mapping
+from ..model import load_model, resolve_model
+from ..pbc import unwrap_levels
+from ..structure import Frame
+from ..topology import read_topology, system_residue_numbers
+from .frame import backmap_frame
+from .pipeline import build_pipeline
+from .state import uses_bfloat16
+from .system import frames_temperature, noise_scale_for, prepare_system
+
+
+def backmap(
+    structure: str | os.PathLike,
+    topology: str | os.PathLike,
+    output: str | os.PathLike,
+    config: SamplerConfig = DEFAULTS,
+    *,
+    trajectory: str | os.PathLike | None = None,
+    mapping: str | os.PathLike | list | tuple | None = None,
+    model: str | os.PathLike = "sps-568",
+    frames: slice = slice(None),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """Backmap CG frames (a structure, or a trajectory with it) with `model` as `config` says and
+    write the atomistic frames (topology atom names and order, molecules whole, CG box kept);
+    returns the number of frames. Without `config.temperature`, the frames are taken to be at the
+    model's training temperature, and a line says so."""
+    if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {config.device}: no CUDA device available")
+    uses_bfloat16(config.precision, config.device)  # checked before any file is read
+    net = load_model(model, config.device)
+    top = read_topology(topology)
+    cg_map = read_mapping(mapping or None, top)
+    path = resolve_model(model)
+    net.check_system(top, cg_map, path)
+    if config.scale_noise:
+        noise_scale_for(net, config.temperature, path)  # the model must record its temperature
+    kelvin = frames_temperature(net, config.temperature, config.thermal, path)
+    source = FrameSource(structure, trajectory, cg_map.n_beads, f"the CG mapping of the topology {topology}", frames)
+    system = prepare_system(net, top, cg_map, config.constrain, config.thermal)
+    pipeline = build_pipeline(config)
+    out = FrameOutput(
+        output, top.atom_names, top.residue_names, system_residue_numbers(top), unwrap_levels(top), overwrite
+    )
+    per_frame = int(system.plan.step_length.sum()) * (1 + config.gibbs_sweeps)
+
+    def sample(cg: Frame):
+        from tqdm import tqdm
+
+        with tqdm(
+            total=per_frame, unit="atom", desc=f"frame {cg.step}", leave=False, disable=None if progress else True
+        ) as bar:
+            return backmap_frame(
+                net,
+                system,
+                cg.positions,
+                cg.box,
+                config,
+                seed=frame_seed(config.seed, cg.step),
+                pipeline=pipeline,
+                progress=_growing(bar),
+            )
+
+    if config.temperature is None and config.thermal != "none":
+        print(
+            f"No --temperature: the CG frames are taken to be at the model's training temperature, {kelvin:g} K",
+            file=sys.stderr,
+        )
+    return len(run_frames(source, sample, desc="backmap", output=out, progress=progress))
+
+
+def _growing(bar) -> Callable[[int], None]:
+    """A progress callback for a bar whose total covers the forward pass and sweeps: the repair
+    rounds, of a size known only as they run, extend it."""
+
+    def update(n: int) -> None:
+        if bar.n + n > bar.total:
+            bar.total = bar.n + n
+        bar.update(n)
+
+    return update
