@@ -38,11 +38,10 @@ class LocalPrior:
         self.terms = {}
         for name, attr in BONDED.items():
             terms = getattr(topology, attr)
-            self.terms[name] = (
-                torch.as_tensor(terms.indices),
-                torch.as_tensor(terms.params),
-                terms_of_steps(plan, terms.indices),
-            )
+            indices, params = torch.as_tensor(terms.indices), torch.as_tensor(terms.params)
+            if not len(terms):  # a kind the topology lacks (n-octane: impropers): padded rows look up row 0,
+                indices, params = indices.new_zeros(1, indices.shape[1]), params.new_zeros(1, params.shape[1])
+            self.terms[name] = (indices, params, terms_of_steps(plan, terms.indices))  # one that no step touches
         self.excluded = {name: torch.as_tensor(_excluded_matrix(topology, name)) for name in plan.plans}
 
     def energies(self, batch: Batch, sequence: torch.Tensor, internal: bool = True) -> dict[str, torch.Tensor]:

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from gmx_deepbackmap.energies import ForceField
-from gmx_deepbackmap.environment import FORWARD, GIBBS, gather, near_owners, neighbourhood, plan_system
+from gmx_deepbackmap.environment import FORWARD, GIBBS, Batch, gather, near_owners, neighbourhood, plan_system
 from gmx_deepbackmap.generation import reach
 from gmx_deepbackmap.mapping import put_in_box, read_mapping
 from gmx_deepbackmap.pbc import minimum_image
+from gmx_deepbackmap.prior import LocalPrior
 from gmx_deepbackmap.stereo import chiral_centres, learn_stereo
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.thermal import KINDS, thermal_moves
@@ -76,30 +77,41 @@ def test_no_bead_of_a_small_molecule_is_a_chain_end(liquid):
     assert not chain_end_beads(plan).any()
 
 
+def every_step(plan, frame, beads: np.ndarray) -> Batch:
+    """Every step of the plan as one batch item each, the atoms of `frame` near their beads `beads`."""
+    half_extent = TrainConfig().half_extent
+    steps = torch.arange(len(plan.step_bead))
+    context = torch.where(steps % 2 == 0, FORWARD, GIBBS)
+    angle = torch.linspace(0, 6, len(steps), dtype=torch.float64)
+    positions = torch.from_numpy(near_owners(plan, frame.positions, beads, frame.box))
+    hood = neighbourhood(plan, beads, frame.box, reach(half_extent))
+    x, box = torch.from_numpy(beads), torch.from_numpy(frame.box)
+    return gather(plan, hood, positions, x, box, steps, context, angle, half_extent)
+
+
 def test_environments_do_not_depend_on_where_beads_are_wrapped(liquid):
     """The published CG frame and the same frame wrapped into the box give every bead the same
     environment: the same atoms and beads at the same local coordinates."""
     folder, _, _, plan = liquid
     aa, cg = frame_pairs(folder)[0]
     frame, published = read_frames(aa)[0], read_frames(cg)[0]
-    half_extent = TrainConfig().half_extent
-    steps = torch.arange(len(plan.step_bead))
-    context = torch.where(steps % 2 == 0, FORWARD, GIBBS)
-    angle = torch.linspace(0, 6, len(steps), dtype=torch.float64)
-
-    def batch(beads: np.ndarray):
-        positions = torch.from_numpy(near_owners(plan, frame.positions, beads, frame.box))
-        hood = neighbourhood(plan, beads, frame.box, reach(half_extent))
-        x, b = torch.from_numpy(beads), torch.from_numpy(frame.box)
-        return gather(plan, hood, positions, x, b, steps, context, angle, half_extent)
-
     wrapped = put_in_box(torch.from_numpy(published.positions), torch.from_numpy(frame.box)).numpy()
     assert not np.allclose(wrapped, published.positions)
-    one, other = batch(published.positions), batch(wrapped)
+    one, other = every_step(plan, frame, published.positions), every_step(plan, frame, wrapped)
     assert torch.equal(one.env_atoms, other.env_atoms) and torch.equal(one.channels, other.channels)
     torch.testing.assert_close(one.particles, other.particles, rtol=0, atol=1e-9)
     assert torch.equal(one.step_mask, other.step_mask)
     torch.testing.assert_close(one.target[one.step_mask], other.target[other.step_mask], rtol=0, atol=1e-9)
+
+
+def test_the_prior_scores_a_topology_that_lacks_a_kind_of_term(liquid):
+    """n-octane has no improper dihedrals: every step still gets finite energies, its improper energy 0."""
+    folder, topology, _, plan = liquid
+    aa, cg = frame_pairs(folder)[0]
+    batch = every_step(plan, read_frames(aa)[0], read_frames(cg)[0].positions)
+    energies = LocalPrior(topology, plan).energies(batch, batch.target)
+    assert all(bool(e.isfinite().all()) for e in energies.values())
+    assert bool((energies["improper"] == 0).all()) == (len(topology.impropers) == 0)
 
 
 def test_cumenes_isopropyl_ch_is_no_chiral_centre(liquid):
