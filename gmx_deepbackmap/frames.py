@@ -12,6 +12,7 @@ backup. A command supplies only what it does to one frame.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -86,17 +87,21 @@ def run_frames(
     desc: str,
     output: FrameOutput | None = None,
     progress: bool = True,
+    note: str | None = None,
 ) -> list[Result]:
     """`process` every frame of `source` in order under a progress bar; returns the results.
 
     With `output`, each result is an (N, 3) array of positions in nm, written there as one
     structure or trajectory (checked to be writable in that format before the first frame).
     `progress` False hides the bar; True shows it on terminals only (batch logs stay clean).
+    `note`: one line for the user (stderr), once everything is checked and before the first frame.
     """
     from tqdm import tqdm
 
     if output is not None:
         check_output_format(output.path, len(source))
+    if note is not None:
+        print(note, file=sys.stderr)
     results, written = [], []
     with tqdm(total=len(source), unit="frame", desc=desc, disable=None if progress else True) as bar:
         for frame in source:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 
 import torch
@@ -75,12 +74,10 @@ def backmap(
                 progress=_growing(bar),
             )
 
+    note = None
     if config.temperature is None and config.thermal != "none":
-        print(
-            f"No --temperature: the CG frames are taken to be at the model's training temperature, {kelvin:g} K",
-            file=sys.stderr,
-        )
-    return len(run_frames(source, sample, desc="backmap", output=out, progress=progress))
+        note = f"No --temperature: the CG frames are taken to be at the model's training temperature, {kelvin:g} K"
+    return len(run_frames(source, sample, desc="backmap", output=out, progress=progress, note=note))
 
 
 def _growing(bar) -> Callable[[int], None]:
