@@ -356,10 +356,12 @@ def baseline(
     overwrite: bool = False,
     progress: bool = True,
     timings: list[FrameTiming] | None = None,
+    allow_renamed: bool = False,
 ) -> int:
     """Backmap CG frames (a structure, or a trajectory with it) with the geometric baseline and
     write them (topology atom names and order, molecules whole, CG box kept); returns the number
-    of frames. Prints the mean wall time per frame; `timings`, if given, receives each frame's."""
+    of frames. Prints the mean wall time per frame; `timings`, if given, receives each frame's.
+    `allow_renamed`: beads named otherwise than in the mapping only warned about (`check_names`)."""
     from tqdm import tqdm
 
     if displacement < 0:
@@ -368,7 +370,14 @@ def baseline(
     cg_map = read_mapping(mapping or None, top)
     system = BaselineSystem.from_topology(top, cg_map)
     universe, n_frames = open_frames(
-        structure, trajectory, cg_map.n_beads, frames, output, f"the CG mapping of the topology {topology}"
+        structure,
+        trajectory,
+        cg_map.n_beads,
+        frames,
+        output,
+        f"the CG mapping of the topology {topology}",
+        names=(cg_map.bead_names, cg_map.bead_residue_names),
+        allow_renamed=allow_renamed,
     )
     gmx = gromacs.get_engine(engine) if minimise else None  # fails early when GROMACS is missing
     written, times = [], []

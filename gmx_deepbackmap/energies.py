@@ -437,24 +437,34 @@ def frame_energies(
     progress: bool = False,
     cutoff: float = 1.0,
     epsilon_rf: float = 2.5,
+    allow_renamed: bool = False,
 ) -> list[dict[str, float]]:
     """Per-frame energies of a structure or trajectory: one dict per frame with `frame`, `time`
-    (ps) and every term of `TERMS` (kJ/mol). Defaults: the sPS reference settings."""
+    (ps) and every term of `TERMS` (kJ/mol). Defaults: the sPS reference settings. Atoms named
+    otherwise than in the topology are refused (`check_names`) unless `allow_renamed`."""
     from tqdm import tqdm
 
-    from .structure import check_atom_count, iter_frames, load_universe
+    from .structure import iter_frames, open_frames
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available")
     top = topology if isinstance(topology, Topology) else read_topology(topology)
-    universe = load_universe(structure, trajectory)
-    check_atom_count(universe, top.n_atoms, structure, f"topology {top.path}")
+    universe, n_frames = open_frames(
+        structure,
+        trajectory,
+        top.n_atoms,
+        frames,
+        None,
+        f"topology {top.path}",
+        names=(top.atom_names, top.residue_names),
+        cutoff=cutoff + _NEIGHBOUR_SKIN,
+        allow_renamed=allow_renamed,
+    )
     force_field = ForceField(top, cutoff=cutoff, epsilon_rf=epsilon_rf, device=device)
     rows = []
     with torch.no_grad():
-        selected = range(len(universe.trajectory))[frames]
         for frame in tqdm(
-            iter_frames(universe, frames), total=len(selected), unit="frame", desc="energy", disable=not progress
+            iter_frames(universe, frames), total=n_frames, unit="frame", desc="energy", disable=not progress
         ):
             energies = force_field.energies(frame.positions, frame.box)
             rows.append({"frame": frame.step, "time": frame.time, **{k: float(energies[k]) for k in TERMS}})

@@ -462,16 +462,27 @@ def map_to_cg(
     trajectory: PathLike | None = None,
     frames: slice = slice(None),
     overwrite: bool = False,
+    allow_renamed: bool = False,
 ) -> int:
     """Map AA frames (a structure, or a trajectory with it) to CG and write them; returns the
-    number of frames written. Bead names and the structure's residue names/numbers are kept."""
+    number of frames written. Bead names and the structure's residue names/numbers are kept.
+    Atoms named otherwise than in the topology are refused (`check_names`) unless `allow_renamed`."""
     from tqdm import tqdm
 
     from .structure import Frame, iter_frames, open_frames, write_frames
 
     top = read_topology(topology)
     cg = read_mapping(mapping, top)
-    universe, n_frames = open_frames(structure, trajectory, top.n_atoms, frames, output, f"the topology {topology}")
+    universe, n_frames = open_frames(
+        structure,
+        trajectory,
+        top.n_atoms,
+        frames,
+        output,
+        f"the topology {topology}",
+        names=(top.atom_names, top.residue_names),
+        allow_renamed=allow_renamed,
+    )
     source = iter(
         tqdm(iter_frames(universe, frames), total=n_frames, unit="frame", desc="map", disable=n_frames < 10)
     )  # one iterator: islice must not restart tqdm

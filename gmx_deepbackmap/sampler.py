@@ -88,9 +88,9 @@ from .model import DeepBackmapModel, load_model, resolve_model
 from .pbc import minimum_image
 from .prior import LocalPrior
 from .stereo import StereoCheck, system_stereo
-from .structure import Frame, iter_frames, open_frames, write_frames
+from .structure import Frame, check_frames, iter_frames, load_universe, write_frames
 from .thermal import DEFAULT_SWEEPS as DEFAULT_THERMAL_SWEEPS
-from .thermal import SELECTIONS, ThermalMoves, thermal_moves, thermalise
+from .thermal import NEIGHBOUR_SKIN, SELECTIONS, ThermalMoves, thermal_moves, thermalise
 from .topology import Topology, read_topology, system_residue_numbers
 from .training import environment_densities, reach, rollout, to_device
 
@@ -667,18 +667,21 @@ def backmap(
     constrain: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    allow_renamed: bool = False,
 ) -> int:
     """Backmap CG frames (a structure, or a trajectory with it) and write the atomistic frames
     (topology atom names and order, molecules whole, CG box kept); returns the number of frames.
     `temperature` (K): that of the CG frames (`frames_temperature`; default: the model's training
     frames'), at which the last stage moves the `thermal` atoms (`THERMAL`) in `thermal_sweeps`
     Metropolis sweeps; `scale_noise`: the
-    generator's noise scaled to it too (`noise_scale_for`); `precision`: see `PRECISIONS`."""
+    generator's noise scaled to it too (`noise_scale_for`); `precision`: see `PRECISIONS`;
+    `allow_renamed`: beads named otherwise than in the mapping only warned about (`check_names`)."""
     from tqdm import tqdm
 
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device available")
     uses_bfloat16(precision, device)  # checked before any file is read
+    universe = load_universe(structure, trajectory)  # a malformed file stops before the model loads
     net = load_model(model, device)
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
@@ -686,8 +689,15 @@ def backmap(
     net.check_system(top, cg_map, path)
     noise_scale = noise_scale_for(net, temperature, path) if scale_noise else 1.0
     kelvin = frames_temperature(net, temperature, thermal, path)
-    universe, n_frames = open_frames(
-        structure, trajectory, cg_map.n_beads, frames, output, f"the CG mapping of the topology {topology}"
+    n_frames = check_frames(
+        universe,
+        cg_map.n_beads,
+        frames,
+        output,
+        f"the CG mapping of the topology {topology}",
+        names=(cg_map.bead_names, cg_map.bead_residue_names),
+        cutoff=ForceField(top).cutoff + NEIGHBOUR_SKIN,  # the widest pair search: the thermal stage's
+        allow_renamed=allow_renamed,
     )
 
     system = prepare_system(net, top, cg_map, constrain, thermal)
