@@ -116,6 +116,7 @@ class ObservableConfig:
     pair_elements: tuple[str, ...] = ("C",)
     pair_r_max: float = 0.9  # nm
     pair_width: float = 0.01  # nm
+    pair_between_molecules: bool = False  # only pairs of atoms in different molecules (a liquid's RDF)
 
 
 def read_observables(path: str | os.PathLike) -> ObservableConfig:
@@ -153,7 +154,12 @@ def _config_from_dict(data: dict) -> ObservableConfig:
         )
         _check_spec(spec)
         specs.append(spec)
-    pair_keys = {"elements": "pair_elements", "r_max": "pair_r_max", "width": "pair_width"}
+    pair_keys = {
+        "elements": "pair_elements",
+        "r_max": "pair_r_max",
+        "width": "pair_width",
+        "between_molecules": "pair_between_molecules",
+    }
     unknown = (set(data) - {"cutoff", "clash_distance"}) | (set(pairs) - set(pair_keys))
     if unknown:
         raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
@@ -182,17 +188,42 @@ def _check_spec(spec: DistributionSpec) -> None:
 
 def default_observables(topology: Topology) -> ObservableConfig:
     """The bundled tables (`topologies/*/observables.toml`) of the topology's molecule types merged;
-    without one, only the generic observables (no bonded distributions)."""
+    without one, those of every bonded type in the topology (`topology_observables`)."""
     present = {name for name, _ in topology.molecules}
     found = [read_observables(p) for p in sorted(bundled_root().glob("*/observables.toml"))]
     found = [c for c in found if present & set(c.molecule_types)]
     if not found:
-        return ObservableConfig()
+        return topology_observables(topology)
     return replace(
         found[0],
         distributions=tuple(s for c in found for s in c.distributions),
         molecule_types=tuple(sorted({m for c in found for m in c.molecule_types} & present)),
     )
+
+
+# Topology terms with per-type distributions (`topology_observables`): what they are called, and their bins in degrees
+TYPE_DISTRIBUTIONS = {
+    "angles": ("angle", (0.0, 180.0, 2.0)),
+    "propers": ("dihedral", (-180.0, 180.0, 4.0)),
+    "impropers": ("improper", (-180.0, 180.0, 1.0)),
+}
+
+
+def topology_observables(topology: Topology) -> ObservableConfig:
+    """Observables read off the topology, no table needed: the distribution of every angle, proper
+    and improper dihedral type (atom-type tuple, either direction) that it has, and the pair
+    distances of its heavy atoms, between molecules only when it has several (a liquid's RDF)."""
+    specs = []
+    for source, (kind, bins) in TYPE_DISTRIBUTIONS.items():
+        types = topology.atom_types[getattr(topology, source).indices]
+        keys = sorted({min(tuple(row), tuple(row[::-1])) for row in types.tolist()})
+        patterns = [tuple(re.escape(t) for t in key) for key in keys]  # exact type names
+        specs += [
+            DistributionSpec(f"{kind} {'-'.join(key)}", atoms, bins, source=source, regex=True)
+            for key, atoms in zip(keys, patterns)
+        ]
+    heavy = tuple(sorted(set(topology.elements[topology.elements != "H"].tolist())))
+    return ObservableConfig(tuple(specs), pair_elements=heavy, pair_between_molecules=len(topology.molecules) > 1)
 
 
 # --------------------------------------------------------------------------- selections
@@ -235,13 +266,21 @@ def _pattern_mask(labels: np.ndarray, patterns: tuple[str, ...], regex: bool) ->
     return mask
 
 
+def _unique_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows once each, in order of first appearance."""
+    if not len(rows):
+        return rows
+    _, first = np.unique(rows, axis=0, return_index=True)
+    return rows[np.sort(first)]
+
+
 def select_tuples(topology: Topology, spec: DistributionSpec) -> np.ndarray:
     """Global atom tuples of a distribution, each oriented so that it matches the patterns."""
     k = len(spec.atoms)
     if spec.source == "paths":
         tuples = _per_molecule(topology, spec.molecules, lambda m: bond_paths(m.bonds, m.n_atoms, k), k)
     else:
-        tuples = getattr(topology, spec.source).indices
+        tuples = _unique_rows(getattr(topology, spec.source).indices)  # funct 9: several terms, one tuple
         if tuples.shape[1] != k:
             raise InputError(
                 f"distribution '{spec.name}': {spec.source} have {tuples.shape[1]} atoms, the patterns name {k}"
@@ -411,20 +450,25 @@ class PairDistances(Observable):
     r_max: float
     width: float
     elements: tuple[str, ...]
+    molecule_index: np.ndarray | None = None  # (N,): given, only pairs between two molecules count
     kind = "histogram"
     unit = "nm"
 
     @property
     def name(self) -> str:
         chosen = "/".join(self.elements)
-        return f"non-bonded {chosen}-{chosen} pair distances"
+        which = "non-bonded" if self.molecule_index is None else "intermolecular"
+        return f"{which} {chosen}-{chosen} pair distances"
 
     @property
     def edges(self) -> np.ndarray:
         return fixed_edges(0.0, self.r_max, self.width)
 
     def single_frame(self, ctx: FrameContext) -> np.ndarray:
-        keep = self.chosen[ctx.pairs[:, 0]] & self.chosen[ctx.pairs[:, 1]] & (ctx.distances < self.r_max)
+        i, j = ctx.pairs[:, 0], ctx.pairs[:, 1]
+        keep = self.chosen[i] & self.chosen[j] & (ctx.distances < self.r_max)
+        if self.molecule_index is not None:
+            keep &= self.molecule_index[i] != self.molecule_index[j]
         bins = (ctx.distances[keep] / self.width).astype(np.int64)
         return np.bincount(np.minimum(bins, len(self.edges) - 2), minlength=len(self.edges) - 1).astype(np.float64)
 
@@ -658,6 +702,7 @@ class Analysis:
                 config.pair_r_max,
                 config.pair_width,
                 config.pair_elements,
+                topology.molecule_index if config.pair_between_molecules else None,
             )
         )
         bonds = np.concatenate([topology.bonds.indices, topology.constraints.indices]).reshape(-1, 2)

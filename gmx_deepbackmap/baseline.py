@@ -356,16 +356,26 @@ def baseline(
     overwrite: bool = False,
     progress: bool = True,
     timings: list[FrameTiming] | None = None,
+    allow_renamed: bool = False,
 ) -> int:
     """Backmap CG frames (a structure, or a trajectory with it) with the geometric baseline and
     write them (topology atom names and order, molecules whole, CG box kept); returns the number
-    of frames. Prints the mean wall time per frame; `timings`, if given, receives each frame's."""
+    of frames. Prints the mean wall time per frame; `timings`, if given, receives each frame's.
+    `allow_renamed`: beads named otherwise than in the mapping only warned about (`check_names`)."""
     if displacement < 0:
         raise InputError(f"displacement {displacement} nm: expected 0 (off) or more")
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
     system = BaselineSystem.from_topology(top, cg_map)
-    source = FrameSource(structure, trajectory, cg_map.n_beads, f"the CG mapping of the topology {topology}", frames)
+    source = FrameSource(
+        structure,
+        trajectory,
+        cg_map.n_beads,
+        f"the CG mapping of the topology {topology}",
+        frames,
+        names=(cg_map.bead_names, cg_map.bead_residue_names),
+        allow_renamed=allow_renamed,
+    )
     out = FrameOutput(output, top.atom_names, top.residue_names, system_residue_numbers(top), system.levels, overwrite)
     gmx = gromacs.get_engine(engine) if minimise else None  # fails early when GROMACS is missing
     times = []

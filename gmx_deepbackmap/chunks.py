@@ -1,10 +1,11 @@
 """Long trajectories in chunks: resumable backmapping and the merge of its chunks.
 
 `backmap_in_chunks` writes every chunk of frames atomically into a work folder whose
-`manifest.json` records the run's identity (inputs, model hash, frame range, sampler settings); a
+`manifest.json` records the run's identity (the sha256 of every input file: structure,
+trajectory, topology with all its includes, mappings, model; frame range, sampler settings); a
 chunk file exists only once it is complete, so a rerun skips finished chunks, separate processes
 (e.g. the tasks of a SLURM array job, `only`) can each write their own chunk, and a folder of
-another run is refused. Each frame's seed depends only on
+another run, or of inputs changed since (even in place), is refused. Each frame's seed depends only on
 the run's seed and the frame's index, so the merged trajectory equals an unchunked run's.
 """
 
@@ -19,7 +20,7 @@ from .config import DEFAULTS, SamplerConfig
 from .errors import InputError
 from .model import resolve_model
 from .sampling import backmap
-from .structure import Frame, atomic_output, load_universe, write_frames
+from .structure import atomic_output, load_universe, write_frames
 from .topology import read_topology, system_residue_numbers
 
 MANIFEST = "manifest.json"
@@ -38,6 +39,7 @@ def backmap_in_chunks(
     frames: slice = slice(None),
     only: int | None = None,
     progress: bool = True,
+    allow_renamed: bool = False,
 ) -> int:
     """Backmap the selected frames chunk by chunk into `workdir` with `sampling.backmap` (with
     `only`, just chunk number `only`); returns the number of frames done."""
@@ -52,8 +54,7 @@ def backmap_in_chunks(
         "structure": str(Path(structure).resolve()),
         "trajectory": None if trajectory is None else str(Path(trajectory).resolve()),
         "topology": str(Path(topology).resolve()),
-        "mapping": _plain(mapping),
-        "model_sha256": _sha256(resolve_model(model)),
+        "sha256": input_hashes(structure, trajectory, topology, mapping, model),
         "frames": [indices.start, indices.stop, indices.step],
         "chunk_size": chunk_size,
         "sampler": config.as_dict(),
@@ -61,12 +62,8 @@ def backmap_in_chunks(
     manifest = _read_manifest(work)
     if manifest is None:
         _write_manifest(work, {"run": run})
-    elif manifest["run"] != run:
-        raise InputError(
-            "this folder holds chunks of another run (different inputs, model, frames or sampler settings); "
-            "use a new --workdir",
-            work,
-        )
+    else:
+        _check_same_run(manifest["run"], run, work)
     chunks = list(_chunks(run))
     if only is not None and not 0 <= only < len(chunks):
         raise InputError(f"--chunk {only}: this run has chunks 0 to {len(chunks) - 1}")
@@ -85,6 +82,7 @@ def backmap_in_chunks(
             frames=slice(chunk.start, chunk.stop, chunk.step),
             overwrite=True,
             progress=progress,
+            allow_renamed=allow_renamed,
         )
         done += len(chunk)
     return done
@@ -92,10 +90,9 @@ def backmap_in_chunks(
 
 def merge_chunks(workdir: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> int:
     """Join the chunks of `workdir` in frame order into `output`; every chunk must be there."""
-    from MDAnalysis.coordinates.XTC import XTCReader
+    from .structure import check_writable, read_frames
 
-    from .structure import box_from_dimensions
-
+    check_writable(output)
     work = Path(workdir)
     manifest = _read_manifest(work)
     if manifest is None:
@@ -108,14 +105,41 @@ def merge_chunks(workdir: str | os.PathLike, output: str | os.PathLike, overwrit
             f"{', ...' if len(missing) > 3 else ''}); rerun the chunked backmap first",
             work,
         )
-    frames = [
-        Frame(ts.positions / 10.0, box_from_dimensions(ts.dimensions), float(ts.time), int(ts.frame))
-        for name in chunks
-        for ts in XTCReader(str(work / name))
-    ]
     top = read_topology(manifest["run"]["topology"])
+    frames = [frame for name in chunks for frame in read_frames(work / name, n_atoms=top.n_atoms)]
     write_frames(output, top.atom_names, top.residue_names, system_residue_numbers(top), frames, overwrite)
     return len(frames)
+
+
+def input_hashes(structure, trajectory, topology, mapping, model) -> dict[str, str]:
+    """The sha256 of every file a backmapping reads, by path: the structure, the trajectory, the
+    topology and every file it includes, the mapping files (given, else the bundled ones the
+    topology's molecule types take) and the model."""
+    from .mapping import read_mapping
+    from .preprocess import source_files
+
+    mappings = read_mapping(mapping, read_topology(topology)).molecule_types.values()
+    files = [structure, trajectory, *source_files(topology), *(m.path for m in mappings), resolve_model(model)]
+    return {str(Path(f).resolve()): _sha256(Path(f)) for f in files if f is not None}
+
+
+def _check_same_run(recorded: dict, run: dict, work: Path) -> None:
+    """Refuse a folder whose chunks came from other inputs (named, if a file changed) or settings."""
+    if recorded == run:
+        return
+    old, new = recorded.get("sha256", {}), run["sha256"]
+    changed = [path for path in new if path in old and old[path] != new[path]]
+    if changed:
+        raise InputError(
+            f"{changed[0]} changed since the chunks in this folder were made (another sha256); "
+            "use a new --workdir, or delete this one to start over",
+            work,
+        )
+    raise InputError(
+        "this folder holds chunks of another run (different inputs, model, frames or sampler settings); "
+        "use a new --workdir",
+        work,
+    )
 
 
 def _chunks(run: dict):
@@ -126,8 +150,19 @@ def _chunks(run: dict):
 
 
 def _read_manifest(work: Path) -> dict | None:
+    """The manifest of a chunk folder (None if it has none); an unreadable one is an `InputError`."""
     path = work / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        run = manifest["run"]
+        range(*run["frames"])  # the fields _chunks and merge_chunks use, of the right kinds
+        if not (isinstance(run["chunk_size"], int) and run["chunk_size"] > 0 and isinstance(run["topology"], str)):
+            raise ValueError("chunk_size or topology malformed")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"not a manifest of gmx-dbm backmap --workdir ({type(exc).__name__}: {exc})", path) from None
+    return manifest
 
 
 def _write_manifest(work: Path, manifest: dict) -> None:
@@ -137,9 +172,3 @@ def _write_manifest(work: Path, manifest: dict) -> None:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _plain(value):
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return str(Path(value).resolve()) if isinstance(value, os.PathLike) else value

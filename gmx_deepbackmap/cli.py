@@ -12,21 +12,54 @@ from . import __version__
 from .config import SamplerConfig
 from .errors import GromacsError, InputError, TrainingDiverged
 
+USER_ERRORS = (InputError, GromacsError, TrainingDiverged)
+USER_ERROR_EXIT = 1
+INTERNAL_ERROR_EXIT = 3  # click's own usage errors exit with 2
+
 
 class _Group(click.Group):
-    """Report user errors on one line with a non-zero exit instead of a traceback."""
+    """The one top-level handling of errors: a user error (bad input, a failed GROMACS run) is one
+    line and exit 1; anything else is a bug, reported on one line that points to a log file with
+    the traceback (exit 3); `--debug` shows tracebacks instead."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (InputError, GromacsError, TrainingDiverged) as exc:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except USER_ERRORS as exc:
+            if ctx.params.get("debug"):
+                raise
             click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(USER_ERROR_EXIT)
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            log = _crash_log(exc)
+            click.echo(
+                f"Internal error ({type(exc).__name__}), a bug rather than bad input: traceback in {log} "
+                "(rerun with --debug to see it)",
+                err=True,
+            )
+            sys.exit(INTERNAL_ERROR_EXIT)
+
+
+def _crash_log(exc: Exception) -> str:
+    """Write the command line and `exc`'s traceback to a new file in the temporary folder; its path."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="gmx-dbm-crash-", suffix=".log")
+    with open(fd, "w") as log:
+        log.write(f"gmx-dbm {__version__}: {' '.join(sys.argv)}\n\n")
+        log.write("".join(traceback.format_exception(exc)))
+    return path
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gmx-dbm")
-def main():
+@click.option("--debug", is_flag=True, help="Show the traceback of every error (for bug reports).")
+def main(debug):
     """gmx-deepbackmap: coarse-grained GROMACS structures back to equilibrated atomistic ones."""
 
 
@@ -35,6 +68,12 @@ overwrite_option = click.option(
 )
 no_progress_option = click.option("--no-progress", is_flag=True, help="No progress bars (batch jobs).")
 frames_option = click.option("--frames", default=None, help="Frames to use, b:e:s (Python slice, 0-based).")
+allow_renamed_option = click.option(
+    "--allow-renamed",
+    is_flag=True,
+    help="Accept atoms or beads named otherwise than in the topology or mapping, if in its order (a "
+    "warning, as grompp's -maxwarn); default: the first differing line is an error.",
+)
 engine_option = click.option(
     "--engine",
     type=click.Choice(["gmxapi", "cli"]),
@@ -100,14 +139,23 @@ aa_output_option = click.option(
 )
 @frames_option
 @no_progress_option
+@allow_renamed_option
 @overwrite_option
-def map_command(structure, trajectory, topology, mapping, output, frames, no_progress, overwrite):
+def map_command(structure, trajectory, topology, mapping, output, frames, no_progress, allow_renamed, overwrite):
     """Map atomistic frames to coarse-grained beads (centres of the mapping's weighted atoms)."""
     from .mapping import map_to_cg
     from .structure import parse_frames
 
     n = map_to_cg(
-        structure, topology, mapping or None, output, trajectory, parse_frames(frames), overwrite, not no_progress
+        structure,
+        topology,
+        mapping or None,
+        output,
+        trajectory,
+        parse_frames(frames),
+        overwrite,
+        not no_progress,
+        allow_renamed,
     )
     click.echo(f"Mapped {n} frame{'s' if n != 1 else ''} to {output}")
 
@@ -230,6 +278,7 @@ def _option_type(hint, meta: dict):
     type=click.IntRange(min=0),
     help="With --workdir: do only this chunk (0-based), e.g. $SLURM_ARRAY_TASK_ID.",
 )
+@allow_renamed_option
 @no_progress_option
 @overwrite_option
 def backmap_command(
@@ -243,6 +292,7 @@ def backmap_command(
     workdir,
     chunk_size,
     only,
+    allow_renamed,
     no_progress,
     overwrite,
     **sampler,
@@ -255,12 +305,20 @@ def backmap_command(
     topology (names, residues, order); molecules are whole and the CG box is kept.
     """
     from .bundled import bundled_path
-    from .structure import parse_frames
+    from .structure import check_writable, parse_frames
 
     if output is None and workdir is None:
         raise click.UsageError("give -o, --workdir, or both")
+    if output is not None:
+        check_writable(output)  # before any work, also when the chunks are merged into it
     config = SamplerConfig(**sampler)
-    inputs = dict(mapping=list(mapping) or None, model=model, frames=parse_frames(frames), progress=not no_progress)
+    inputs = dict(
+        mapping=list(mapping) or None,
+        model=model,
+        frames=parse_frames(frames),
+        progress=not no_progress,
+        allow_renamed=allow_renamed,
+    )
     top = topology or bundled_path("sps/topol.top")
     if workdir is None:
         from .sampling import backmap
@@ -307,17 +365,21 @@ def merge_command(workdir, output, overwrite):
     "--cutoff", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="rvdw = rcoulomb, nm."
 )
 @click.option("--epsilon-rf", type=float, default=2.5, show_default=True, help="Reaction-field dielectric constant.")
+@allow_renamed_option
 @no_progress_option
 @overwrite_option
-def energy_command(structure, trajectory, topology, output, frames, device, cutoff, epsilon_rf, no_progress, overwrite):
+def energy_command(
+    structure, trajectory, topology, output, frames, device, cutoff, epsilon_rf, allow_renamed, no_progress, overwrite
+):
     """Force-field energies per frame and term, as `gmx mdrun -rerun` reports them.
 
     Verlet scheme: reaction-field Coulomb, potential-shifted LJ, no dispersion correction; the
     defaults are the settings of the sPS reference data (bundled sps/rerun.mdp).
     """
     from .energies import energy_summary, frame_energies, write_energy_csv
-    from .structure import parse_frames
+    from .structure import check_writable, parse_frames
 
+    check_writable(output)
     rows = frame_energies(
         structure,
         topology,
@@ -327,6 +389,7 @@ def energy_command(structure, trajectory, topology, output, frames, device, cuto
         progress=not no_progress,
         cutoff=cutoff,
         epsilon_rf=epsilon_rf,
+        allow_renamed=allow_renamed,
     )
     write_energy_csv(output, rows, overwrite)
     click.echo(energy_summary(rows))
@@ -517,10 +580,23 @@ def parse_labels(labels) -> dict[str, str]:
     help="Random displacement of the atoms no modifier names, nm (sd per coordinate); 0: none.",
 )
 @engine_option
+@allow_renamed_option
 @no_progress_option
 @overwrite_option
 def baseline_command(
-    structure, trajectory, topology, mapping, output, frames, no_em, seed, displacement, engine, no_progress, overwrite
+    structure,
+    trajectory,
+    topology,
+    mapping,
+    output,
+    frames,
+    no_em,
+    seed,
+    displacement,
+    engine,
+    allow_renamed,
+    no_progress,
+    overwrite,
 ):
     """Backmap CG frames with the geometric baseline (Wassenaar et al. 2014, "backward").
 
@@ -546,6 +622,7 @@ def baseline_command(
         engine=engine,
         overwrite=overwrite,
         progress=not no_progress,
+        allow_renamed=allow_renamed,
     )
     click.echo(f"Backmapped {n} frame{'s' if n != 1 else ''} with the baseline to {output}")
 

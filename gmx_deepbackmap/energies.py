@@ -51,6 +51,7 @@ GMX_TERM_NAMES = {
     "coulomb14": "Coulomb-14",
 }
 LJ_MODIFIERS = ("potential-shift", "none")
+DEFAULT_CUTOFF = 1.0  # nm, rvdw = rcoulomb: the settings of the sPS reference data
 BONDED_TERMS = {  # term -> Topology attribute
     "bond": "bonds",
     "angle": "angles",
@@ -72,7 +73,7 @@ class ForceField:
     def __init__(
         self,
         topology: Topology,
-        cutoff: float = 1.0,
+        cutoff: float = DEFAULT_CUTOFF,
         epsilon_rf: float = 2.5,
         epsilon_r: float = 1.0,
         lj_modifier: str = "potential-shift",
@@ -438,13 +439,24 @@ def frame_energies(
     progress: bool = False,
     cutoff: float = 1.0,
     epsilon_rf: float = 2.5,
+    allow_renamed: bool = False,
 ) -> list[dict[str, float]]:
     """Per-frame energies of a structure or trajectory: one dict per frame with `frame`, `time`
-    (ps) and every term of `TERMS` (kJ/mol). Defaults: the sPS reference settings."""
+    (ps) and every term of `TERMS` (kJ/mol). Defaults: the sPS reference settings. Atoms named
+    otherwise than in the topology are refused (`check_names`) unless `allow_renamed`."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available")
     top = topology if isinstance(topology, Topology) else read_topology(topology)
-    source = FrameSource(structure, trajectory, top.n_atoms, f"topology {top.path}", frames)
+    source = FrameSource(
+        structure,
+        trajectory,
+        top.n_atoms,
+        f"topology {top.path}",
+        frames,
+        names=(top.atom_names, top.residue_names),
+        cutoff=cutoff + _NEIGHBOUR_SKIN,
+        allow_renamed=allow_renamed,
+    )
     force_field = ForceField(top, cutoff=cutoff, epsilon_rf=epsilon_rf, device=device)
 
     def row(frame) -> dict[str, float]:

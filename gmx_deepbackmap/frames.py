@@ -1,18 +1,21 @@
 """The frame driver: one loop for every command that reads frames and writes frames.
 
 `FrameSource` opens a structure (or a trajectory with it) and checks it once, before any work:
-the file is readable, it holds the expected number of atoms and the selection holds frames. Its
-iterator yields `Frame`s in nm, each checked for a periodic box. `run_frames` owns the loop that
+the file is readable, it holds the expected atoms in the expected order, the selection holds
+frames, and every selected frame has finite coordinates and a box fit for the cut-offs. Its
+iterator yields `Frame`s in nm. `run_frames` owns the loop that
 `gmx-dbm backmap`, `baseline`, `map` and `energy` share (in the manner of MDAnalysis'
 `AnalysisBase.run`): the output's format is checked first, then every frame is processed under a
 progress bar and, for structure outputs, made whole and written atomically with a GROMACS-style
-backup. A command supplies only what it does to one frame.
+backup (the output's folder is checked to be writable first). A command supplies only what it
+does to one frame.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,7 +24,16 @@ import torch
 
 from .errors import InputError
 from .pbc import make_whole
-from .structure import Frame, check_atom_count, check_output_format, iter_frames, load_universe, write_frames
+from .structure import (
+    Frame,
+    check_atom_count,
+    check_names,
+    check_output_format,
+    check_writable,
+    iter_frames,
+    load_universe,
+    write_frames,
+)
 
 Result = TypeVar("Result")
 
@@ -29,8 +41,10 @@ Result = TypeVar("Result")
 class FrameSource:
     """The selected frames of a structure, or of a trajectory with it, checked where they are read.
 
-    `what` describes who expects `n_atoms` (errors say "... but {what} describes N"). With
-    `require_box` (the default), a frame without a periodic box is an error naming it.
+    Before any work: the file holds `n_atoms`, as `what` describes them ("... but {what} describes
+    N"), named (atom, residue) as `names` says in that order (`structure.check_names`; with
+    `allow_renamed` other names only warn), and every selected frame is sound (`structure.check_frame`:
+    finite coordinates, a box with volume, and with `cutoff` (nm) at least twice its width).
     """
 
     def __init__(
@@ -40,24 +54,28 @@ class FrameSource:
         n_atoms: int,
         what: str,
         frames: slice = slice(None),
-        require_box: bool = True,
+        *,
+        names: tuple[Sequence[str], Sequence[str]] | None = None,
+        cutoff: float | None = None,
+        allow_renamed: bool = False,
     ):
         self.path = trajectory if trajectory is not None else structure
         self.universe = load_universe(structure, trajectory)
         check_atom_count(self.universe, n_atoms, self.path, what)
-        self.frames, self.require_box = frames, require_box
+        if names is not None:
+            check_names(self.universe, *names, structure, what, allow_renamed)
+        self.frames, self.cutoff = frames, cutoff
         self.indices = range(len(self.universe.trajectory))[frames]
         if not self.indices:
             raise InputError(f"no frames selected ({frames.start}:{frames.stop}:{frames.step})", self.path)
+        for _ in self:  # a bad frame stops the command before its first frame is processed
+            pass
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __iter__(self) -> Iterator[Frame]:
-        for frame in iter_frames(self.universe, self.frames):
-            if self.require_box and not (np.diag(frame.box) > 0).all():
-                raise InputError(f"frame {frame.step} has no periodic box", self.path)
-            yield frame
+        return iter_frames(self.universe, self.frames, self.cutoff)
 
 
 @dataclass(frozen=True)
@@ -86,17 +104,22 @@ def run_frames(
     desc: str,
     output: FrameOutput | None = None,
     progress: bool = True,
+    note: str | None = None,
 ) -> list[Result]:
     """`process` every frame of `source` in order under a progress bar; returns the results.
 
     With `output`, each result is an (N, 3) array of positions in nm, written there as one
     structure or trajectory (checked to be writable in that format before the first frame).
     `progress` False hides the bar; True shows it on terminals only (batch logs stay clean).
+    `note`: one line for the user (stderr), once everything is checked and before the first frame.
     """
     from tqdm import tqdm
 
     if output is not None:
+        check_writable(output.path)
         check_output_format(output.path, len(source))
+    if note is not None:
+        print(note, file=sys.stderr)
     results, written = [], []
     with tqdm(total=len(source), unit="frame", desc=desc, disable=None if progress else True) as bar:
         for frame in source:

@@ -462,12 +462,17 @@ def map_to_cg(
     frames: slice = slice(None),
     overwrite: bool = False,
     progress: bool = True,
+    allow_renamed: bool = False,
 ) -> int:
     """Map AA frames (a structure, or a trajectory with it) to CG and write them; returns the
-    number of frames written. Bead names and the structure's residue names/numbers are kept."""
+    number of frames written. Bead names and the structure's residue names/numbers are kept.
+    Atoms named otherwise than in the topology are refused (`check_names`) unless `allow_renamed`."""
     top = read_topology(topology)
     cg = read_mapping(mapping, top)
-    source = FrameSource(structure, trajectory, top.n_atoms, f"the topology {topology}", frames, require_box=False)
+    names = (top.atom_names, top.residue_names)
+    source = FrameSource(
+        structure, trajectory, top.n_atoms, f"the topology {topology}", frames, names=names, allow_renamed=allow_renamed
+    )
     atoms = source.universe.atoms[cg.bead_atom]
     out = FrameOutput(output, cg.bead_names, atoms.resnames, atoms.resids, overwrite=overwrite)
     return len(

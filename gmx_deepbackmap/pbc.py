@@ -76,6 +76,8 @@ def reduced_cell(box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     it.
     """
     basis = np.array(box, dtype=np.float64)
+    if not (np.isfinite(basis).all() and abs(np.linalg.det(basis)) > 0):
+        raise ValueError(f"box without volume: {basis.tolist()}")  # the reduction below would never end
     changed = True
     while changed:  # each change shortens a vector of a discrete lattice, so this ends
         changed = False
@@ -102,6 +104,8 @@ def neighbour_pairs(positions: np.ndarray, box: np.ndarray, cutoff: float) -> tu
 
     from .structure import dimensions_from_box
 
+    if not np.isfinite(positions).all():  # MDAnalysis' C grid would index memory with them
+        raise ValueError("neighbour search over positions that are not finite")
     cell, rotation = reduced_cell(box)
     x = np.asarray(positions, dtype=np.float64) @ rotation
     pairs = self_capped_distance(
@@ -111,6 +115,8 @@ def neighbour_pairs(positions: np.ndarray, box: np.ndarray, cutoff: float) -> tu
         return_distances=False,
     )
     pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
+    if len(pairs) and not (pairs[:, 0].min() >= 0 and pairs[:, 1].max() < len(x)):
+        raise ValueError("the neighbour search returned atoms that do not exist")  # callers index with them
     xt = torch.as_tensor(x)
     d = xt[pairs[:, 1]] - xt[pairs[:, 0]]
     return pairs, image_shifts(d, torch.as_tensor(cell)).numpy() @ rotation.T

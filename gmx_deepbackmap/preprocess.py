@@ -41,23 +41,39 @@ def preprocess(
     include_dirs: list[Path] | None = None,
 ) -> list[SourceLine]:
     """Expand a topology into its non-empty lines, as grompp's preprocessor would see them."""
+    return _run(path, defines, include_dirs).lines
+
+
+def source_files(
+    path: str | os.PathLike,
+    defines: dict[str, str] | None = None,
+    include_dirs: list[Path] | None = None,
+) -> list[Path]:
+    """Every file the preprocessor reads for a topology (it, then its includes): all that its
+    content depends on, e.g. to notice a changed topology."""
+    return _run(path, defines, include_dirs).files
+
+
+def _run(path: str | os.PathLike, defines: dict[str, str] | None, include_dirs: list[Path] | None) -> _State:
     top = Path(path)
     if not top.is_file():
         raise InputError("topology file not found", top)
     state = _State(dict(defines or {}), [top.parent, *(include_dirs or []), *gromacs_include_dirs()])
-    out: list[SourceLine] = []
-    state.read(top, out, stack=())
-    return out
+    state.read(top, stack=())
+    return state
 
 
 class _State:
     def __init__(self, defines: dict[str, str], include_dirs: list[Path]):
         self.defines = defines
         self.include_dirs = include_dirs
+        self.lines: list[SourceLine] = []
+        self.files: list[Path] = []
 
-    def read(self, path: Path, out: list[SourceLine], stack: tuple[Path, ...]) -> None:
+    def read(self, path: Path, stack: tuple[Path, ...]) -> None:
         if path.resolve() in stack:
             raise InputError("recursive #include", path)
+        self.files.append(path)
         try:
             raw_lines = path.read_text(errors="replace").splitlines()
         except OSError as exc:
@@ -76,13 +92,13 @@ class _State:
                 continue
             taken = all(active)
             if stripped.startswith("#"):
-                self.directive(stripped, path, lineno, active, taken, out, stack)
+                self.directive(stripped, path, lineno, active, taken, stack)
             elif taken:
-                out.append(SourceLine(self.substitute(stripped), path, lineno))
+                self.lines.append(SourceLine(self.substitute(stripped), path, lineno))
         if active:
             raise InputError("#ifdef/#ifndef without a matching #endif", path, lineno)
 
-    def directive(self, text, path, lineno, active, taken, out, stack) -> None:
+    def directive(self, text, path, lineno, active, taken, stack) -> None:
         keyword, _, rest = text[1:].strip().partition(" ")
         rest = rest.strip()
         if keyword in ("ifdef", "ifndef"):
@@ -107,7 +123,7 @@ class _State:
         elif keyword == "undef":
             self.defines.pop(rest, None)
         elif keyword == "include":
-            self.read(self.locate(rest, path, lineno), out, (*stack, path.resolve()))
+            self.read(self.locate(rest, path, lineno), (*stack, path.resolve()))
         else:
             raise InputError(f"unsupported preprocessor directive '#{keyword}'", path, lineno)
 

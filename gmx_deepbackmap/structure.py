@@ -8,10 +8,14 @@ atomically with GROMACS-style backups of files that already exist.
 from __future__ import annotations
 
 import contextlib
+import gc
+import math
 import os
+import sys
 import tempfile
+import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,21 +54,99 @@ def dimensions_from_box(box: np.ndarray) -> np.ndarray:
 
 
 def load_universe(structure: str | os.PathLike, trajectory: str | os.PathLike | None = None):
-    """An MDAnalysis Universe, with a one-line error naming the file that could not be read."""
+    """An MDAnalysis Universe, with a one-line error naming the file that could not be read.
+
+    A `.gro` is checked line by line first (`check_gro`); the structure is read before the
+    trajectory, so an error names the file that caused it."""
     import MDAnalysis as mda
 
     for path in (structure, trajectory):
         if path is not None and not Path(path).is_file():
             raise InputError("file not found", path)
+        if path is not None and Path(path).stat().st_size == 0:
+            raise InputError("empty file", path)
+    if Path(structure).suffix.lower() == ".gro":
+        check_gro(structure)
+    with _reader_errors(structure):
+        universe = mda.Universe(str(structure))
+    if trajectory is not None:
+        with _reader_errors(trajectory):
+            universe.load_new(str(trajectory))
+    return universe
+
+
+@contextlib.contextmanager
+def _reader_errors(path: str | os.PathLike) -> Iterator[None]:
+    """MDAnalysis' errors while reading `path` as one `InputError` naming it; its warnings, and the
+    "Exception ignored" noise of a reader whose construction failed, are silenced."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if trajectory is None:
-                return mda.Universe(str(structure))
-            return mda.Universe(str(structure), str(trajectory))
+            yield
+    except InputError:
+        raise
     except Exception as exc:  # MDAnalysis raises many types; all mean "unreadable"
-        culprit = trajectory if trajectory is not None and "traj" in repr(exc).lower() else structure
-        raise InputError(f"cannot read ({_first_line(exc)})", culprit) from None
+        traceback.clear_frames(exc.__traceback__)  # the half-built reader goes now, silently
+        gc.collect()
+        raise InputError(f"cannot read ({_first_line(exc)})", path) from None
+    finally:
+        sys.unraisablehook = hook
+
+
+def check_gro(path: str | os.PathLike) -> None:
+    """Check a `.gro` file's layout line by line before MDAnalysis reads it: title, atom count,
+    that many atom lines with a residue number and three finite coordinates in the columns the
+    first atom line's precision sets, and a box line of 3 or 9 finite numbers. The first problem
+    is an `InputError` naming its line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read ({_first_line(exc)})", path) from None
+    if len(lines) < 2:
+        raise InputError("no atom count (a .gro has a title line, then the number of atoms)", path, len(lines) + 1)
+    try:
+        n_atoms = int(lines[1])
+    except ValueError:
+        raise InputError(f"'{lines[1].strip()}': expected the number of atoms", path, 2) from None
+    if n_atoms < 1:
+        raise InputError(f"{n_atoms} atoms: expected at least 1", path, 2)
+    if len(lines) < n_atoms + 3:
+        found = max(len(lines) - 2, 0)
+        ends = f"the file ends after {found} of {n_atoms} atom lines"
+        raise InputError("no box line after the atoms" if found == n_atoms else ends, path, len(lines) + 1)
+    width = lines[2][25:].find(".") + 1  # MDAnalysis' rule: the column width of the coordinates
+    for lineno, line in enumerate(lines[2 : n_atoms + 2], start=3):
+        _check_atom_line(line, width, path, lineno)
+    box = _numbers(lines[n_atoms + 2].split(), path, n_atoms + 3, "box")
+    if len(box) not in (3, 9):
+        raise InputError(f"box line with {len(box)} numbers (expected 3 or 9)", path, n_atoms + 3)
+
+
+def _check_atom_line(line: str, width: int, path, lineno: int) -> None:
+    """One `.gro` atom line: residue number in columns 1-5, then x, y, z of `width` columns from column 21."""
+    if width < 2 or len(line) < 20 + 3 * width:
+        raise InputError("atom line too short (expected residue, names, number and x y z)", path, lineno)
+    try:
+        int(line[:5])
+    except ValueError:
+        raise InputError(f"residue number '{line[:5].strip()}' is not an integer", path, lineno) from None
+    _numbers([line[20 + width * i : 20 + width * (i + 1)] for i in range(3)], path, lineno, "coordinate")
+
+
+def _numbers(words: Sequence[str], path, lineno: int, what: str) -> list[float]:
+    """Words as finite floats; the first that is not one is an `InputError` at `lineno`."""
+    values = []
+    for word in words:
+        try:
+            value = float(word)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value):
+            raise InputError(f"{what} '{word.strip()}' is not a finite number", path, lineno)
+        values.append(value)
+    return values
 
 
 def check_atom_count(universe, expected: int, path, what: str = "the topology") -> None:
@@ -72,6 +154,91 @@ def check_atom_count(universe, expected: int, path, what: str = "the topology") 
     n = len(universe.atoms)
     if n != expected:
         raise InputError(f"{n} atoms, but {what} describes {expected}", path)
+
+
+NAME_WIDTHS = {".gro": 5, ".pdb": 4}  # columns a format keeps of atom and residue names
+
+
+def check_names(
+    universe,
+    atom_names: Sequence[str],
+    residue_names: Sequence[str],
+    path: str | os.PathLike,
+    what: str = "the topology",
+    allow_renamed: bool = False,
+) -> None:
+    """Stop when the structure's atom or residue names differ from those `what` expects in its
+    order (swapped lines, renamed atoms, another molecule): the first mismatch is named with its
+    line (for `.gro`). With `allow_renamed`, as grompp with -maxwarn, it is only a warning."""
+    if not (hasattr(universe.atoms, "names") and hasattr(universe.atoms, "resnames")):
+        return  # formats without names (e.g. a bare .xtc) cannot be checked
+    width = NAME_WIDTHS.get(Path(path).suffix.lower())
+    found = np.char.add(np.char.add(universe.atoms.resnames.astype(str), " "), universe.atoms.names.astype(str))
+    expected = np.array([f"{r[:width]} {a[:width]}" for r, a in zip(residue_names, atom_names)])
+    differ = np.flatnonzero(found != expected)
+    if not len(differ):
+        return
+    i = int(differ[0])
+    is_gro = Path(path).suffix.lower() == ".gro"
+    error = InputError(
+        f"{'' if is_gro else f'atom {i + 1}: '}residue and atom name '{found[i]}', but {what} has '{expected[i]}' here "
+        f"({len(differ)} of {len(found)} atoms differ: lines out of order, or renamed; --allow-renamed "
+        "accepts other names in the same order)",
+        path,
+        i + 3 if is_gro else None,
+    )
+    if not allow_renamed:
+        raise error
+    print(f"Warning: {error}", file=sys.stderr)
+
+
+def check_frame(frame: Frame, path: str | os.PathLike, cutoff: float | None = None) -> None:
+    """Stop before any work on a frame that would corrupt it: a coordinate or box entry that is not
+    finite, a box without volume, or (given a `cutoff` in nm) a box narrower than twice the cutoff,
+    in which the pair searches would see an atom's own images."""
+    where = f"frame {frame.step}: "
+    bad = np.flatnonzero(~np.isfinite(frame.positions).all(axis=1))
+    if len(bad):
+        x = frame.positions[bad[0]]
+        raise InputError(f"{where}atom {bad[0] + 1} has a coordinate that is not a number ({x[0]} {x[1]} {x[2]})", path)
+    if not np.isfinite(frame.box).all() or not abs(np.linalg.det(frame.box)) > 0:
+        raise InputError(f"{where}the box has no volume (box vectors {frame.box.round(5).tolist()} nm)", path)
+    if cutoff is not None:
+        width = minimum_width(frame.box)
+        if width < 2 * cutoff:
+            raise InputError(
+                f"{where}the box is {width:.3f} nm wide, less than twice the cut-off of {cutoff:g} nm "
+                f"(at least {2 * cutoff:g} nm needed)",
+                path,
+            )
+
+
+def minimum_width(box: np.ndarray) -> float:
+    """The narrowest perpendicular width (nm) of the lattice of `box`: that of its reduced cell,
+    the cell in which the pair searches run (see `pbc.reduced_cell`)."""
+    import torch
+
+    from .pbc import box_widths, reduced_cell
+
+    return float(box_widths(torch.as_tensor(reduced_cell(box)[0])).min())
+
+
+def check_writable(output: str | os.PathLike) -> None:
+    """Stop before any work when `output` cannot be written: it is a folder, or the nearest
+    existing folder above it does not accept new files (checked by creating one)."""
+    target = Path(output)
+    if target.is_dir():
+        raise InputError("is a folder, expected a file name", target)
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write: {folder} is not a folder", target)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write in {folder} ({exc.strerror})", target) from None
 
 
 def check_output_format(output: str | os.PathLike, n_frames: int) -> None:
@@ -89,7 +256,7 @@ def check_output_format(output: str | os.PathLike, n_frames: int) -> None:
 
 
 def parse_frames(spec: str | None) -> slice:
-    """`b:e:s` (Python-style, any part optional) to a slice over frame indices."""
+    """`b:e:s` (Python-style, any part optional; s not 0) to a slice over frame indices."""
     if not spec:
         return slice(None)
     parts = spec.split(":")
@@ -99,29 +266,40 @@ def parse_frames(spec: str | None) -> slice:
         values = [int(p) if p.strip() else None for p in parts]
     except ValueError:
         raise InputError(f"--frames '{spec}': expected integers in b:e:s") from None
+    if len(values) == 3 and values[2] == 0:
+        raise InputError(f"--frames '{spec}': the step s must not be 0")
     return slice(*values)
 
 
-def iter_frames(universe, frames: slice = slice(None)) -> Iterator[Frame]:
-    """Frames of a universe's trajectory in nm, with their box matrices."""
-    for ts in universe.trajectory[frames]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Reader has no dt information"
-            time = float(ts.time)
-        yield Frame(
-            positions=universe.atoms.positions.astype(np.float64) / ANGSTROM_PER_NM,
-            box=box_from_dimensions(ts.dimensions),
-            time=time,
-            step=int(ts.frame),
-        )
+def iter_frames(universe, frames: slice = slice(None), cutoff: float | None = None) -> Iterator[Frame]:
+    """Frames of a universe's trajectory in nm, with their box matrices, each checked by
+    `check_frame` (with `cutoff`, nm) as it is read; a frame that cannot be read is an
+    `InputError` naming the file."""
+    path = universe.trajectory.filename
+    selected = iter(universe.trajectory[frames])
+    while True:
+        with _reader_errors(path):  # not held across the yield: the caller's warnings are its own
+            ts = next(selected, None)
+            if ts is None:
+                return
+            frame = Frame(
+                positions=universe.atoms.positions.astype(np.float64) / ANGSTROM_PER_NM,
+                box=box_from_dimensions(ts.dimensions),
+                time=float(ts.time),
+                step=int(ts.frame),
+            )
+        check_frame(frame, path, cutoff)
+        yield frame
 
 
-def read_frames(structure, trajectory=None, frames: slice = slice(None), n_atoms: int | None = None):
-    """All requested frames of a structure/trajectory pair as a list of `Frame`."""
+def read_frames(
+    structure, trajectory=None, frames: slice = slice(None), n_atoms: int | None = None, cutoff: float | None = None
+):
+    """All requested frames of a structure/trajectory pair as a list of checked `Frame`s."""
     universe = load_universe(structure, trajectory)
     if n_atoms is not None:
         check_atom_count(universe, n_atoms, trajectory or structure)
-    return list(iter_frames(universe, frames))
+    return list(iter_frames(universe, frames, cutoff))
 
 
 def backup_path(path: Path) -> Path:

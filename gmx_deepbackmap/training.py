@@ -116,6 +116,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
+        if not isinstance(data.get("network", {}), dict):
+            raise InputError("network: expected a table ([network])")
+        check_kinds(data, cls(), "")
+        check_kinds(data.get("network", {}), NetworkConfig(), "network.")
         network = NetworkConfig(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("network", {}).items()}
         )
@@ -126,6 +130,41 @@ class TrainConfig:
             if key in data:
                 data[key] = tuple(data[key])
         return cls(network=network, **data)
+
+
+def check_kinds(data: dict, defaults, prefix: str) -> None:
+    """Each value of a config table of the kind of its default in the dataclass `defaults`
+    (integers, finite numbers, strings, flags, lists of strings, pairs of numbers); unknown keys
+    are left to the caller. A value of the wrong kind is an `InputError` naming its key."""
+    for key, value in data.items():
+        if key == "network" or not hasattr(defaults, key):
+            continue
+        default = getattr(defaults, key)
+        kind = _kind(default)
+        if not _is_kind(value, default):
+            raise InputError(f"{prefix}{key} = {value!r}: expected {kind}")
+
+
+_KIND_NAMES = {bool: ("true or false", "flags"), int: ("an integer", "integers"), str: ("a string", "strings")}
+
+
+def _kind(default) -> str:
+    """What a value like `default` must be, in words."""
+    if isinstance(default, (tuple, list)):
+        element = _KIND_NAMES.get(type(default[0]) if default else str, ("", "finite numbers"))[1]
+        return f"a list of {len(default)} {element}" if isinstance(default, tuple) else f"a list of {element}"
+    return _KIND_NAMES.get(type(default), ("a finite number",))[0]
+
+
+def _is_kind(value, default) -> bool:
+    if isinstance(default, (tuple, list)):
+        fits = isinstance(value, list) and (isinstance(default, list) or len(value) == len(default))
+        return fits and all(_is_kind(v, default[0] if default else "") for v in value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, str)):
+        return type(value) is type(default)
+    return isinstance(value, (int, float)) and math.isfinite(value)  # floats, and None (a temperature)
 
 
 def read_config(path: str | os.PathLike) -> TrainConfig:

@@ -31,7 +31,7 @@ from .errors import GromacsError, InputError
 from .frames import FrameSource
 from .gromacs import Engine, get_engine, read_edr, run_md
 from .structure import atomic_output, write_frames
-from .topology import read_topology
+from .topology import Topology, read_topology
 
 REPORT_TIMES = (0.0, 10.0, 100.0)  # ps
 TERMS = ("Potential", "Bond", "Angle", "Proper Dih.", "Improper Dih.", "LJ (SR)", "Coulomb (SR)")
@@ -72,9 +72,7 @@ def validate_md(
     template = Path(mdp) if mdp else bundled_path("sps/md-npt.mdp")
     engine = engine if isinstance(engine, Engine) else get_engine(engine)
     out = Path(output)
-    jobs = [
-        (label, i, frame) for label, path in sets.items() for i, frame in _frames(structure, path, frames, top.n_atoms)
-    ]
+    jobs = [(label, i, frame) for label, path in sets.items() for i, frame in _frames(structure, path, frames, top)]
     if not jobs:
         raise InputError("no frames selected in any set")
     runs, failures = [], {label: {} for label in sets}  # failures: label -> {frame: reason}
@@ -125,8 +123,10 @@ def failure_reason(message: str) -> str:
     return re.split(r"\.\s|\s+If you know what you are doing", text, maxsplit=1)[0].strip()
 
 
-def _frames(structure, path, frames: slice, n_atoms: int):
-    source = FrameSource(structure, path, n_atoms, "the topology", frames)
+def _frames(structure, path, frames: slice, top: Topology):
+    source = FrameSource(
+        structure, path, top.n_atoms, "the topology", frames, names=(top.atom_names, top.residue_names)
+    )
     return zip(source.indices, source)
 
 

@@ -103,6 +103,8 @@ def splat(
     d = grid.size
     g = grid.profiles(positions.to(out.dtype))  # (N, 3, D)
     if out.device.type == "cpu" and not any(t is not None and t.requires_grad for t in (out, positions, weights)):
+        if len(rows) and not (int(rows.min()) >= 0 and int(rows.max()) < len(out)):
+            raise IndexError("splat: a row outside the output")  # the compiled loop does not check its bounds
         _splat_loop(
             out.numpy(),
             rows.numpy(),

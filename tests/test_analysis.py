@@ -23,7 +23,6 @@ from gmx_deepbackmap.analysis import (
     MoleculeLJ,
     PairDistances,
     RingPlanarity,
-    bond_paths,
     default_observables,
     frame_context,
     histogram_probabilities,
@@ -32,6 +31,7 @@ from gmx_deepbackmap.analysis import (
     rings,
     select_tuples,
     set_energies,
+    topology_observables,
 )
 from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.cli import main
@@ -39,7 +39,7 @@ from gmx_deepbackmap.errors import GromacsError, InputError
 from gmx_deepbackmap.gromacs import get_engine
 from gmx_deepbackmap.report import _density
 from gmx_deepbackmap.structure import dimensions_from_box, read_frames
-from gmx_deepbackmap.topology import read_topology
+from gmx_deepbackmap.topology import bond_paths, read_topology
 
 CHAINS, CENTRES_PER_CHAIN = 36, 9  # every backbone CH carbon but the last one (it carries the end H)
 
@@ -126,6 +126,24 @@ def test_sps_selections(topology, analysis):
     assert len(select_tuples(topology, as_regex)) > len(tuples["backbone C-C-C angle"])  # ring carbons too
     with pytest.raises(InputError, match="selects no atoms"):
         select_tuples(topology, DistributionSpec("none", ("C", "Q", "C"), (80, 150, 2)))
+
+
+def test_without_a_table_every_bonded_type_and_the_intermolecular_pairs_are_observed(topology, frames):
+    """A topology with no bundled table (a user's molecule, the liquids) gets one distribution per
+    angle, dihedral and improper type, in either direction, and the pair distances of its heavy
+    atoms between molecules only."""
+    config = topology_observables(topology)
+    analysis = Analysis.from_topology(topology, config)
+    selected = {o.name: o.tuples for o in analysis.observables if isinstance(o, BondedDistribution)}
+    angle_types = {min(tuple(t), tuple(t[::-1])) for t in topology.atom_types[topology.angles.indices].tolist()}
+    assert {n for n in selected if n.startswith("angle ")} == {f"angle {'-'.join(t)}" for t in angle_types}
+    assert sum(len(t) for n, t in selected.items() if n.startswith("angle ")) == len(topology.angles)
+    assert sum(len(t) for n, t in selected.items() if n.startswith("improper ")) == len(topology.impropers)
+    pairs = observable(analysis, PairDistances)
+    assert pairs.name == "intermolecular C-C pair distances"
+    ctx = frame_context(frames[0].positions, frames[0].box, analysis.excluded_keys, analysis.cutoff)
+    every = PairDistances(pairs.chosen, pairs.r_max, pairs.width, pairs.elements)
+    assert 0 < pairs.single_frame(ctx).sum() < every.single_frame(ctx).sum()  # intramolecular pairs left out
 
 
 def test_observables_file_errors(tmp_path):

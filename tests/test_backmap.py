@@ -233,6 +233,9 @@ def test_temperature_sets_the_last_stage_and_scales_the_noise_on_request(backmap
 
     trained = read_frames(backmapped)[0].positions
     assert np.array_equal(trained, positions("568.gro", "--temperature", "568"))
+    fallback = run(system, tmp_path / "default.gro", "--seed", "5").output
+    assert "No --temperature: the CG frames are taken to be at the model's training temperature, 568 K" in fallback
+    assert "No --temperature" not in run(system, tmp_path / "given.gro", "--temperature", "313").output
     assert not np.array_equal(trained[heavy], positions("313.gro", "--temperature", "313")[heavy])
     planar = positions("568-planar.gro", "--thermal", "planar-hydrogens")
     cold = positions("313-planar.gro", "--temperature", "313", "--thermal", "planar-hydrogens")

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 
 import torch
 
 from ..config import DEFAULTS, SamplerConfig
+from ..energies import DEFAULT_CUTOFF
 from ..errors import InputError
 from ..frames import FrameOutput, FrameSource, frame_seed, run_frames
 from ..mapping import read_mapping
 from ..model import load_model, resolve_model
 from ..pbc import unwrap_levels
 from ..structure import Frame
+from ..thermal import NEIGHBOUR_SKIN
 from ..topology import read_topology, system_residue_numbers
 from .frame import backmap_frame
 from .pipeline import build_pipeline
@@ -34,23 +35,34 @@ def backmap(
     frames: slice = slice(None),
     overwrite: bool = False,
     progress: bool = True,
+    allow_renamed: bool = False,
 ) -> int:
     """Backmap CG frames (a structure, or a trajectory with it) with `model` as `config` says and
     write the atomistic frames (topology atom names and order, molecules whole, CG box kept);
     returns the number of frames. Without `config.temperature`, the frames are taken to be at the
-    model's training temperature, and a line says so."""
+    model's training temperature, and a line says so. `allow_renamed`: beads named otherwise than
+    in the mapping only warned about (`structure.check_names`)."""
     if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {config.device}: no CUDA device available")
     uses_bfloat16(config.precision, config.device)  # checked before any file is read
-    net = load_model(model, config.device)
     top = read_topology(topology)
     cg_map = read_mapping(mapping or None, top)
+    source = FrameSource(  # every frame checked before the model is even loaded
+        structure,
+        trajectory,
+        cg_map.n_beads,
+        f"the CG mapping of the topology {topology}",
+        frames,
+        names=(cg_map.bead_names, cg_map.bead_residue_names),
+        cutoff=DEFAULT_CUTOFF + NEIGHBOUR_SKIN,  # the widest pair search: the last stage's
+        allow_renamed=allow_renamed,
+    )
+    net = load_model(model, config.device)
     path = resolve_model(model)
     net.check_system(top, cg_map, path)
     if config.scale_noise:
         noise_scale_for(net, config.temperature, path)  # the model must record its temperature
     kelvin = frames_temperature(net, config.temperature, config.thermal, path)
-    source = FrameSource(structure, trajectory, cg_map.n_beads, f"the CG mapping of the topology {topology}", frames)
     system = prepare_system(net, top, cg_map, config.constrain, config.thermal)
     pipeline = build_pipeline(config)
     out = FrameOutput(
@@ -75,12 +87,10 @@ def backmap(
                 progress=_growing(bar),
             )
 
+    note = None
     if config.temperature is None and config.thermal != "none":
-        print(
-            f"No --temperature: the CG frames are taken to be at the model's training temperature, {kelvin:g} K",
-            file=sys.stderr,
-        )
-    return len(run_frames(source, sample, desc="backmap", output=out, progress=progress))
+        note = f"No --temperature: the CG frames are taken to be at the model's training temperature, {kelvin:g} K"
+    return len(run_frames(source, sample, desc="backmap", output=out, progress=progress, note=note))
 
 
 def _growing(bar) -> Callable[[int], None]:

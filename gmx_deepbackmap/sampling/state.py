@@ -93,20 +93,7 @@ def place(state: FrameState, steps: np.ndarray, context: int, k: int, score_hidd
     items = torch.from_numpy(steps).repeat_interleave(k)
     offset = torch.rand(n, 1, generator=state.angles, dtype=torch.float64) * 2 * math.pi
     angle = (offset + torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)).reshape(-1)
-    batch = trim(
-        gather(
-            plan,
-            state.hood,
-            state.positions,
-            state.cg,
-            state.box,
-            items,
-            torch.full((n * k,), context),
-            angle,
-            model.half_extent,
-            score_hidden=score_hidden,
-        )
-    )
+    batch = environments(state, items, torch.full((n * k,), context), angle, score_hidden)
     on_device = to_device(batch, state.device)
     static = environment_densities(on_device, plan.layout.n_channels, model.grid)
     with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=state.bfloat16):
@@ -143,22 +130,31 @@ def standing_energies(state: FrameState) -> tuple[np.ndarray, np.ndarray, np.nda
     out = np.empty((3, len(plan.step_bead)))
     for chunk in _chunks(np.arange(out.shape[1]), 1):
         items = torch.from_numpy(chunk)
-        batch = trim(
-            gather(
-                plan,
-                state.hood,
-                state.positions,
-                state.cg,
-                state.box,
-                items,
-                torch.full((len(chunk),), GIBBS),
-                torch.zeros(len(chunk), dtype=torch.float64),
-                state.model.half_extent,
-                score_hidden=True,
-            )
-        )
+        zero = torch.zeros(len(chunk), dtype=torch.float64)
+        batch = environments(state, items, torch.full((len(chunk),), GIBBS), zero, score_hidden=True)
         out[:, chunk] = torch.stack(state.system.prior.total_and_strain(batch, batch.target)).numpy()
     return out[0], out[1], out[2]
+
+
+def environments(
+    state: FrameState, items: torch.Tensor, context: torch.Tensor, angle: torch.Tensor, score_hidden: bool
+) -> Batch:
+    """The local environments of steps `items` as the atoms stand, in `context`, turned by `angle`
+    about their beads' frame axes (`environment.gather`), without unused step columns."""
+    return trim(
+        gather(
+            state.plan,
+            state.hood,
+            state.positions,
+            state.cg,
+            state.box,
+            items,
+            context,
+            angle,
+            state.model.half_extent,
+            score_hidden=score_hidden,
+        )
+    )
 
 
 def trim(batch: Batch) -> Batch:
