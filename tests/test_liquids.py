@@ -22,7 +22,7 @@ from gmx_deepbackmap.stereo import chiral_centres, learn_stereo
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.thermal import KINDS, thermal_moves
 from gmx_deepbackmap.topology import read_topology
-from gmx_deepbackmap.training import TrainConfig, chain_end_beads
+from gmx_deepbackmap.training import TrainConfig, chain_end_beads, read_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MOLECULE = {"cumene": "G065", "octane": "L49C"}
@@ -131,3 +131,14 @@ def test_methyls_turn_as_rotors(liquid):
     assert len(rotors) == 2 * len(topology.molecules)
     first = {frozenset(topology.atom_names[moves.atoms[moves.starts[g] : moves.starts[g + 1]]]) for g in rotors[:2]}
     assert first == {frozenset(names) for names in METHYL_HYDROGENS[folder.name]}
+
+
+@pytest.mark.parametrize("name", sorted(MOLECULE))
+def test_the_training_configs_name_the_bundled_topology_and_the_data(name):
+    repository = Path(__file__).resolve().parents[1]
+    config = read_config(repository / "workflows" / f"train-{name}-350.toml")
+    if not (DATA / name).is_dir():
+        pytest.skip(f"{name} data not found in {DATA}")
+    assert Path(config.topology).resolve() == repository / "topologies" / name / "topol.top"
+    assert all(Path(p).is_dir() for p in config.aa + config.cg) and config.temperature == 350.0
+    assert Path(config.output).name == f"{name}-350.pt"
