@@ -18,7 +18,7 @@ from gmx_deepbackmap.generation import reach
 from gmx_deepbackmap.mapping import put_in_box, read_mapping
 from gmx_deepbackmap.pbc import minimum_image
 from gmx_deepbackmap.prior import LocalPrior
-from gmx_deepbackmap.stereo import chiral_centres, learn_stereo
+from gmx_deepbackmap.stereo import chiral_centres, learn_stereo, system_stereo
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.thermal import KINDS, thermal_moves
 from gmx_deepbackmap.topology import read_topology
@@ -121,6 +121,8 @@ def test_cumenes_isopropyl_ch_is_no_chiral_centre(liquid):
     assert len(centres) == 0
     frames = [read_frames(aa)[0] for aa, _ in frame_pairs(folder)[:2]]
     assert learn_stereo(topology, [(torch.from_numpy(f.positions), torch.from_numpy(f.box)) for f in frames]) == {}
+    recorded = {"G065": {"atoms": [[11, 6, 13, 17]], "signs": [-1]}}  # a model file made before the fix
+    assert all(len(a) == 0 for a in system_stereo(topology, recorded))
 
 
 def test_methyls_turn_as_rotors(liquid):
