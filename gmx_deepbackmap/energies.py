@@ -7,15 +7,13 @@ the same functional forms to batches whose items each have their own terms (the 
 
 The functional forms are those of `gmx mdrun` with the Verlet cut-off scheme:
 
-- bonded terms (bonds, angles funct 1, proper dihedrals funct 1/9, harmonic impropers funct 2
-  with xi - xi0 wrapped into [-pi, pi), periodic impropers funct 4, `[ pairs ]`) use
-  minimum-image displacements, so molecules may be broken across the box; dihedrals follow the
-  IUPAC sign convention (cis 0, trans 180 degrees) as GROMACS does;
-- Lennard-Jones within the cut-off, shifted to zero at the cut-off (`potential-shift`);
-- reaction-field Coulomb, `f q_i q_j (1/r + k_rf r^2 - c_rf)` within the cut-off. Like the Verlet
-  scheme, every *excluded* pair within the cut-off contributes `f q_i q_j (k_rf r^2 - c_rf)` and
-  every atom a constant self term `-0.5 f c_rf q_i^2`. Checked against `gmx mdrun -rerun`
-  (GROMACS 2022) on the sPS frames: "Coulomb (SR)" matches to 0.01 kJ/mol with both
+- bonded terms (every form of `forms.FORMS`, one energy term each, and `[ pairs ]`) use
+  minimum-image displacements, so molecules may be broken across the box;
+- Lennard-Jones within the cut-off, shifted to zero at the cut-off (`potential-shift`) or not;
+- reaction-field Coulomb (settings: `mdp.NonbondedSettings`), `f q_i q_j (1/r + k_rf r^2 - c_rf)`
+  within the cut-off. Like the Verlet scheme, every *excluded* pair within the cut-off contributes
+  `f q_i q_j (k_rf r^2 - c_rf)` and every atom a constant self term `-0.5 f c_rf q_i^2`. Checked
+  against `gmx mdrun -rerun` (GROMACS 2022) on the sPS frames: "Coulomb (SR)" matches to 0.01 kJ/mol with both
   corrections; without either it is off by 2.5 kJ/mol, with only one by about 4,100 kJ/mol.
 
 Units: nm, kJ/mol, e; angle parameters are read in degrees and used in radians.
@@ -25,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import math
 import os
 from pathlib import Path
 
@@ -33,30 +30,19 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .forms import FORMS, form_energies, radians, square
+from .mdp import NonbondedSettings
 from .pbc import minimum_image, neighbour_pairs
 from .topology import Topology, read_topology
 
 ONE_4PI_EPS0 = 138.935458  # kJ mol^-1 nm e^-2, GROMACS' electric conversion factor
-TERMS = ("bond", "angle", "proper", "improper", "periodic_improper", "lj", "coulomb", "lj14", "coulomb14")
-GMX_TERM_NAMES = {
-    "bond": "Bond",
-    "angle": "Angle",
-    "proper": "Proper Dih.",
-    "improper": "Improper Dih.",
-    "periodic_improper": "Per. Imp. Dih.",
+GMX_TERM_NAMES = {name: form.gmx_term for name, form in FORMS.items()} | {
     "lj": "LJ (SR)",
     "coulomb": "Coulomb (SR)",
     "lj14": "LJ-14",
     "coulomb14": "Coulomb-14",
 }
-LJ_MODIFIERS = ("potential-shift", "none")
-BONDED_TERMS = {  # term -> Topology attribute
-    "bond": "bonds",
-    "angle": "angles",
-    "proper": "propers",
-    "improper": "impropers",
-    "periodic_improper": "periodic_impropers",
-}
+TERMS = tuple(GMX_TERM_NAMES)
 _NEIGHBOUR_SKIN = 1e-3  # nm: the grid search runs in float32; the exact cut-off is applied after it
 
 
@@ -65,23 +51,22 @@ class ForceField:
 
     Call `energies(x, box)` with x (B, N, 3) or (N, 3) in nm and box rows (3, 3) or (B, 3, 3)
     in nm; the result maps every name of `TERMS` to a tensor (B,) (or a scalar) in kJ/mol.
-    The potential energy is the sum of the terms.
+    The potential energy is the sum of the terms. `settings`: cut-off, reaction field and LJ
+    modifier (default: `NonbondedSettings()`, the sPS reference settings).
     """
 
     def __init__(
         self,
         topology: Topology,
-        cutoff: float = 1.0,
-        epsilon_rf: float = 2.5,
-        epsilon_r: float = 1.0,
-        lj_modifier: str = "potential-shift",
+        settings: NonbondedSettings | None = None,
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
     ):
-        if lj_modifier not in LJ_MODIFIERS:
-            raise ValueError(f"lj_modifier '{lj_modifier}' (expected one of {', '.join(LJ_MODIFIERS)})")
+        settings = settings or NonbondedSettings()
+        self.settings = settings
         self.dtype, self.device = dtype, torch.device(device)
         self.n_atoms = topology.n_atoms
+        cutoff, epsilon_rf, epsilon_r = settings.cutoff, settings.epsilon_rf, settings.epsilon_r
         self.cutoff = float(cutoff)
         # epsilon_rf = 0 means infinity in GROMACS (conducting boundary)
         k_rf = (
@@ -91,12 +76,11 @@ class ForceField:
         )
         self.k_rf, self.c_rf = k_rf, 1 / cutoff + k_rf * cutoff**2
         self.f_elec = ONE_4PI_EPS0 / epsilon_r
-        self.lj_shift = lj_modifier == "potential-shift"
+        self.lj_shift = settings.lj_modifier == "potential-shift"
 
         self.terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for name, attribute in BONDED_TERMS.items():
-            terms = getattr(topology, attribute)
-            self.terms[name] = (self._long(terms.indices), _radians(name, self._real(terms.params)))
+        for name, terms in topology.bonded.items():
+            self.terms[name] = (self._long(terms.indices), radians(name, self._real(terms.params)))
         i, j = topology.pairs.indices.T  # 1-4 pairs: c6, c12 and the scaled f q_i q_j
         qq = topology.fudge_qq * self.f_elec * topology.charges[i] * topology.charges[j]
         self.terms["pair14"] = (
@@ -252,14 +236,14 @@ class ForceField:
             return [displacements.index_select(1, rows) * sign for rows, sign in self._vector_use[user]]
 
         out = {}
-        for name in BONDED_TERMS:
-            out[name] = _bonded_energy(name, _geometry(vectors(name)), self.terms[name][1]).sum(-1)
+        for name in FORMS:
+            out[name] = form_energies(name, vectors(name), self.terms[name][1]).sum(-1)
         params = self.terms["pair14"][1]
-        r2 = _square(vectors("pair14")[0])
+        r2 = square(vectors("pair14")[0])
         out["lj14"] = _lj(r2, params[:, 0], params[:, 1], 0.0).sum(-1)
         out["coulomb14"] = (params[:, 2] * r2.rsqrt()).sum(-1)
         out["lj"], coulomb = self._nonbonded(x, box)
-        out["coulomb"] = coulomb + self._excluded_rf(_square(vectors("exclusions")[0])) + self.self_energy
+        out["coulomb"] = coulomb + self._excluded_rf(square(vectors("exclusions")[0])) + self.self_energy
         out = {name: out[name] for name in TERMS}
         return out if batched else {k: v[0] for k, v in out.items()}
 
@@ -268,11 +252,11 @@ class ForceField:
         if self.local_pairs is not None:
             active, pad, *params = self.local_pairs
             d = x[:, None] - x.index_select(1, active)[:, :, None]  # (B, A, n, 3)
-            return self._pair_energies(_square(_minimum_image(d, box)) + pad, *params)
+            return self._pair_energies(square(_minimum_image(d, box)) + pad, *params)
         lj, coulomb = [], []
         for b in range(len(x)):
             i, j, shifts = self._neighbours(x[b], box if box.dim() == 2 else box[b])
-            r2 = _square(x[b, j] - x[b, i] + shifts)
+            r2 = square(x[b, j] - x[b, i] + shifts)
             energies = self._pair_energies(r2[None], *self.pair_parameters(i, j))
             lj.append(energies[0])
             coulomb.append(energies[1])
@@ -309,53 +293,6 @@ class ForceField:
 # ---------------------------------------------------------------------- functional forms
 
 
-def _radians(name: str, params: torch.Tensor) -> torch.Tensor:
-    """Bonded parameters with the angle column (theta0, phi_s or xi0: column 0) in radians."""
-    if name == "bond":
-        return params
-    return torch.cat([torch.deg2rad(params[..., :1]), params[..., 1:]], dim=-1)
-
-
-def _bonded_energy(name: str, value: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Energy of each bonded term from its geometry (bond length, angle or dihedral in radians)
-    and its parameters (angles in radians)."""
-    if name in ("bond", "angle"):
-        return 0.5 * params[..., 1] * (value - params[..., 0]).square()
-    if name == "improper":
-        dxi = value - params[..., 0]
-        dxi = dxi - 2 * math.pi * torch.floor((dxi + math.pi) / (2 * math.pi))  # into [-pi, pi)
-        return 0.5 * params[..., 1] * dxi.square()
-    return params[..., 1] * (1 + torch.cos(params[..., 2] * value - params[..., 0]))  # proper, funct 4
-
-
-def _geometry(bond_vectors: list[torch.Tensor]) -> torch.Tensor:
-    """Bond length, angle or dihedral (radians) from the 1, 2 or 3 vectors b_k = x_(k+1) - x_k
-    along a term's atoms; atan2 forms stay accurate and differentiable near 0 and pi.
-
-    Degenerate geometries (coinciding atoms, collinear bonds: an untrained generator makes them)
-    get finite gradients: zero length and the undefined angle of a zero vector pass none.
-    """
-    if len(bond_vectors) == 1:
-        return _length(_square(bond_vectors[0]))
-    if len(bond_vectors) == 2:
-        b1, b2 = bond_vectors
-        return _atan2(_length(_square(torch.linalg.cross(b1, b2))), -_dot(b1, b2))
-    b1, b2, b3 = bond_vectors  # IUPAC/GROMACS sign convention
-    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-    return _atan2(_length(_square(b2)) * _dot(b1, n2), _dot(n1, n2))
-
-
-def _length(square: torch.Tensor) -> torch.Tensor:
-    """sqrt, with zero gradient (not infinite) at zero."""
-    return square.clamp(min=torch.finfo(square.dtype).tiny).sqrt()
-
-
-def _atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """atan2 with zero gradient (not NaN) at y = x = 0, where the angle is undefined (value 0)."""
-    undefined = (y == 0) & (x == 0)
-    return torch.atan2(y, torch.where(undefined, torch.ones_like(x), x))
-
-
 def _lj(r2: torch.Tensor, c6: torch.Tensor, c12: torch.Tensor, shift) -> torch.Tensor:
     """Lennard-Jones c12/r^12 - c6/r^6 - shift at squared distances r2."""
     inv6 = r2.reciprocal() ** 3
@@ -366,16 +303,6 @@ def _lj_at_cutoff(c6: torch.Tensor, c12: torch.Tensor, cutoff: float, shift: boo
     """The constant that potential-shift subtracts (zero without the modifier)."""
     rc6 = cutoff**-6 if shift else 0.0
     return (c12 * rc6 - c6) * rc6
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Scalar products over the last axis (3); far faster than `(a * b).sum(-1)` on CPU."""
-    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
-
-
-def _square(d: torch.Tensor) -> torch.Tensor:
-    """Squared lengths over the last axis (3)."""
-    return _dot(d, d)
 
 
 def _displacement(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, box) -> torch.Tensor:
@@ -414,7 +341,7 @@ def bonded_row_energies(name: str, x: torch.Tensor, idx: torch.Tensor, params: t
 def vector_energies(name: str, bond_vectors: list[torch.Tensor], params: torch.Tensor) -> torch.Tensor:
     """Energies (...,) of bonded terms `name` from the vectors x_(k+1) - x_k (..., 3) along their
     atoms and their parameters (..., p) in topology units (degrees)."""
-    return _bonded_energy(name, _geometry(bond_vectors), _radians(name, params))
+    return form_energies(name, bond_vectors, radians(name, params))
 
 
 def lj_row_energies(
@@ -435,11 +362,10 @@ def frame_energies(
     frames: slice = slice(None),
     device: str = "cpu",
     progress: bool = False,
-    cutoff: float = 1.0,
-    epsilon_rf: float = 2.5,
+    settings: NonbondedSettings | None = None,
 ) -> list[dict[str, float]]:
     """Per-frame energies of a structure or trajectory: one dict per frame with `frame`, `time`
-    (ps) and every term of `TERMS` (kJ/mol). Defaults: the sPS reference settings."""
+    (ps) and every term of `TERMS` (kJ/mol). `settings` default: the sPS reference settings."""
     from tqdm import tqdm
 
     from .structure import check_atom_count, iter_frames, load_universe
@@ -449,7 +375,7 @@ def frame_energies(
     top = topology if isinstance(topology, Topology) else read_topology(topology)
     universe = load_universe(structure, trajectory)
     check_atom_count(universe, top.n_atoms, structure, f"topology {top.path}")
-    force_field = ForceField(top, cutoff=cutoff, epsilon_rf=epsilon_rf, device=device)
+    force_field = ForceField(top, settings, device=device)
     rows = []
     with torch.no_grad():
         selected = range(len(universe.trajectory))[frames]
