@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -379,20 +380,34 @@ def merge_command(workdir, output, overwrite):
 @frames_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option(
-    "--cutoff", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="rvdw = rcoulomb, nm."
+    "--mdp",
+    type=click.Path(dir_okay=False),
+    help="Non-bonded settings of this .mdp (cut-off, coulombtype, epsilon-r/-rf, vdw-modifier); "
+    "instead of --cutoff and --epsilon-rf.",
 )
-@click.option("--epsilon-rf", type=float, default=2.5, show_default=True, help="Reaction-field dielectric constant.")
+@click.option(
+    "--cutoff", type=click.FloatRange(min=0, min_open=True), default=None, help="rvdw = rcoulomb, nm [default: 1.0]."
+)
+@click.option("--epsilon-rf", type=float, default=None, help="Reaction-field dielectric constant [default: 2.5].")
 @no_progress_option
 @overwrite_option
-def energy_command(structure, trajectory, topology, output, frames, device, cutoff, epsilon_rf, no_progress, overwrite):
+def energy_command(
+    structure, trajectory, topology, output, frames, device, mdp, cutoff, epsilon_rf, no_progress, overwrite
+):
     """Force-field energies per frame and term, as `gmx mdrun -rerun` reports them.
 
-    Verlet scheme: reaction-field Coulomb, potential-shifted LJ, no dispersion correction; the
-    defaults are the settings of the sPS reference data (bundled sps/rerun.mdp).
+    Verlet scheme: reaction-field Coulomb (a plain cut-off is reaction field with epsilon-rf 1;
+    PME/Ewald is approximated by epsilon-rf 0), LJ plain or potential-shifted, no dispersion
+    correction; without --mdp the settings of the sPS reference data (bundled sps/rerun.mdp).
     """
     from .energies import energy_summary, frame_energies, write_energy_csv
+    from .mdp import nonbonded_settings
     from .structure import parse_frames
 
+    if mdp is not None and (cutoff is not None or epsilon_rf is not None):
+        raise InputError("--mdp gives the cut-off and epsilon-rf: leave out --cutoff and --epsilon-rf")
+    given = {k: v for k, v in (("cutoff", cutoff), ("epsilon_rf", epsilon_rf)) if v is not None}
+    settings = dataclasses.replace(nonbonded_settings(mdp), **given)
     rows = frame_energies(
         structure,
         topology,
@@ -400,8 +415,7 @@ def energy_command(structure, trajectory, topology, output, frames, device, cuto
         parse_frames(frames),
         device,
         progress=not no_progress,
-        cutoff=cutoff,
-        epsilon_rf=epsilon_rf,
+        settings=settings,
     )
     if not rows:
         raise InputError(f"--frames {frames}: no frames selected")

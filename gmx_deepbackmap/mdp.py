@@ -59,6 +59,12 @@ def nonbonded_settings(mdp: str | os.PathLike | None = None) -> NonbondedSetting
     return settings
 
 
+def model_settings(training: dict) -> NonbondedSettings:
+    """The settings a model was trained with, from its file's training config (`model.training`;
+    models trained before the settings were recorded: the defaults)."""
+    return NonbondedSettings.from_dict(training.get("nonbonded"))
+
+
 def read_nonbonded(mdp: str | os.PathLike) -> NonbondedSettings:
     """The non-bonded settings of an `.mdp` file, with GROMACS' defaults where keys are absent."""
     if not os.path.isfile(mdp):

@@ -100,12 +100,12 @@ def replace_line(text: str, old: str, new: str) -> str:
         (
             lambda t: replace_line(t, "     1       2       1\n", "     1       2       7\n"),
             179,
-            r"\[ bonds \]: unsupported function type 7 \(supported: 1\)",
+            r"\[ bonds \]: unsupported function type 7 \(supported: 1, 2, 5\)",
         ),
         (
-            lambda t: replace_line(t, "146    149    148      1 ", "146    149    148      3 "),
+            lambda t: replace_line(t, "146    149    148      1 ", "146    149    148      8 "),
             None,
-            r"\[ dihedrals \]: unsupported function type 3",
+            r"\[ dihedrals \]: unsupported function type 8",
         ),
         (
             lambda t: replace_line(t, "     1       2       1\n", "     1     999       1\n"),
