@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import os
 from pathlib import Path
 
@@ -41,6 +42,7 @@ GMX_TERM_NAMES = {name: form.gmx_term for name, form in FORMS.items()} | {
     "coulomb": "Coulomb (SR)",
     "lj14": "LJ-14",
     "coulomb14": "Coulomb-14",
+    "dispersion_correction": "Disper. corr.",
 }
 TERMS = tuple(GMX_TERM_NAMES)
 _NEIGHBOUR_SKIN = 1e-3  # nm: the grid search runs in float32; the exact cut-off is applied after it
@@ -93,6 +95,7 @@ class ForceField:
         self.exclusions = self._long(topology.exclusions)
         self._exclusion_keys = np.sort(topology.exclusions[:, 0] * self.n_atoms + topology.exclusions[:, 1])
         self.self_energy = -0.5 * self.f_elec * self.c_rf * float(np.square(topology.charges).sum())
+        self.dispersion = _dispersion_coefficients(topology, settings) if settings.dispersion_correction else None
         self.local_pairs: tuple[torch.Tensor, ...] | None = None  # the dense pair block of a subset
         self._plan_vectors()
 
@@ -244,6 +247,7 @@ class ForceField:
         out["coulomb14"] = (params[:, 2] * r2.rsqrt()).sum(-1)
         out["lj"], coulomb = self._nonbonded(x, box)
         out["coulomb"] = coulomb + self._excluded_rf(square(vectors("exclusions")[0])) + self.self_energy
+        out["dispersion_correction"] = self._dispersion_correction(box, len(x))
         out = {name: out[name] for name in TERMS}
         return out if batched else {k: v[0] for k, v in out.items()}
 
@@ -281,6 +285,14 @@ class ForceField:
             torch.where(inside, coulomb, zero).flatten(1).sum(-1),
         )
 
+    def _dispersion_correction(self, box, batch: int) -> torch.Tensor:
+        """(B,) GROMACS' dispersion correction (DispCorr = Ener): a + b / volume; zero for subsets
+        (it does not change when atoms move) and without the setting."""
+        if self.dispersion is None or self.local_pairs is not None:
+            return torch.zeros(batch, dtype=self.dtype, device=self.device)
+        volume = torch.linalg.det(box).abs().expand(batch)
+        return self.dispersion[0] + self.dispersion[1] / volume
+
     def _excluded_rf(self, r2: torch.Tensor) -> torch.Tensor:
         """Reaction-field correction of excluded pairs at squared distances r2 (B, E) within the
         cut-off (Verlet scheme)."""
@@ -291,6 +303,23 @@ class ForceField:
 
 
 # ---------------------------------------------------------------------- functional forms
+
+
+def _dispersion_coefficients(topology: Topology, settings: NonbondedSettings) -> tuple[float, float]:
+    """(a, b) of the dispersion correction a + b / V (kJ/mol, V in nm^3), as GROMACS computes it:
+    the average c6 over all atom pairs but the excluded ones, -c6 / r^6 integrated beyond the cut-off
+    and, with potential-shift, the shift constant within it (counted for every pair within the
+    cut-off at the mean density, less one self pair)."""
+    n_atoms, rc = topology.n_atoms, settings.cutoff
+    counts = np.bincount(topology.type_index, minlength=len(topology.type_names)).astype(np.float64)
+    c6 = topology.c6
+    pairs_c6 = 0.5 * (counts @ c6 @ counts - counts @ np.diag(c6))
+    excluded = topology.type_index[topology.exclusions]
+    pairs_c6 -= c6[excluded[:, 0], excluded[:, 1]].sum()
+    average = pairs_c6 / (n_atoms * (n_atoms - 1) / 2 - len(topology.exclusions))
+    shift = settings.lj_modifier == "potential-shift"
+    per_density = -4 * math.pi / (3 * rc**3) * (2 if shift else 1)  # tail, and the shift inside the cut-off
+    return 0.5 * n_atoms * average * (rc**-6 if shift else 0.0), 0.5 * n_atoms * average * n_atoms * per_density
 
 
 def _lj(r2: torch.Tensor, c6: torch.Tensor, c12: torch.Tensor, shift) -> torch.Tensor:

@@ -5,7 +5,7 @@ the cut-off, plain or shifted to zero there (`vdw-modifier`), and reaction-field
 Coulomb cut-off is reaction field with epsilon_rf = 1, as in the Verlet scheme; PME and Ewald have
 no real-space-only equivalent, so they are approximated by reaction field with a conducting
 boundary (epsilon_rf = 0), and the reading says so. What the force field cannot evaluate
-(unequal cut-offs, switched potentials, LJ-PME, a dispersion correction) is refused with the file
+(unequal cut-offs, switched potentials, LJ-PME, the repulsion part of DispCorr = AllEner) is refused with the file
 and key. Defaults: the sPS reference settings (reaction field, epsilon_rf 2.5, 1.0 nm,
 potential-shift).
 """
@@ -30,6 +30,7 @@ class NonbondedSettings:
     epsilon_r: float = 1.0
     epsilon_rf: float = 2.5  # 0: infinity (conducting boundary)
     lj_modifier: str = "potential-shift"
+    dispersion_correction: bool = False  # DispCorr = Ener or EnerPres: the "Disper. corr." energy term
     note: str = ""  # how the settings approximate the .mdp's, printed once where it is read
 
     def __post_init__(self):
@@ -96,10 +97,10 @@ def read_nonbonded(mdp: str | os.PathLike) -> NonbondedSettings:
     if modifier not in LJ_MODIFIERS:
         raise refuse(f"vdw-modifier = {modifier} (expected potential-shift or none)")
     dispcorr = value("dispcorr", "no")
-    if dispcorr != "no":
-        raise refuse(f"DispCorr = {dispcorr} (the dispersion correction; expected no)")
+    if dispcorr not in ("no", "ener", "enerpres"):
+        raise refuse(f"DispCorr = {dispcorr} (expected no, Ener or EnerPres)")
     epsilon_rf, note = _coulomb(value("coulombtype", "cut-off"), number("epsilonrf", "0"), mdp)
-    return NonbondedSettings(rvdw, number("epsilonr", "1"), epsilon_rf, modifier, note)
+    return NonbondedSettings(rvdw, number("epsilonr", "1"), epsilon_rf, modifier, dispcorr != "no", note)
 
 
 def _coulomb(coulombtype: str, epsilon_rf: float, mdp) -> tuple[float, str]:

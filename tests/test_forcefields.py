@@ -92,6 +92,15 @@ def test_plain_lennard_jones_without_modifier(gmx_d, tmp_path):
         assert abs(ours - theirs) <= tolerance(theirs), f"{term}: ours {ours:.5f}, gmx_d {theirs:.5f}"
 
 
+@pytest.mark.parametrize("modifier", ["Potential-shift", "None"])
+def test_dispersion_correction_agrees_with_gmx_d(modifier, gmx_d, tmp_path):
+    structure, topology = solvated_peptide("amber99sb-ildn", tmp_path)
+    mdp = write_mdp(RF_MDP, tmp_path / "dispcorr.mdp", DispCorr="EnerPres", **{"vdw-modifier": modifier})
+    table = compare(structure, topology, mdp, gmx_d, tmp_path / "gmx")
+    ours, theirs = table["Disper. corr."]
+    assert theirs < 0 and abs(ours - theirs) <= tolerance(theirs)
+
+
 def test_pme_is_approximated_by_a_conducting_reaction_field(tmp_path, capsys):
     mdp = write_mdp(RF_MDP, tmp_path / "pme.mdp", coulombtype="PME", rcoulomb=1.2, rvdw=1.2)
     settings = nonbonded_settings(mdp)
@@ -104,7 +113,7 @@ def test_pme_is_approximated_by_a_conducting_reaction_field(tmp_path, capsys):
     "overrides, message",
     [
         ({"rvdw": 1.2}, "unequal cut-offs"),
-        ({"DispCorr": "EnerPres"}, "DispCorr = enerpres"),
+        ({"DispCorr": "AllEner"}, "DispCorr = allener"),
         ({"vdw-modifier": "Force-switch"}, "vdw-modifier = force-switch"),
         ({"vdwtype": "PME"}, "vdwtype = pme"),
         ({"coulombtype": "Reaction-field-zero"}, "coulombtype = reaction-field-zero"),
