@@ -178,5 +178,5 @@ def test_missing_parameters_name_the_line(tmp_path):
         "[ defaults ]\n1 2 yes 0.5 0.5\n[ atomtypes ]\nA 12.0 0.0 A 0.3 0.2\n[ moleculetype ]\nM 3\n[ atoms ]\n"
         "1 A 1 M A1 1 0.0\n2 A 1 M A2 1 0.0\n[ bonds ]\n1 2 1\n[ system ]\ns\n[ molecules ]\nM 1\n"
     )
-    with pytest.raises(InputError, match=r"missing\.top:10 \[ bonds \]: no parameters for function type 1 between"):
+    with pytest.raises(InputError, match=r"missing\.top:11 \[ bonds \]: no parameters for function type 1 between"):
         read_topology(top)
