@@ -266,6 +266,7 @@ class _Scan:
     # bondtypes, angletypes, constrainttypes, pairtypes: (funct, *types) -> parameters, both directions
     types: dict[str, dict[tuple, tuple[float, ...]]] = field(default_factory=dict)
     dihedraltypes: list[_DihedralType] = field(default_factory=list)
+    dihedral_index: dict[tuple, _DihedralType] = field(default_factory=dict)  # (funct, types) -> entry
     molecule_types: dict[str, _ScannedMolecule] = field(default_factory=dict)
     molecules: list[tuple[str, int]] = field(default_factory=list)
 
@@ -413,8 +414,13 @@ def _scan_dihedraltype(scan: _Scan, line: SourceLine) -> None:
     previous = scan.dihedraltypes[-1] if scan.dihedraltypes else None
     if funct == 9 and previous is not None and previous.funct == kind and previous.types == types:
         previous.rows.append(params)  # one more term of the same multi-term dihedral type
-    else:
-        scan.dihedraltypes.append(_DihedralType(kind, types, [params]))
+        return
+    earlier = scan.dihedral_index.get((kind, types)) or scan.dihedral_index.get((kind, types[::-1]))
+    if earlier is not None:
+        earlier.rows = [params]  # a later definition of the same types overrides, as in grompp
+        return
+    scan.dihedraltypes.append(_DihedralType(kind, types, [params]))
+    scan.dihedral_index[(kind, types)] = scan.dihedraltypes[-1]
 
 
 def _check_funct(word: str, supported: set[int], line: SourceLine, section: str) -> int:
@@ -501,6 +507,7 @@ class _Parameters:
 
     def __init__(self, scan: _Scan, c6: np.ndarray, c12: np.ndarray, type_of: dict[str, int]):
         self.scan, self.c6, self.c12, self.type_of = scan, c6, c12, type_of
+        self._dihedral_cache: dict[tuple, _DihedralType | None] = {}  # (kind, bonded types) -> best match
 
     def bonded_type(self, atomtype: str) -> str:
         return self.scan.atomtypes[atomtype].bonded
@@ -582,6 +589,17 @@ class _Parameters:
             return [given]
         bonded = tuple(self.bonded_type(t) for t in atom_types)
         kind = 1 if term.funct == 9 else term.funct
+        if (kind, bonded) not in self._dihedral_cache:
+            self._dihedral_cache[(kind, bonded)] = self._best_dihedral_type(kind, bonded)
+        best = self._dihedral_cache[(kind, bonded)]
+        if best is None:
+            raise self._missing(term, bonded, "dihedraltypes")
+        rows = best.rows if term.funct == 9 else best.rows[:1]
+        if any(len(row) < count for row in rows):
+            raise self._missing(term, bonded, "dihedraltypes")
+        return [row[:count] for row in rows]
+
+    def _best_dihedral_type(self, kind: int, bonded: tuple[str, ...]) -> _DihedralType | None:
         best, best_score = None, -1
         for entry in self.scan.dihedraltypes:
             if entry.funct == kind:
@@ -590,12 +608,7 @@ class _Parameters:
                     best, best_score = entry, score
                     if score == 4:
                         break
-        if best is None:
-            raise self._missing(term, bonded, "dihedraltypes")
-        rows = best.rows if term.funct == 9 else best.rows[:1]
-        if any(len(row) < count for row in rows):
-            raise self._missing(term, bonded, "dihedraltypes")
-        return [row[:count] for row in rows]
+        return best
 
     def _pair(self, term: _Interaction, atom_types: tuple[str, ...]) -> tuple[float, float]:
         """c6, c12 of a 1-4 pair: from the line, else `[ pairtypes ]` (by atom type with
