@@ -401,13 +401,15 @@ def energy_command(
     correction; without --mdp the settings of the sPS reference data (bundled sps/rerun.mdp).
     """
     from .energies import energy_summary, frame_energies, write_energy_csv
-    from .mdp import nonbonded_settings
+    from .mdp import nonbonded_settings, topology_options
     from .structure import parse_frames
+    from .topology import read_topology
 
     if mdp is not None and (cutoff is not None or epsilon_rf is not None):
         raise InputError("--mdp gives the cut-off and epsilon-rf: leave out --cutoff and --epsilon-rf")
     given = {k: v for k, v in (("cutoff", cutoff), ("epsilon_rf", epsilon_rf)) if v is not None}
     settings = dataclasses.replace(nonbonded_settings(mdp), **given)
+    topology = read_topology(topology, *topology_options(mdp))  # the .mdp's define and include, as grompp
     rows = frame_energies(
         structure,
         topology,

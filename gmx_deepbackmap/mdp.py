@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .bundled import read_mdp
 from .errors import InputError
@@ -58,6 +59,26 @@ def nonbonded_settings(mdp: str | os.PathLike | None = None) -> NonbondedSetting
     if settings.note:
         print(settings.note)
     return settings
+
+
+def topology_options(mdp: str | os.PathLike | None) -> tuple[dict[str, str], list[Path]]:
+    """The preprocessor macros (`define = -DPOSRES -DN=2`) and include folders (`include = -I/dir`)
+    grompp takes from an `.mdp`, as `read_topology(path, defines, include_dirs)` takes them."""
+    if mdp is None:
+        return {}, []
+    keys = read_mdp(mdp)
+    defines = {}
+    for word in keys.get("define", "").split():
+        if not word.startswith("-D") or len(word) < 3:
+            raise InputError(f"define: '{word}' (expected -DNAME or -DNAME=VALUE)", mdp)
+        name, _, value = word[2:].partition("=")
+        defines[name] = value
+    folders = []
+    for word in keys.get("include", "").split():
+        if not word.startswith("-I") or len(word) < 3:
+            raise InputError(f"include: '{word}' (expected -I/folder)", mdp)
+        folders.append(Path(mdp).parent / word[2:])
+    return defines, folders
 
 
 def model_settings(training: dict) -> NonbondedSettings:

@@ -26,18 +26,22 @@ from .errors import InputError
 from .forms import FORM_OF_FUNCT, FORMS, PARAMETER_COUNT, fourier_to_ryckaert_bellemans
 from .preprocess import SourceLine, preprocess
 
-# Sections read, and the function types supported in each; anything else is rejected with file,
-# section and line. Bonds 5 (connections) only make exclusions.
+# Sections read, and the function types supported in each (the bonded ones: those of `forms`);
+# anything else is rejected with file, section and line. Bonds 5 (connections) only make exclusions.
+_FORM_FUNCTS = {
+    section: {funct for (where, funct) in FORM_OF_FUNCT if where == section}
+    for section in ("bonds", "angles", "dihedrals")
+}
 SUPPORTED_FUNCTS = {
-    "bonds": {1, 2, 5},
-    "angles": {1, 2, 5},
-    "dihedrals": {1, 2, 3, 4, 5, 9},
+    "bonds": _FORM_FUNCTS["bonds"] | {5},
+    "angles": _FORM_FUNCTS["angles"],
+    "dihedrals": _FORM_FUNCTS["dihedrals"],
     "pairs": {1},
     "constraints": {1, 2},
     "settles": {1},
-    "bondtypes": {1, 2},
-    "angletypes": {1, 2, 5},
-    "dihedraltypes": {1, 2, 3, 4, 5, 9},
+    "bondtypes": _FORM_FUNCTS["bonds"],
+    "angletypes": _FORM_FUNCTS["angles"],
+    "dihedraltypes": _FORM_FUNCTS["dihedrals"],
     "pairtypes": {1},
     "constrainttypes": {1, 2},
     "position_restraints": {1},

@@ -16,7 +16,13 @@ from gmx_deepbackmap.bundled import write_mdp
 from gmx_deepbackmap.energies import GMX_TERM_NAMES, TERMS, frame_energies
 from gmx_deepbackmap.errors import InputError
 from gmx_deepbackmap.gromacs import CliEngine, read_edr
-from gmx_deepbackmap.mdp import NonbondedSettings, model_settings, nonbonded_settings, read_nonbonded
+from gmx_deepbackmap.mdp import (
+    NonbondedSettings,
+    model_settings,
+    nonbonded_settings,
+    read_nonbonded,
+    topology_options,
+)
 from gmx_deepbackmap.topology import read_topology
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -55,7 +61,8 @@ def compare(structure: Path, topology: Path, mdp: Path, engine, workdir: Path) -
     workdir.mkdir()
     tpr = engine.grompp(mdp, structure, topology, workdir / "rerun.tpr", maxwarn=1)
     reference = read_edr(engine.mdrun(tpr, workdir / "mdrun", rerun=structure).edr)
-    ours = frame_energies(structure, topology, settings=nonbonded_settings(mdp))[0]
+    read = read_topology(topology, *topology_options(mdp))  # with the .mdp's define and include, as grompp
+    ours = frame_energies(structure, read, settings=nonbonded_settings(mdp))[0]
     table = {
         GMX_TERM_NAMES[t]: (ours[t], float(reference.get(GMX_TERM_NAMES[t], [0.0])[0]))
         for t in TERMS
@@ -80,6 +87,18 @@ def test_plain_cutoff_coulomb_is_reaction_field_with_epsilon_rf_1(gmx_d, tmp_pat
     mdp = write_mdp(RF_MDP, tmp_path / "cutoff.mdp", coulombtype="Cut-off", **{"epsilon-rf": None})
     assert nonbonded_settings(mdp).epsilon_rf == 1.0
     for term, (ours, theirs) in compare(structure, topology, mdp, gmx_d, tmp_path / "gmx").items():
+        if term != "Potential":
+            assert abs(ours - theirs) <= tolerance(theirs), f"{term}: ours {ours:.5f}, gmx_d {theirs:.5f}"
+
+
+def test_the_mdp_defines_reach_the_topology(gmx_d, tmp_path):
+    """`define = -DFLEXIBLE` turns GROMOS' SPC water from settles into bonds and an angle, as in grompp."""
+    structure, topology = solvated_peptide("gromos54a7", tmp_path)
+    mdp = write_mdp(RF_MDP, tmp_path / "flexible.mdp", define="-DFLEXIBLE")
+    assert topology_options(mdp) == ({"FLEXIBLE": ""}, [])
+    table = compare(structure, topology, mdp, gmx_d, tmp_path / "gmx")
+    assert len(read_topology(topology, *topology_options(mdp)).constraints) == 0
+    for term, (ours, theirs) in table.items():
         if term != "Potential":
             assert abs(ours - theirs) <= tolerance(theirs), f"{term}: ours {ours:.5f}, gmx_d {theirs:.5f}"
 
