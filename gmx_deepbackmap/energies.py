@@ -431,9 +431,10 @@ def write_energy_csv(path: str | os.PathLike, rows: list[dict[str, float]], over
 
 
 def energy_summary(rows: list[dict[str, float]]) -> str:
-    """Mean of each term over frames, one line per term, with GROMACS' names."""
+    """Mean of each term over frames, one line per term the system has (as `gmx energy` lists
+    them), with GROMACS' names."""
     lines = [f"{'term':<20}{'mean (kJ/mol)':>16}"]
-    for term in TERMS:
+    for term in (t for t in TERMS if any(r[t] != 0 for r in rows)):
         lines.append(f"{GMX_TERM_NAMES[term]:<20}{np.mean([r[term] for r in rows]):>16.3f}")
     potential = np.mean([sum(r[k] for k in TERMS) for r in rows])
     lines.append(f"{'Potential':<20}{potential:>16.3f}")

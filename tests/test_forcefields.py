@@ -10,9 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from forcefield_systems import PEPTIDES, every_form, gmx, solvated_peptide
 
 from gmx_deepbackmap.bundled import write_mdp
+from gmx_deepbackmap.cli import main
 from gmx_deepbackmap.energies import GMX_TERM_NAMES, TERMS, frame_energies
 from gmx_deepbackmap.errors import InputError
 from gmx_deepbackmap.gromacs import CliEngine, read_edr
@@ -186,3 +188,12 @@ def test_settles_are_constraints_and_exclusions(tmp_path):
     assert water.constraints.indices.tolist() == [[0, 1], [0, 2], [1, 2]]
     assert water.constraints.params[:, 0].tolist() == pytest.approx([0.1, 0.1, 0.16330])
     assert water.exclusions.tolist() == [[0, 1], [0, 2], [1, 2]]
+
+
+def test_energy_command_takes_the_mdp(tmp_path):
+    structure, topology = every_form(tmp_path)
+    common = ["energy", "-s", str(structure), "-p", str(topology), "-o", str(tmp_path / "e.csv"), "--no-progress"]
+    result = CliRunner().invoke(main, [*common, "--mdp", str(RF_MDP)])
+    assert result.exit_code == 0 and "Fourier Dih." in result.output and "Disper. corr." not in result.output
+    result = CliRunner().invoke(main, [*common, "--mdp", str(RF_MDP), "--cutoff", "1.1", "--overwrite"])
+    assert result.exit_code == 1 and "leave out --cutoff and --epsilon-rf" in result.output
