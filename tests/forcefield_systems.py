@@ -30,6 +30,13 @@ PEPTIDES = {
     "amber99sb-ildn": Peptide("amber99sb-ildn", "NME", "tip3p", "cubic"),
     "gromos54a7": Peptide("gromos54a7", None, "spc", "cubic"),
 }
+# The other force fields GROMACS ships that pdb2gmx builds the peptide in (the benchmark's `--more`)
+MORE_PEPTIDES = {
+    **{f: Peptide(f, "NME", "tip3p", "cubic") for f in ("amber03", "amber94", "amber96", "amber99", "amber99sb")},
+    "amberGS": Peptide("amberGS", "NME", "tip3p", "cubic"),
+    **{f: Peptide(f, None, "spc", "cubic") for f in ("gromos43a1", "gromos43a2", "gromos45a3", "gromos53a5")},
+    "gromos53a6": Peptide("gromos53a6", None, "spc", "cubic"),
+}
 
 
 def _place(a, b, c, bond: float, angle: float, torsion: float) -> np.ndarray:
@@ -92,7 +99,7 @@ def _no_termini(args: list[str], cwd: Path) -> str:
 
 def solvated_peptide(force_field: str, folder: Path, cmap: bool = False) -> tuple[Path, Path]:
     """(structure .gro, topology .top) of the force field's peptide in water, built in `folder`."""
-    spec = PEPTIDES[force_field]
+    spec = {**PEPTIDES, **MORE_PEPTIDES}[force_field]
     pdb = peptide_pdb(folder / "peptide.pdb", spec.c_cap)
     args = ["pdb2gmx", "-f", pdb.name, "-ff", force_field, "-water", spec.water, "-ignh", "-o", "peptide.gro"]
     args += ["-p", "topol.top", *([] if cmap or force_field != "charmm27" else ["-nocmap"])]
