@@ -153,6 +153,9 @@ def check_atom_count(universe, expected: int, path, what: str = "the topology") 
         raise InputError(f"{n} atoms, but {what} describes {expected}", path)
 
 
+# nm: coordinates and box entries beyond this are corrupt (the .gro format ends at 9999.999; float32
+# positions keep 0.001 nm only up to about this far); they would wrap into silently wrong places.
+MAX_COORDINATE = 1e4
 NAME_WIDTHS = {".gro": 5, ".pdb": 4}  # columns a format keeps of atom and residue names
 
 
@@ -194,12 +197,18 @@ def check_frame(frame: Frame, path: str | os.PathLike, cutoff: float | None = No
     finite, a box without volume, or (given a `cutoff` in nm) a box narrower than twice the cutoff,
     in which the pair searches would see an atom's own images."""
     where = f"frame {frame.step}: "
-    bad = np.flatnonzero(~np.isfinite(frame.positions).all(axis=1))
+    bad = np.flatnonzero(~(np.abs(frame.positions) <= MAX_COORDINATE).all(axis=1))  # NaN fails too
     if len(bad):
         x = frame.positions[bad[0]]
-        raise InputError(f"{where}atom {bad[0] + 1} has a coordinate that is not a number ({x[0]} {x[1]} {x[2]})", path)
-    if not np.isfinite(frame.box).all() or not abs(np.linalg.det(frame.box)) > 0:
-        raise InputError(f"{where}the box has no volume (box vectors {frame.box.round(5).tolist()} nm)", path)
+        raise InputError(
+            f"{where}atom {bad[0] + 1} at ({x[0]:g} {x[1]:g} {x[2]:g}) nm: expected finite coordinates within "
+            f"{MAX_COORDINATE:g} nm of the origin",
+            path,
+        )
+    if not (np.abs(frame.box) <= MAX_COORDINATE).all() or not abs(np.linalg.det(frame.box)) > 0:
+        raise InputError(
+            f"{where}the box has no volume or is not finite (box vectors {frame.box.round(5).tolist()} nm)", path
+        )
     if cutoff is not None:
         width = minimum_width(frame.box)
         if width < 2 * cutoff:

@@ -164,10 +164,12 @@ def test_nan_or_inf_in_any_command_or_frame_is_refused(files, tmp_path):
     bad[4, 1] = np.nan
     xtc = tmp_path / "nan.trr"  # .xtc cannot hold a NaN
     write_cg_frames(xtc, files["cg"], [frame, Frame(bad, frame.box, 1.0, 1)])
-    result = cli(*backmap_args(files, files["cg"], tmp_path / "o.xtc"), "-f", xtc)
-    assert_refused(
-        result, f"{xtc}: frame 1: atom 5 has a coordinate that is not a number", outputs=(tmp_path / "o.xtc",)
-    )
+    out = tmp_path / "o.xtc"
+    result = cli(*backmap_args(files, files["cg"], out), "-f", xtc)
+    assert_refused(result, f"{xtc}: frame 1: atom 5 at (", "nan", "expected finite coordinates", outputs=(out,))
+    huge = edit_line(files["aa"], tmp_path / "huge.gro", 5, coordinate(files["aa"], 5), "   1e+30")
+    result = cli(*energy_args(files, huge, tmp_path / "e.csv"))  # old: silently a wrong energy
+    assert_refused(result, f"{huge}: frame 0: atom 3 at (1e+30 ", "within 10000 nm of the origin")
 
 
 # --------------------------------------------------------------------------- 3. zero box
