@@ -60,6 +60,7 @@ ATOMS_PER_TERM = {
     "dihedraltypes": 4,
     "position_restraints": 1,
 }
+MAX_ATOMS = 10**8  # per [ molecules ] line: larger counts are typos (and would take ParmEd hours)
 IGNORED_SECTIONS = {"system", "implicit_genborn_params", "cmaptypes"}
 KNOWN_SECTIONS = (
     set(SUPPORTED_FUNCTS)
@@ -338,7 +339,10 @@ def _scan(lines: list[SourceLine], top: Path) -> _Scan:
             words = _fields(line, section, 2, "name count")
             if words[0] not in scan.molecule_types:
                 raise InputError(f"molecule '{words[0]}' has no [ moleculetype ]", line.path, line.lineno, section)
-            scan.molecules.append((words[0], _number(words[1], int, line, section, "count")))
+            count = _number(words[1], int, line, section, "count")
+            if not 0 <= count <= MAX_ATOMS // max(len(scan.molecule_types[words[0]].atom_names), 1):
+                raise InputError(f"{count} molecules: more than {MAX_ATOMS:.0e} atoms", line.path, line.lineno, section)
+            scan.molecules.append((words[0], count))
         elif section in IGNORED_SECTIONS:
             continue
         elif section == "dihedraltypes":
