@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, read_text
-
-ANGSTROM_PER_NM = 10.0
+from .pbc import ANGSTROM_PER_NM, box_from_dimensions, dimensions_from_box, minimum_width
 
 
 @dataclass(frozen=True)
@@ -34,23 +33,6 @@ class Frame:
     box: np.ndarray
     time: float = 0.0
     step: int = 0
-
-
-def box_from_dimensions(dimensions) -> np.ndarray:
-    """MDAnalysis `[a, b, c, alpha, beta, gamma]` (Angstrom, degrees) to box rows in nm."""
-    from MDAnalysis.lib.mdamath import triclinic_vectors
-
-    if dimensions is None:
-        return np.zeros((3, 3))
-    return np.asarray(triclinic_vectors(dimensions), dtype=np.float64) / ANGSTROM_PER_NM
-
-
-def dimensions_from_box(box: np.ndarray) -> np.ndarray:
-    """Box rows in nm to MDAnalysis `[a, b, c, alpha, beta, gamma]`."""
-    from MDAnalysis.lib.mdamath import triclinic_box
-
-    b = np.asarray(box, dtype=np.float64) * ANGSTROM_PER_NM
-    return np.asarray(triclinic_box(b[0], b[1], b[2]), dtype=np.float64)
 
 
 def load_universe(structure: str | os.PathLike, trajectory: str | os.PathLike | None = None):
@@ -217,16 +199,6 @@ def check_frame(frame: Frame, path: str | os.PathLike, cutoff: float | None = No
                 f"(at least {2 * cutoff:g} nm needed)",
                 path,
             )
-
-
-def minimum_width(box: np.ndarray) -> float:
-    """The narrowest perpendicular width (nm) of the lattice of `box`: that of its reduced cell,
-    the cell in which the pair searches run (see `pbc.reduced_cell`)."""
-    import torch
-
-    from .pbc import box_widths, reduced_cell
-
-    return float(box_widths(torch.as_tensor(reduced_cell(box)[0])).min())
 
 
 def check_writable(output: str | os.PathLike) -> None:
