@@ -28,7 +28,7 @@ import torch
 from .environment import SystemPlan
 from .pbc import minimum_image
 from .prior import terms_of_steps
-from .topology import Topology
+from .topology import Topology, branch_classes
 
 AGREEMENT = 0.98  # fraction of training molecules x frames that must share a centre's sign
 # Unit-vector signed volume below which the sampler counts a centre as not in its recorded
@@ -47,15 +47,33 @@ def _bond_ends(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
 
 
 def chiral_centres(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
-    """Carbons with four bonds, three to heavy atoms and one to hydrogen: the centres (C,) and their
-    heavy neighbours (C, 3) in atom index order."""
+    """Carbons with four bonds, three to heavy atoms and one to hydrogen, no two of them heading
+    equivalent branches: the centres (C,) and their heavy neighbours (C, 3) in atom index order.
+    (Cumene's isopropyl CH, with its two methyls, is no centre; sPS's backbone CH, between two
+    chain directions that end differently, is.)"""
     centre, other = _bond_ends(topology)
     degree = np.bincount(centre, minlength=topology.n_atoms)
     heavy = topology.elements[other] != "H"
     n_heavy = np.bincount(centre, weights=heavy, minlength=topology.n_atoms)
-    is_centre = (topology.elements == "C") & (degree == 4) & (n_heavy == 3)
+    is_centre = (topology.elements == "C") & (degree == 4) & (n_heavy == 3) & ~equivalent_branches(topology)
     keep = is_centre[centre] & heavy
     return np.flatnonzero(is_centre), other[keep].reshape(-1, 3)
+
+
+def equivalent_branches(topology: Topology) -> np.ndarray:
+    """(N,) whether two of an atom's bonded neighbours head topologically equivalent branches
+    (`topology.branch_classes` on its molecule's bond graph, with element labels): such an atom
+    has no handedness, whatever its training structures show."""
+    out = np.zeros(topology.n_atoms, dtype=bool)
+    for name, mtype in topology.molecule_types.items():
+        starts = np.array([start for mol, start in topology.molecules if mol == name], dtype=np.int64)
+        if not len(starts):
+            continue
+        directed, classes = branch_classes(mtype.bonds, topology.elements[starts[0] : starts[0] + mtype.n_atoms])
+        branches = np.bincount(directed[:, 0], minlength=mtype.n_atoms)
+        distinct = np.bincount(np.unique(np.stack([directed[:, 0], classes], 1), axis=0)[:, 0], minlength=mtype.n_atoms)
+        out[(starts[:, None] + np.arange(mtype.n_atoms)).ravel()] = np.tile(distinct < branches, len(starts))
+    return out
 
 
 def centre_hydrogens(topology: Topology, centres: np.ndarray) -> np.ndarray:

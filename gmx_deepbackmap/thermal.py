@@ -15,7 +15,10 @@ Moves keep every bond length (bonds are constrained in the reference ensemble, a
 - "hydrogen": a hydrogen with one bond turns about the atom it is bonded to;
 - "crankshaft": a heavy atom with what hangs off it (its hydrogens, a side group) turns about the
   axis through two of its heavy neighbours;
-- "pivot": a side group (what hangs off a heavy atom through one bond) turns about that atom.
+- "pivot": a side group (what hangs off a heavy atom through one bond) turns about that atom;
+- "rotor": the terminal hydrogens of a heavy atom A bonded to one heavy atom X (X-AH_n, n >= 2: a
+  methyl, an amine) turn together about the X-A axis, the rotation single hydrogen turns cannot
+  make without bending the H-A-H angles.
 
 A group is at most `MAX_GROUP` atoms. Each CG bead's centre is held near its CG position by a
 harmonic restraint whose thermal spread is `CENTRE_SPREAD`, so the stage keeps the structure on its
@@ -56,8 +59,13 @@ BOLTZMANN = 0.0083144626  # kJ/mol/K
 # What the stage moves (`config.THERMAL_SELECTIONS`): "groups" (every kind of move), "hydrogens"
 # (hydrogens only), "planar-hydrogens" (the hydrogens held in a plane by an improper dihedral: sp2 C-H)
 SELECTIONS = THERMAL_SELECTIONS
-KINDS = ("hydrogen", "crankshaft", "pivot")
-INITIAL_STEP = {"hydrogen": 0.1, "crankshaft": 0.06, "pivot": 0.03}  # radians, tuned during the first half
+KINDS = ("hydrogen", "crankshaft", "pivot", "rotor")
+INITIAL_STEP = {
+    "hydrogen": 0.1,
+    "crankshaft": 0.06,
+    "pivot": 0.03,
+    "rotor": 0.3,
+}  # radians, tuned during the first half
 TARGET_ACCEPTANCE = 0.4
 MAX_GROUP = 16  # atoms moved by one move at most (an sPS methine with its phenyl: 13)
 # nm: thermal spread of a bead centre about its CG position under the restraint. sPS at 568 K, 20
@@ -86,7 +94,7 @@ class ThermalMoves:
     force_field: ForceField  # of the whole system: cut-off, reaction field, Lennard-Jones tables, charges
     starts: np.ndarray  # (G + 1,) move g turns atoms[starts[g]:starts[g + 1]]
     atoms: np.ndarray  # (sum of sizes,)
-    pivots: np.ndarray  # (G, 2) the atom turned about, and the axis' second atom (crankshafts) or -1
+    pivots: np.ndarray  # (G, 2) the atom turned about, and the axis' second atom (crankshafts, rotors) or -1
     kinds: np.ndarray  # (G,) index into KINDS
     excluded_keys: np.ndarray  # the topology's exclusions as i * N + j (i < j), ascending
     conflicts: np.ndarray  # (E, 2) moves that share an atom, a term, a bead or a pivot: never together
@@ -126,6 +134,9 @@ def thermal_moves(
             if group is not None:
                 found.setdefault((group, (p, -1)), KINDS.index("pivot"))
         axis_atoms = [p for p in neighbours[a] if heavy[p]]
+        rotor = _terminal_hydrogens(neighbours, heavy, a)
+        if len(axis_atoms) == 1 and len(rotor) >= 2:
+            found[(rotor, (a, axis_atoms[0]))] = KINDS.index("rotor")
         for k, p in enumerate(axis_atoms):
             for q in axis_atoms[k + 1 :]:
                 group = _hanging(neighbours, a, (p, q))
@@ -163,6 +174,11 @@ def _bonded_neighbours(topology: Topology) -> list[list[int]]:
         neighbours[i].append(j)
         neighbours[j].append(i)
     return neighbours
+
+
+def _terminal_hydrogens(neighbours: list[list[int]], heavy: np.ndarray, atom: int) -> frozenset:
+    """The hydrogens bonded to `atom` and to nothing else."""
+    return frozenset(h for h in neighbours[atom] if not heavy[h] and len(neighbours[h]) == 1)
 
 
 def _hanging(neighbours: list[list[int]], start: int, held: tuple[int, ...]) -> frozenset | None:
@@ -309,7 +325,11 @@ class _ColourEnergy:
         self.members, self.owner = torch.from_numpy(members), torch.from_numpy(owner)
         self.kinds = torch.from_numpy(moves.kinds[colour])
         pivot, second = (torch.from_numpy(moves.pivots[colour, k]) for k in (0, 1))
-        self.axes = (pivot, second, image_shifts(x[second.clamp(min=0)] - x[pivot], box))  # crankshafts' axes
+        self.axes = (
+            pivot,
+            second,
+            image_shifts(x[second.clamp(min=0)] - x[pivot], box),
+        )  # crankshafts' and rotors' axes
         self.member_pivots = pivot[self.owner]
         self.arm_shifts = image_shifts(x[self.members] - x[self.member_pivots], box)
         self.slot = np.full(n_atoms, -1)  # each atom's row in `members`, or -1
@@ -595,7 +615,7 @@ def _turn(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 def _rotations(
     energy: _ColourEnergy, x: torch.Tensor, steps: torch.Tensor, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """(n, 3) random rotation vectors: crankshafts about their axes, the rest about any axis; the
+    """(n, 3) random rotation vectors: crankshafts and rotors about their axes, the rest about any axis; the
     proposal is symmetric (a turn and its inverse are equally likely)."""
     pivot, second, shift = energy.axes
     step = steps[energy.kinds][:, None]

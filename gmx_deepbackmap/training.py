@@ -220,11 +220,18 @@ class TrainingSet:
 
 
 def chain_end_beads(plan: SystemPlan) -> np.ndarray:
-    """Beads with fewer CG bonds than most beads of their type: chain ends and the like."""
-    degree = np.zeros(len(plan.bead_type), dtype=np.int64)
-    np.add.at(degree, plan.bead_bonds.reshape(-1), 1)
-    typical = {t: np.bincount(degree[plan.bead_type == t]).argmax() for t in np.unique(plan.bead_type)}
-    return degree < np.array([typical[t] for t in plan.bead_type])
+    """Beads with fewer CG bonds than the typical bead of their type, the number of bonds that more
+    than half of that type's beads have: chain ends of polymers (sPS: the first and last backbone
+    bead of each chain). A type with no such majority has no ends: in a small molecule whose beads'
+    bond counts tie (n-octane's four beads: 1, 2, 2, 1) no bead is rarer than another."""
+    degree = np.bincount(plan.bead_bonds.reshape(-1), minlength=len(plan.bead_type))
+    ends = np.zeros(len(degree), dtype=bool)
+    for t in np.unique(plan.bead_type):
+        of_type = plan.bead_type == t
+        counts = np.bincount(degree[of_type])
+        if 2 * counts.max() > of_type.sum():
+            ends |= of_type & (degree < counts.argmax())
+    return ends
 
 
 def load_training_set(config: TrainConfig, plan: SystemPlan, mapping) -> TrainingSet:

@@ -66,6 +66,9 @@ def test_the_moves_of_an_sps_chain(chain):
     pivots = [sorted(types[g].tolist()) for g in groups(moves, "pivot")]
     assert pivots.count(sorted(["C_AR"] * 6 + ["H_AR"] * 5)) == 10  # each phenyl about its methine
     assert pivots.count(sorted(["C_AR"] * 5 + ["H_AR"] * 5)) == 10  # each ring about its ipso carbon
+    rotors = groups(moves, "rotor")
+    assert [topology.atom_names[g].tolist() for g in rotors] == [["H1", "H3", "H161"]]  # the chain's CH3
+    assert topology.atom_names[moves.pivots[moves.kinds == KINDS.index("rotor")][0]].tolist() == ["C2", "C5"]
     for g, pivot in enumerate(moves.pivots):  # no group holds an atom of its own axis
         assert not np.isin(pivot, moves.atoms[moves.starts[g] : moves.starts[g + 1]]).any()
 
@@ -98,6 +101,37 @@ def test_colour_energies_add_up_to_the_force_fields_change(chain):
     for kind in range(len(KINDS)):  # single-precision pair parameters
         own, whole = changes(np.flatnonzero(moves.kinds == kind)[:1])
         assert own == pytest.approx(whole, rel=1e-6, abs=1e-6)
+
+
+def test_a_rotor_turns_its_hydrogens_together_about_its_bond(chain):
+    """The methyl's hydrogens turn about the C-C axis as one: every angle at the carbon stays, the
+    three H-C-C-C dihedrals change by one and the same angle."""
+    topology, force_field, x, box = chain
+    moves = thermal_moves(topology, force_field, "groups")
+    rotor = np.flatnonzero(moves.kinds == KINDS.index("rotor"))
+    xt, box_t = torch.from_numpy(x), torch.from_numpy(box)
+    pairs = _PairList.build(x, box, moves)
+    energy = _ColourEnergy(moves, rotor, xt, box_t, pairs, stiffness=0.0)
+    old, new = _propose(energy, xt, torch.full((len(KINDS),), 0.5, dtype=torch.float64), torch.Generator())
+    moved = xt.index_put((energy.members,), new)
+    carbon, axis = moves.pivots[rotor[0]]
+    bonded_to_axis = topology.bonds.indices[(topology.bonds.indices == axis).any(1)].ravel()
+    beyond = next(a for a in bonded_to_axis if a not in (carbon, axis) and topology.elements[a] != "H")
+    angles = topology.angles.indices[(topology.angles.indices[:, 1] == carbon)]
+
+    def angle(y: torch.Tensor, a: int, b: int, c: int) -> float:
+        u, v = y[a] - y[b], y[c] - y[b]
+        return float(torch.atan2(torch.linalg.cross(u, v).norm(), (u * v).sum()))
+
+    def dihedral(y: torch.Tensor, a: int, b: int, c: int, d: int) -> float:
+        b1, b2, b3 = y[b] - y[a], y[c] - y[b], y[d] - y[c]
+        n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+        return float(torch.atan2(b2.norm() * (b1 * n2).sum(), (n1 * n2).sum()))
+
+    assert len(angles) == 6 and all(abs(angle(moved, *t) - angle(xt, *t)) < 1e-9 for t in angles)
+    turns = [dihedral(moved, h, carbon, axis, beyond) - dihedral(xt, h, carbon, axis, beyond) for h in energy.members]
+    turns = np.angle(np.exp(1j * np.array(turns)))
+    assert np.ptp(turns) < 1e-9 and abs(turns[0]) > 1e-3
 
 
 def test_moves_keep_bond_lengths_and_the_seed_fixes_them(chain):

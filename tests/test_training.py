@@ -25,13 +25,23 @@ from gmx_deepbackmap.networks import Generator, NetworkConfig
 from gmx_deepbackmap.pbc import minimum_image
 from gmx_deepbackmap.prior import LocalPrior
 from gmx_deepbackmap.reconstruction import BOND, EXCLUDED, HEAVY, HYDROGEN
-from gmx_deepbackmap.stereo import MIN_VOLUME, StereoCheck, handedness, learn_stereo, signed_volume, system_stereo
+from gmx_deepbackmap.stereo import (
+    MIN_VOLUME,
+    StereoCheck,
+    chiral_centres,
+    equivalent_branches,
+    handedness,
+    learn_stereo,
+    signed_volume,
+    system_stereo,
+)
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import read_topology
 from gmx_deepbackmap.training import (
     TrainConfig,
     TrainingLog,
     _check_finite,
+    chain_end_beads,
     read_config,
     train,
 )
@@ -266,6 +276,26 @@ def test_stereo_is_learned_from_training_frames(sps_system, snapshot):
     whole = torch.as_tensor(near_owners(plan, frame.positions, cg, frame.box))
     mirror = whole * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
     assert learn_stereo(topology, [(whole, box), (mirror, box)]) == {}
+
+
+def test_chain_ends_are_the_first_and_last_backbone_bead_of_each_chain(sps_system):
+    """The backbone beads of each type have 3 CG bonds but the chain's first and last, which have 2."""
+    _, mapping, plan = sps_system
+    ends = chain_end_beads(plan)
+    assert ends.sum() == 2 * 36 and set(mapping.bead_names[ends]) == {"B1", "B10"}
+
+
+def test_centres_are_the_carbons_whose_branches_all_differ(sps_system):
+    """The 9 backbone CH of each chain are centres: their two chain directions end differently (CH3,
+    CH2-phenyl). Atoms with two equivalent branches are not: the CH3, the CH2s, each ring's ipso
+    and para carbon (its two ring directions)."""
+    topology = sps_system[0]
+    centres, _ = chiral_centres(topology)
+    assert len(centres) == 324 and set(topology.atom_types[centres]) == {"C"}
+    equivalent = equivalent_branches(topology)[:162]
+    types = topology.atom_types[:162][equivalent].tolist()
+    assert types.count("C") == 11 and types.count("C_AR") == 20  # CH3, 10 CH2; 10 ipso, 10 para
+    assert not equivalent[centres[:9]].any()
 
 
 def test_stereo_check_judges_placements_with_unplaced_neighbours_at_their_beads(sps_system, snapshot):
