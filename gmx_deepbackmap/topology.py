@@ -340,7 +340,9 @@ def _scan(lines: list[SourceLine], top: Path) -> _Scan:
             if words[0] not in scan.molecule_types:
                 raise InputError(f"molecule '{words[0]}' has no [ moleculetype ]", line.path, line.lineno, section)
             count = _number(words[1], int, line, section, "count")
-            if not 0 <= count <= MAX_ATOMS // max(len(scan.molecule_types[words[0]].atom_names), 1):
+            if count < 0:
+                raise InputError(f"{count} molecules (expected 0 or more)", line.path, line.lineno, section)
+            if count > MAX_ATOMS // max(len(scan.molecule_types[words[0]].atoms), 1):
                 raise InputError(f"{count} molecules: more than {MAX_ATOMS:.0e} atoms", line.path, line.lineno, section)
             scan.molecules.append((words[0], count))
         elif section in IGNORED_SECTIONS:
