@@ -28,7 +28,7 @@ setup(
         "numba>=0.59",  # the last sampler stage's pair-energy loop (thermal._pair_changes)
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff", "snakemake>=8"],
+        "test": ["pytest>=7", "hypothesis>=6", "ruff", "snakemake>=8"],
         "gmxapi": ["gmxapi==0.4.2"],
         "slurm": ["snakemake-executor-plugin-slurm"],
     },

@@ -24,7 +24,8 @@ from bench_backmap import DATA, add_sampler_arguments, held_out, sampler_config 
 
 from gmx_deepbackmap.analysis import BondDeviation, Clashes, frame_context
 from gmx_deepbackmap.bundled import bundled_path
-from gmx_deepbackmap.energies import ForceField, _bonded_energy, _geometry
+from gmx_deepbackmap.energies import ForceField
+from gmx_deepbackmap.forms import form_energies
 from gmx_deepbackmap.frames import frame_seed
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.model import load_model
@@ -59,8 +60,8 @@ class StageMetrics:
     def __call__(self, positions: np.ndarray, box: np.ndarray) -> dict[str, float]:
         ctx = frame_context(positions, box, self.excluded, CLOSE)
         a = self.angles
-        theta = _geometry([ctx.vectors(a[:, 0], a[:, 1]), ctx.vectors(a[:, 1], a[:, 2])])
-        energy = _bonded_energy("angle", theta, self.force_field.terms["angle"][1]).numpy()
+        vectors = [ctx.vectors(a[:, 0], a[:, 1]), ctx.vectors(a[:, 1], a[:, 2])]
+        energy = form_energies("angle", vectors, self.force_field.terms["angle"][1]).numpy()
         terms = self.force_field.energies(positions, box)
         return {
             "angle": float(energy.sum()),

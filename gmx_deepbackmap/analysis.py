@@ -64,8 +64,9 @@ from scipy.special import rel_entr
 from scipy.stats import wasserstein_distance
 
 from .bundled import bundled_root
-from .energies import BONDED_TERMS, GMX_TERM_NAMES, _geometry, lj_row_energies, vector_energies
+from .energies import GMX_TERM_NAMES, lj_row_energies, vector_energies
 from .errors import InputError, read_toml
+from .forms import geometry
 from .pbc import minimum_image, neighbour_pairs
 from .stereo import chiral_centres, handedness
 from .structure import Frame, iter_frames, load_universe, write_frames
@@ -396,7 +397,7 @@ class BondedDistribution(Distribution):
 
     def single_frame(self, ctx: FrameContext) -> np.ndarray:
         steps = ctx.chain_vectors(self.tuples)
-        value = _geometry(steps).numpy()
+        value = geometry(steps).numpy()
         return value if len(steps) == 1 else np.degrees(value)
 
     def edges(self, reference: np.ndarray) -> np.ndarray:
@@ -598,8 +599,7 @@ class BondedEnergyByType(Observable):
         """One group per term kind (GROMACS name) and atom-type tuple (`_type_tuple`), in topology order."""
         groups: dict[str, int] = {}
         terms = {}
-        for term, attribute in BONDED_TERMS.items():
-            rows = getattr(topology, attribute)
+        for term, rows in topology.bonded.items():
             if not len(rows.indices):
                 continue
             labels = [

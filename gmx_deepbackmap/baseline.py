@@ -43,10 +43,11 @@ import numpy as np
 import torch
 
 from . import gromacs
-from .bundled import bundled_path, write_mdp
+from .bundled import bundled_path, read_mdp, write_mdp
 from .errors import InputError
 from .frames import FrameOutput, FrameSource, frame_seed, run_frames
 from .mapping import Mapping, read_mapping
+from .mdp import topology_options
 from .pbc import make_whole, minimum_image, neighbour_pairs, unwrap_levels
 from .preprocess import preprocess
 from .structure import Frame, read_frames, write_frames
@@ -273,16 +274,26 @@ class FrameTiming:
         return self.placement + self.em_bonded + self.em_full
 
 
+def em_mdp(mdp: PathLike | None, dest: Path, steps: int) -> Path:
+    """A steepest-descent `.mdp` of `steps` steps: the user's `mdp` (its cut-offs, electrostatics,
+    defines) made a minimisation, else the bundled `EM_TEMPLATE`."""
+    if mdp is None:
+        return write_mdp(bundled_path(EM_TEMPLATE), dest, nsteps=steps)
+    em = read_mdp(bundled_path(EM_TEMPLATE))
+    keys = ("integrator", "emtol", "emstep", "nstcalcenergy", "nstenergy", "nstlog", "nstxout", "constraints")
+    return write_mdp(mdp, dest, nsteps=steps, continuation=None, **{key: em[key] for key in keys})
+
+
 class _Minimiser:
     """The two minimisation stages for one system, with its inputs written once to `workdir`."""
 
-    def __init__(self, topology: Topology, engine: gromacs.Engine, workdir: Path):
+    def __init__(self, topology: Topology, engine: gromacs.Engine, workdir: Path, mdp: PathLike | None = None):
         self.topology = topology
         self.engine = engine
         self.workdir = workdir
         self.bonded_top = write_bonded_only_topology(topology.path, workdir / "bonded-only.top")
-        self.bonded_mdp = write_mdp(bundled_path(EM_TEMPLATE), workdir / "em-bonded.mdp", nsteps=BONDED_STEPS)
-        self.full_mdp = write_mdp(bundled_path(EM_TEMPLATE), workdir / "em-full.mdp", nsteps=FULL_STEPS)
+        self.bonded_mdp = em_mdp(mdp, workdir / "em-bonded.mdp", BONDED_STEPS)
+        self.full_mdp = em_mdp(mdp, workdir / "em-full.mdp", FULL_STEPS)
         self.residues = system_residue_numbers(topology)
         n = topology.n_atoms
         self.excluded = np.sort(topology.exclusions[:, 0] * n + topology.exclusions[:, 1])
@@ -357,14 +368,17 @@ def baseline(
     progress: bool = True,
     timings: list[FrameTiming] | None = None,
     allow_renamed: bool = False,
+    mdp: PathLike | None = None,
 ) -> int:
     """Backmap CG frames (a structure, or a trajectory with it) with the geometric baseline and
     write them (topology atom names and order, molecules whole, CG box kept); returns the number
     of frames. Prints the mean wall time per frame; `timings`, if given, receives each frame's.
-    `allow_renamed`: beads named otherwise than in the mapping only warned about (`check_names`)."""
+    `allow_renamed`: beads named otherwise than in the mapping only warned about (`check_names`).
+    `mdp`: the force field's settings for the minimisation (cut-offs, electrostatics, defines;
+    default: the bundled `EM_TEMPLATE`)."""
     if displacement < 0:
         raise InputError(f"displacement {displacement} nm: expected 0 (off) or more")
-    top = read_topology(topology)
+    top = read_topology(topology, *topology_options(mdp))
     cg_map = read_mapping(mapping or None, top)
     system = BaselineSystem.from_topology(top, cg_map)
     source = FrameSource(
@@ -380,7 +394,7 @@ def baseline(
     gmx = gromacs.get_engine(engine) if minimise else None  # fails early when GROMACS is missing
     times = []
     with tempfile.TemporaryDirectory(prefix="gmxdbm-baseline-") as tmp:
-        minimiser = _Minimiser(top, gmx, Path(tmp)) if gmx is not None else None
+        minimiser = _Minimiser(top, gmx, Path(tmp), mdp) if gmx is not None else None
 
         def place(cg: Frame) -> np.ndarray:
             t0 = time.perf_counter()

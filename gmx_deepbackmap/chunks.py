@@ -40,6 +40,7 @@ def backmap_in_chunks(
     only: int | None = None,
     progress: bool = True,
     allow_renamed: bool = False,
+    mdp: str | os.PathLike | None = None,
 ) -> int:
     """Backmap the selected frames chunk by chunk into `workdir` with `sampling.backmap` (with
     `only`, just chunk number `only`); returns the number of frames done."""
@@ -54,7 +55,7 @@ def backmap_in_chunks(
         "structure": str(Path(structure).resolve()),
         "trajectory": None if trajectory is None else str(Path(trajectory).resolve()),
         "topology": str(Path(topology).resolve()),
-        "sha256": input_hashes(structure, trajectory, topology, mapping, model),
+        "sha256": input_hashes(structure, trajectory, topology, mapping, model, mdp),
         "frames": [indices.start, indices.stop, indices.step],
         "chunk_size": chunk_size,
         "sampler": config.as_dict(),
@@ -83,6 +84,7 @@ def backmap_in_chunks(
             overwrite=True,
             progress=progress,
             allow_renamed=allow_renamed,
+            mdp=mdp,
         )
         done += len(chunk)
     return done
@@ -111,15 +113,15 @@ def merge_chunks(workdir: str | os.PathLike, output: str | os.PathLike, overwrit
     return len(frames)
 
 
-def input_hashes(structure, trajectory, topology, mapping, model) -> dict[str, str]:
+def input_hashes(structure, trajectory, topology, mapping, model, mdp=None) -> dict[str, str]:
     """The sha256 of every file a backmapping reads, by path: the structure, the trajectory, the
     topology and every file it includes, the mapping files (given, else the bundled ones the
-    topology's molecule types take) and the model."""
+    topology's molecule types take), the model and the `.mdp`."""
     from .mapping import read_mapping
     from .preprocess import source_files
 
     mappings = read_mapping(mapping, read_topology(topology)).molecule_types.values()
-    files = [structure, trajectory, *source_files(topology), *(m.path for m in mappings), resolve_model(model)]
+    files = [structure, trajectory, *source_files(topology), *(m.path for m in mappings), resolve_model(model), mdp]
     return {str(Path(f).resolve()): _sha256(Path(f)) for f in files if f is not None}
 
 

@@ -262,6 +262,12 @@ def _option_type(hint, meta: dict):
     help="Atomistic output: .gro/.pdb for one frame, .xtc/.trr for several (with --workdir: the merged chunks).",
 )
 @frames_option
+@click.option(
+    "--mdp",
+    type=click.Path(dir_okay=False),
+    help="Non-bonded settings (cut-off, reaction field, LJ modifier) and defines of the force field, as for "
+    "grompp; default: those the model was trained with.",
+)
 @sampler_options
 @click.option(
     "--workdir",
@@ -289,6 +295,7 @@ def backmap_command(
     model,
     output,
     frames,
+    mdp,
     workdir,
     chunk_size,
     only,
@@ -318,6 +325,7 @@ def backmap_command(
         frames=parse_frames(frames),
         progress=not no_progress,
         allow_renamed=allow_renamed,
+        mdp=mdp,
     )
     top = topology or bundled_path("sps/topol.top")
     if workdir is None:
@@ -362,24 +370,49 @@ def merge_command(workdir, output, overwrite):
 @frames_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option(
-    "--cutoff", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="rvdw = rcoulomb, nm."
+    "--mdp",
+    type=click.Path(dir_okay=False),
+    help="Non-bonded settings of this .mdp (cut-off, coulombtype, epsilon-r/-rf, vdw-modifier); "
+    "instead of --cutoff and --epsilon-rf.",
 )
-@click.option("--epsilon-rf", type=float, default=2.5, show_default=True, help="Reaction-field dielectric constant.")
+@click.option(
+    "--cutoff", type=click.FloatRange(min=0, min_open=True), default=None, help="rvdw = rcoulomb, nm [default: 1.0]."
+)
+@click.option("--epsilon-rf", type=float, default=None, help="Reaction-field dielectric constant [default: 2.5].")
 @allow_renamed_option
 @no_progress_option
 @overwrite_option
 def energy_command(
-    structure, trajectory, topology, output, frames, device, cutoff, epsilon_rf, allow_renamed, no_progress, overwrite
+    structure,
+    trajectory,
+    topology,
+    output,
+    frames,
+    device,
+    mdp,
+    cutoff,
+    epsilon_rf,
+    allow_renamed,
+    no_progress,
+    overwrite,
 ):
     """Force-field energies per frame and term, as `gmx mdrun -rerun` reports them.
 
-    Verlet scheme: reaction-field Coulomb, potential-shifted LJ, no dispersion correction; the
-    defaults are the settings of the sPS reference data (bundled sps/rerun.mdp).
+    Verlet scheme: reaction-field Coulomb (a plain cut-off is reaction field with epsilon-rf 1;
+    PME/Ewald is approximated by epsilon-rf 0), LJ plain or potential-shifted, no dispersion
+    correction; without --mdp the settings of the sPS reference data (bundled sps/rerun.mdp).
     """
     from .energies import energy_summary, frame_energies, write_energy_csv
+    from .mdp import nonbonded_settings, topology_options
     from .structure import check_writable, parse_frames
+    from .topology import read_topology
 
     check_writable(output)
+    if mdp is not None and (cutoff is not None or epsilon_rf is not None):
+        raise InputError("--mdp gives the cut-off and epsilon-rf: leave out --cutoff and --epsilon-rf")
+    given = {k: v for k, v in (("cutoff", cutoff), ("epsilon_rf", epsilon_rf)) if v is not None}
+    settings = dataclasses.replace(nonbonded_settings(mdp), **given)
+    topology = read_topology(topology, *topology_options(mdp))  # the .mdp's define and include, as grompp
     rows = frame_energies(
         structure,
         topology,
@@ -387,8 +420,7 @@ def energy_command(
         parse_frames(frames),
         device,
         progress=not no_progress,
-        cutoff=cutoff,
-        epsilon_rf=epsilon_rf,
+        settings=settings,
         allow_renamed=allow_renamed,
     )
     write_energy_csv(output, rows, overwrite)
@@ -564,6 +596,12 @@ def parse_labels(labels) -> dict[str, str]:
 @mapping_option
 @aa_output_option
 @frames_option
+@click.option(
+    "--mdp",
+    type=click.Path(dir_okay=False),
+    help="Force-field settings of the minimisation (cut-offs, electrostatics, defines), made steepest descent; "
+    "default: the bundled sps/em.mdp.",
+)
 @click.option("--no-em", is_flag=True, help="Stop after placement and modifiers (no energy minimisation).")
 @click.option(
     "--seed",
@@ -590,6 +628,7 @@ def baseline_command(
     mapping,
     output,
     frames,
+    mdp,
     no_em,
     seed,
     displacement,
@@ -623,6 +662,7 @@ def baseline_command(
         overwrite=overwrite,
         progress=not no_progress,
         allow_renamed=allow_renamed,
+        mdp=mdp,
     )
     click.echo(f"Backmapped {n} frame{'s' if n != 1 else ''} with the baseline to {output}")
 

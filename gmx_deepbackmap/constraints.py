@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .analysis import frame_context
-from .energies import _geometry
+from .forms import geometry
 from .pbc import image_shifts
 from .topology import Topology, bond_paths
 
@@ -177,7 +177,7 @@ def restore_bonds(
         idx = chains[name]
         return [x[idx[:, k + 1]] - x[idx[:, k]] + s for k, s in enumerate(shifts[name])]
 
-    angle0, torsion0 = _geometry(vectors(x0, "angle")), _geometry(vectors(x0, "torsion"))
+    angle0, torsion0 = geometry(vectors(x0, "angle")), geometry(vectors(x0, "torsion"))
     movable = moves.to(x0)[:, None]
     delta = torch.zeros_like(x0, requires_grad=True)
     optimiser = torch.optim.LBFGS([delta], max_iter=iterations, history_size=20, line_search_fn="strong_wolfe")
@@ -186,10 +186,10 @@ def restore_bonds(
         optimiser.zero_grad()
         x = x0 + delta * movable
         loss = (
-            BOND_WEIGHT * ((_geometry(vectors(x, "bond")) - lengths) / lengths).square().sum()
-            + ANGLE_WEIGHT * (_geometry(vectors(x, "angle")) - angle0).square().sum()
-            + (1 - torch.cos(_geometry(vectors(x, "torsion")) - torsion0)).sum()
-            + CONTACT_WEIGHT * (torch.relu(contact0 - _geometry(vectors(x, "contact"))) / 0.01).square().sum()
+            BOND_WEIGHT * ((geometry(vectors(x, "bond")) - lengths) / lengths).square().sum()
+            + ANGLE_WEIGHT * (geometry(vectors(x, "angle")) - angle0).square().sum()
+            + (1 - torch.cos(geometry(vectors(x, "torsion")) - torsion0)).sum()
+            + CONTACT_WEIGHT * (torch.relu(contact0 - geometry(vectors(x, "contact"))) / 0.01).square().sum()
             + ANCHOR_WEIGHT * (delta / 0.01).square().sum()
         )
         loss.backward()

@@ -7,15 +7,13 @@ the same functional forms to batches whose items each have their own terms (the 
 
 The functional forms are those of `gmx mdrun` with the Verlet cut-off scheme:
 
-- bonded terms (bonds, angles funct 1, proper dihedrals funct 1/9, harmonic impropers funct 2
-  with xi - xi0 wrapped into [-pi, pi), periodic impropers funct 4, `[ pairs ]`) use
-  minimum-image displacements, so molecules may be broken across the box; dihedrals follow the
-  IUPAC sign convention (cis 0, trans 180 degrees) as GROMACS does;
-- Lennard-Jones within the cut-off, shifted to zero at the cut-off (`potential-shift`);
-- reaction-field Coulomb, `f q_i q_j (1/r + k_rf r^2 - c_rf)` within the cut-off. Like the Verlet
-  scheme, every *excluded* pair within the cut-off contributes `f q_i q_j (k_rf r^2 - c_rf)` and
-  every atom a constant self term `-0.5 f c_rf q_i^2`. Checked against `gmx mdrun -rerun`
-  (GROMACS 2022) on the sPS frames: "Coulomb (SR)" matches to 0.01 kJ/mol with both
+- bonded terms (every form of `forms.FORMS`, one energy term each, and `[ pairs ]`) use
+  minimum-image displacements, so molecules may be broken across the box;
+- Lennard-Jones within the cut-off, shifted to zero at the cut-off (`potential-shift`) or not;
+- reaction-field Coulomb (settings: `mdp.NonbondedSettings`), `f q_i q_j (1/r + k_rf r^2 - c_rf)`
+  within the cut-off. Like the Verlet scheme, every *excluded* pair within the cut-off contributes
+  `f q_i q_j (k_rf r^2 - c_rf)` and every atom a constant self term `-0.5 f c_rf q_i^2`. Checked
+  against `gmx mdrun -rerun` (GROMACS 2022) on the sPS frames: "Coulomb (SR)" matches to 0.01 kJ/mol with both
   corrections; without either it is off by 2.5 kJ/mol, with only one by about 4,100 kJ/mol.
 
 Units: nm, kJ/mol, e; angle parameters are read in degrees and used in radians.
@@ -33,32 +31,21 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .forms import FORMS, form_energies, radians, square
 from .frames import FrameSource, run_frames
+from .mdp import NonbondedSettings
 from .pbc import minimum_image, neighbour_pairs
 from .topology import Topology, read_topology
 
 ONE_4PI_EPS0 = 138.935458  # kJ mol^-1 nm e^-2, GROMACS' electric conversion factor
-TERMS = ("bond", "angle", "proper", "improper", "periodic_improper", "lj", "coulomb", "lj14", "coulomb14")
-GMX_TERM_NAMES = {
-    "bond": "Bond",
-    "angle": "Angle",
-    "proper": "Proper Dih.",
-    "improper": "Improper Dih.",
-    "periodic_improper": "Per. Imp. Dih.",
+GMX_TERM_NAMES = {name: form.gmx_term for name, form in FORMS.items()} | {
     "lj": "LJ (SR)",
     "coulomb": "Coulomb (SR)",
     "lj14": "LJ-14",
     "coulomb14": "Coulomb-14",
+    "dispersion_correction": "Disper. corr.",
 }
-LJ_MODIFIERS = ("potential-shift", "none")
-DEFAULT_CUTOFF = 1.0  # nm, rvdw = rcoulomb: the settings of the sPS reference data
-BONDED_TERMS = {  # term -> Topology attribute
-    "bond": "bonds",
-    "angle": "angles",
-    "proper": "propers",
-    "improper": "impropers",
-    "periodic_improper": "periodic_impropers",
-}
+TERMS = tuple(GMX_TERM_NAMES)
 _NEIGHBOUR_SKIN = 1e-3  # nm: the grid search runs in float32; the exact cut-off is applied after it
 
 
@@ -67,23 +54,22 @@ class ForceField:
 
     Call `energies(x, box)` with x (B, N, 3) or (N, 3) in nm and box rows (3, 3) or (B, 3, 3)
     in nm; the result maps every name of `TERMS` to a tensor (B,) (or a scalar) in kJ/mol.
-    The potential energy is the sum of the terms.
+    The potential energy is the sum of the terms. `settings`: cut-off, reaction field and LJ
+    modifier (default: `NonbondedSettings()`, the sPS reference settings).
     """
 
     def __init__(
         self,
         topology: Topology,
-        cutoff: float = DEFAULT_CUTOFF,
-        epsilon_rf: float = 2.5,
-        epsilon_r: float = 1.0,
-        lj_modifier: str = "potential-shift",
+        settings: NonbondedSettings | None = None,
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
     ):
-        if lj_modifier not in LJ_MODIFIERS:
-            raise ValueError(f"lj_modifier '{lj_modifier}' (expected one of {', '.join(LJ_MODIFIERS)})")
+        settings = settings or NonbondedSettings()
+        self.settings = settings
         self.dtype, self.device = dtype, torch.device(device)
         self.n_atoms = topology.n_atoms
+        cutoff, epsilon_rf, epsilon_r = settings.cutoff, settings.epsilon_rf, settings.epsilon_r
         self.cutoff = float(cutoff)
         # epsilon_rf = 0 means infinity in GROMACS (conducting boundary)
         k_rf = (
@@ -93,12 +79,11 @@ class ForceField:
         )
         self.k_rf, self.c_rf = k_rf, 1 / cutoff + k_rf * cutoff**2
         self.f_elec = ONE_4PI_EPS0 / epsilon_r
-        self.lj_shift = lj_modifier == "potential-shift"
+        self.lj_shift = settings.lj_modifier == "potential-shift"
 
         self.terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for name, attribute in BONDED_TERMS.items():
-            terms = getattr(topology, attribute)
-            self.terms[name] = (self._long(terms.indices), _radians(name, self._real(terms.params)))
+        for name, terms in topology.bonded.items():
+            self.terms[name] = (self._long(terms.indices), radians(name, self._real(terms.params)))
         i, j = topology.pairs.indices.T  # 1-4 pairs: c6, c12 and the scaled f q_i q_j
         qq = topology.fudge_qq * self.f_elec * topology.charges[i] * topology.charges[j]
         self.terms["pair14"] = (
@@ -111,6 +96,7 @@ class ForceField:
         self.exclusions = self._long(topology.exclusions)
         self._exclusion_keys = np.sort(topology.exclusions[:, 0] * self.n_atoms + topology.exclusions[:, 1])
         self.self_energy = -0.5 * self.f_elec * self.c_rf * float(np.square(topology.charges).sum())
+        self.dispersion = _dispersion_coefficients(topology, settings) if settings.dispersion_correction else None
         self.local_pairs: tuple[torch.Tensor, ...] | None = None  # the dense pair block of a subset
         self._plan_vectors()
 
@@ -254,14 +240,15 @@ class ForceField:
             return [displacements.index_select(1, rows) * sign for rows, sign in self._vector_use[user]]
 
         out = {}
-        for name in BONDED_TERMS:
-            out[name] = _bonded_energy(name, _geometry(vectors(name)), self.terms[name][1]).sum(-1)
+        for name in FORMS:
+            out[name] = form_energies(name, vectors(name), self.terms[name][1]).sum(-1)
         params = self.terms["pair14"][1]
-        r2 = _square(vectors("pair14")[0])
+        r2 = square(vectors("pair14")[0])
         out["lj14"] = _lj(r2, params[:, 0], params[:, 1], 0.0).sum(-1)
         out["coulomb14"] = (params[:, 2] * r2.rsqrt()).sum(-1)
         out["lj"], coulomb = self._nonbonded(x, box)
-        out["coulomb"] = coulomb + self._excluded_rf(_square(vectors("exclusions")[0])) + self.self_energy
+        out["coulomb"] = coulomb + self._excluded_rf(square(vectors("exclusions")[0])) + self.self_energy
+        out["dispersion_correction"] = self._dispersion_correction(box, len(x))
         out = {name: out[name] for name in TERMS}
         return out if batched else {k: v[0] for k, v in out.items()}
 
@@ -270,11 +257,11 @@ class ForceField:
         if self.local_pairs is not None:
             active, pad, *params = self.local_pairs
             d = x[:, None] - x.index_select(1, active)[:, :, None]  # (B, A, n, 3)
-            return self._pair_energies(_square(_minimum_image(d, box)) + pad, *params)
+            return self._pair_energies(square(_minimum_image(d, box)) + pad, *params)
         lj, coulomb = [], []
         for b in range(len(x)):
             i, j, shifts = self._neighbours(x[b], box if box.dim() == 2 else box[b])
-            r2 = _square(x[b, j] - x[b, i] + shifts)
+            r2 = square(x[b, j] - x[b, i] + shifts)
             energies = self._pair_energies(r2[None], *self.pair_parameters(i, j))
             lj.append(energies[0])
             coulomb.append(energies[1])
@@ -299,6 +286,14 @@ class ForceField:
             torch.where(inside, coulomb, zero).flatten(1).sum(-1),
         )
 
+    def _dispersion_correction(self, box, batch: int) -> torch.Tensor:
+        """(B,) GROMACS' dispersion correction (DispCorr = Ener): a + b / volume; zero for subsets
+        (it does not change when atoms move) and without the setting."""
+        if self.dispersion is None or self.local_pairs is not None:
+            return torch.zeros(batch, dtype=self.dtype, device=self.device)
+        volume = torch.linalg.det(box).abs().expand(batch)
+        return self.dispersion[0] + self.dispersion[1] / volume
+
     def _excluded_rf(self, r2: torch.Tensor) -> torch.Tensor:
         """Reaction-field correction of excluded pairs at squared distances r2 (B, E) within the
         cut-off (Verlet scheme)."""
@@ -311,51 +306,21 @@ class ForceField:
 # ---------------------------------------------------------------------- functional forms
 
 
-def _radians(name: str, params: torch.Tensor) -> torch.Tensor:
-    """Bonded parameters with the angle column (theta0, phi_s or xi0: column 0) in radians."""
-    if name == "bond":
-        return params
-    return torch.cat([torch.deg2rad(params[..., :1]), params[..., 1:]], dim=-1)
-
-
-def _bonded_energy(name: str, value: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Energy of each bonded term from its geometry (bond length, angle or dihedral in radians)
-    and its parameters (angles in radians)."""
-    if name in ("bond", "angle"):
-        return 0.5 * params[..., 1] * (value - params[..., 0]).square()
-    if name == "improper":
-        dxi = value - params[..., 0]
-        dxi = dxi - 2 * math.pi * torch.floor((dxi + math.pi) / (2 * math.pi))  # into [-pi, pi)
-        return 0.5 * params[..., 1] * dxi.square()
-    return params[..., 1] * (1 + torch.cos(params[..., 2] * value - params[..., 0]))  # proper, funct 4
-
-
-def _geometry(bond_vectors: list[torch.Tensor]) -> torch.Tensor:
-    """Bond length, angle or dihedral (radians) from the 1, 2 or 3 vectors b_k = x_(k+1) - x_k
-    along a term's atoms; atan2 forms stay accurate and differentiable near 0 and pi.
-
-    Degenerate geometries (coinciding atoms, collinear bonds: an untrained generator makes them)
-    get finite gradients: zero length and the undefined angle of a zero vector pass none.
-    """
-    if len(bond_vectors) == 1:
-        return _length(_square(bond_vectors[0]))
-    if len(bond_vectors) == 2:
-        b1, b2 = bond_vectors
-        return _atan2(_length(_square(torch.linalg.cross(b1, b2))), -_dot(b1, b2))
-    b1, b2, b3 = bond_vectors  # IUPAC/GROMACS sign convention
-    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-    return _atan2(_length(_square(b2)) * _dot(b1, n2), _dot(n1, n2))
-
-
-def _length(square: torch.Tensor) -> torch.Tensor:
-    """sqrt, with zero gradient (not infinite) at zero."""
-    return square.clamp(min=torch.finfo(square.dtype).tiny).sqrt()
-
-
-def _atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """atan2 with zero gradient (not NaN) at y = x = 0, where the angle is undefined (value 0)."""
-    undefined = (y == 0) & (x == 0)
-    return torch.atan2(y, torch.where(undefined, torch.ones_like(x), x))
+def _dispersion_coefficients(topology: Topology, settings: NonbondedSettings) -> tuple[float, float]:
+    """(a, b) of the dispersion correction a + b / V (kJ/mol, V in nm^3), as GROMACS computes it:
+    the average c6 over all atom pairs but the excluded ones, -c6 / r^6 integrated beyond the cut-off
+    and, with potential-shift, the shift constant within it (counted for every pair within the
+    cut-off at the mean density, less one self pair)."""
+    n_atoms, rc = topology.n_atoms, settings.cutoff
+    counts = np.bincount(topology.type_index, minlength=len(topology.type_names)).astype(np.float64)
+    c6 = topology.c6
+    pairs_c6 = 0.5 * (counts @ c6 @ counts - counts @ np.diag(c6))
+    excluded = topology.type_index[topology.exclusions]
+    pairs_c6 -= c6[excluded[:, 0], excluded[:, 1]].sum()
+    average = pairs_c6 / (n_atoms * (n_atoms - 1) / 2 - len(topology.exclusions))
+    shift = settings.lj_modifier == "potential-shift"
+    per_density = -4 * math.pi / (3 * rc**3) * (2 if shift else 1)  # tail, and the shift inside the cut-off
+    return 0.5 * n_atoms * average * (rc**-6 if shift else 0.0), 0.5 * n_atoms * average * n_atoms * per_density
 
 
 def _lj(r2: torch.Tensor, c6: torch.Tensor, c12: torch.Tensor, shift) -> torch.Tensor:
@@ -368,16 +333,6 @@ def _lj_at_cutoff(c6: torch.Tensor, c12: torch.Tensor, cutoff: float, shift: boo
     """The constant that potential-shift subtracts (zero without the modifier)."""
     rc6 = cutoff**-6 if shift else 0.0
     return (c12 * rc6 - c6) * rc6
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Scalar products over the last axis (3); far faster than `(a * b).sum(-1)` on CPU."""
-    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
-
-
-def _square(d: torch.Tensor) -> torch.Tensor:
-    """Squared lengths over the last axis (3)."""
-    return _dot(d, d)
 
 
 def _displacement(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, box) -> torch.Tensor:
@@ -416,7 +371,7 @@ def bonded_row_energies(name: str, x: torch.Tensor, idx: torch.Tensor, params: t
 def vector_energies(name: str, bond_vectors: list[torch.Tensor], params: torch.Tensor) -> torch.Tensor:
     """Energies (...,) of bonded terms `name` from the vectors x_(k+1) - x_k (..., 3) along their
     atoms and their parameters (..., p) in topology units (degrees)."""
-    return _bonded_energy(name, _geometry(bond_vectors), _radians(name, params))
+    return form_energies(name, bond_vectors, radians(name, params))
 
 
 def lj_row_energies(
@@ -437,16 +392,16 @@ def frame_energies(
     frames: slice = slice(None),
     device: str = "cpu",
     progress: bool = False,
-    cutoff: float = 1.0,
-    epsilon_rf: float = 2.5,
+    settings: NonbondedSettings | None = None,
     allow_renamed: bool = False,
 ) -> list[dict[str, float]]:
     """Per-frame energies of a structure or trajectory: one dict per frame with `frame`, `time`
-    (ps) and every term of `TERMS` (kJ/mol). Defaults: the sPS reference settings. Atoms named
-    otherwise than in the topology are refused (`check_names`) unless `allow_renamed`."""
+    (ps) and every term of `TERMS` (kJ/mol). `settings` default: the sPS reference settings. Atoms
+    named otherwise than in the topology are refused (`check_names`) unless `allow_renamed`."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available")
     top = topology if isinstance(topology, Topology) else read_topology(topology)
+    force_field = ForceField(top, settings, device=device)
     source = FrameSource(
         structure,
         trajectory,
@@ -454,10 +409,9 @@ def frame_energies(
         f"topology {top.path}",
         frames,
         names=(top.atom_names, top.residue_names),
-        cutoff=cutoff + _NEIGHBOUR_SKIN,
+        cutoff=force_field.cutoff + _NEIGHBOUR_SKIN,
         allow_renamed=allow_renamed,
     )
-    force_field = ForceField(top, cutoff=cutoff, epsilon_rf=epsilon_rf, device=device)
 
     def row(frame) -> dict[str, float]:
         energies = force_field.energies(frame.positions, frame.box)
@@ -482,9 +436,10 @@ def write_energy_csv(path: str | os.PathLike, rows: list[dict[str, float]], over
 
 
 def energy_summary(rows: list[dict[str, float]]) -> str:
-    """Mean of each term over frames, one line per term, with GROMACS' names."""
+    """Mean of each term over frames, one line per term the system has (as `gmx energy` lists
+    them), with GROMACS' names."""
     lines = [f"{'term':<20}{'mean (kJ/mol)':>16}"]
-    for term in TERMS:
+    for term in (t for t in TERMS if any(r[t] != 0 for r in rows)):
         lines.append(f"{GMX_TERM_NAMES[term]:<20}{np.mean([r[term] for r in rows]):>16.3f}")
     potential = np.mean([sum(r[k] for k in TERMS) for r in rows])
     lines.append(f"{'Potential':<20}{potential:>16.3f}")

@@ -41,14 +41,25 @@ class TrainingDiverged(RuntimeError):
     """A training loss became NaN or infinite; the last checkpoint (all finite) is kept."""
 
 
-def read_toml(path: str | PathLike, what: str) -> dict:
-    """A user's TOML file as a dict; a missing or malformed file is an `InputError` naming it."""
-    import tomllib
+def read_text(path: str | PathLike, what: str = "file") -> str:
+    """A user's text file; a missing, unreadable or non-UTF-8 file is an `InputError` naming it."""
     from pathlib import Path
 
     try:
-        return tomllib.loads(Path(path).read_text())
+        return Path(path).read_text()
     except FileNotFoundError:
-        raise InputError(f"{what} file not found", path) from None
+        raise InputError(f"{what} not found", path) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not a text file (byte {exc.start} is not UTF-8)", path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})", path) from None
+
+
+def read_toml(path: str | PathLike, what: str) -> dict:
+    """A user's TOML file as a dict; a missing or malformed file is an `InputError` naming it."""
+    import tomllib
+
+    try:
+        return tomllib.loads(read_text(path, f"{what} file"))
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"invalid TOML ({exc})", path) from None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .bundled import bundled_root
-from .errors import InputError
+from .errors import InputError, read_text
 from .frames import FrameOutput, FrameSource, run_frames
 from .pbc import minimum_image
 from .topology import MoleculeType, Topology, read_topology, system_residue_numbers
@@ -175,7 +175,7 @@ def _parse_file(path: Path, topology: Topology) -> list[_MoleculeParser]:
         raise InputError("file not found", path)
     parsers: list[_MoleculeParser] = []
     section = None
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(read_text(path, "mapping file").splitlines(), start=1):
         text = raw.split(";", 1)[0].strip()
         if not text:
             continue

@@ -4,7 +4,8 @@ lower-triangular, the data's xy angles range from 37 to 132 degrees).
 Rounding fractional coordinates alone does not give the shortest image in strongly sheared
 boxes, so `minimum_image` finishes with a search over the 27 neighbouring images. Functions take
 torch tensors and broadcast over leading batch dimensions; they are differentiable in positions.
-`make_whole` moves the atoms of every molecule to the images nearest their bonded parents.
+`make_whole` moves the atoms of every molecule to the images nearest their bonded parents;
+`box_from_dimensions`/`dimensions_from_box` convert to and from MDAnalysis' box format.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 if TYPE_CHECKING:
     from .topology import Topology
 
+ANGSTROM_PER_NM = 10.0  # MDAnalysis' unit of length against GROMACS'
 _SHIFTS = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=torch.float64)
 
 
@@ -93,6 +95,29 @@ def reduced_cell(box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (r * signs[:, None]).T, q * signs
 
 
+def box_from_dimensions(dimensions) -> np.ndarray:
+    """MDAnalysis `[a, b, c, alpha, beta, gamma]` (Angstrom, degrees) to box rows in nm."""
+    from MDAnalysis.lib.mdamath import triclinic_vectors
+
+    if dimensions is None:
+        return np.zeros((3, 3))
+    return np.asarray(triclinic_vectors(dimensions), dtype=np.float64) / ANGSTROM_PER_NM
+
+
+def dimensions_from_box(box: np.ndarray) -> np.ndarray:
+    """Box rows in nm to MDAnalysis `[a, b, c, alpha, beta, gamma]`."""
+    from MDAnalysis.lib.mdamath import triclinic_box
+
+    b = np.asarray(box, dtype=np.float64) * ANGSTROM_PER_NM
+    return np.asarray(triclinic_box(b[0], b[1], b[2]), dtype=np.float64)
+
+
+def minimum_width(box: np.ndarray) -> float:
+    """The narrowest perpendicular width (nm) of the lattice of `box`: that of its reduced cell,
+    the cell in which the pair searches run (see `reduced_cell`)."""
+    return float(box_widths(torch.as_tensor(reduced_cell(box)[0])).min())
+
+
 def neighbour_pairs(positions: np.ndarray, box: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """All atom pairs i < j closer than `cutoff` (nm) under periodic boundaries.
 
@@ -101,8 +126,6 @@ def neighbour_pairs(positions: np.ndarray, box: np.ndarray, cutoff: float) -> tu
     run in the `reduced_cell` of the box; the shifts come from `minimum_image`.
     """
     from MDAnalysis.lib.distances import self_capped_distance
-
-    from .structure import dimensions_from_box
 
     if not np.isfinite(positions).all():  # MDAnalysis' C grid would index memory with them
         raise ValueError("neighbour search over positions that are not finite")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,17 @@ class SourceLine:
 
 
 def gromacs_include_dirs() -> list[Path]:
-    """Directories grompp searches for `#include <...>`: GMXLIB, then the installation's `top`."""
+    """Directories grompp searches after the including file's folder and `-I` ones: GMXLIB, then
+    the installation's `share/gromacs/top` (GMXDATA's, else that of the `gmx` the package runs:
+    $GMXDBM_GMX or `gmx` on PATH, else the usual places)."""
     dirs = [Path(p) for p in os.environ.get("GMXLIB", "").split(os.pathsep) if p]
     if os.environ.get("GMXDATA"):
         dirs.append(Path(os.environ["GMXDATA"]) / "top")
+    executable = shutil.which(os.environ.get("GMXDBM_GMX") or "gmx")
+    if executable is not None:
+        dirs.append(Path(executable).resolve().parent.parent / "share" / "gromacs" / "top")
     dirs += [Path("/usr/share/gromacs/top"), Path("/usr/local/gromacs/share/gromacs/top")]
-    return [d for d in dirs if d.is_dir()]
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
 
 
 def preprocess(

@@ -2,10 +2,10 @@
 sampler's ranking of orientations (method.md sections 2 and 5).
 
 An item's atoms are its environment atoms and its sequence, in the local frame (no periodic
-images needed). Its energy holds every bonded term (bond, angle, proper and improper dihedral)
+images needed). Its energy holds every bonded term (each form of `forms.FORMS` the topology has)
 that involves a sequence atom and whose atoms are all present, and the Lennard-Jones energy of the
-sequence atoms with all present atoms they do not exclude. The functional forms are the shared
-ones of `energies`.
+sequence atoms with all present atoms they do not exclude, with the cut-off and modifier of the
+`NonbondedSettings`. The functional forms are the shared ones of `forms` and `energies`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 
 from .energies import bonded_row_energies, lj_row_energies
 from .environment import Batch, SystemPlan
+from .forms import FORMS
+from .mdp import NonbondedSettings
 from .topology import Topology
 
-BONDED = {"bond": "bonds", "angle": "angles", "proper": "propers", "improper": "impropers"}
-PRIOR_TERMS = (*BONDED, "lj")
 # nm: pairs closer than this count as this close. Keeps the prior finite (and its gradient useful)
 # when an untrained generator stacks atoms; real structures have no pair this close.
 MIN_DISTANCE = 0.1
@@ -27,21 +27,24 @@ MIN_DISTANCE = 0.1
 class LocalPrior:
     """Per-item energies of batches, built once per system."""
 
-    def __init__(self, topology: Topology, plan: SystemPlan, cutoff: float = 1.0, lj_shift: bool = True):
+    def __init__(self, topology: Topology, plan: SystemPlan, settings: NonbondedSettings | None = None):
+        settings = settings or NonbondedSettings()
         self.plan = plan
         self.n_atoms = topology.n_atoms
-        self.cutoff, self.lj_shift = cutoff, lj_shift
+        self.cutoff, self.lj_shift = settings.cutoff, settings.lj_modifier == "potential-shift"
         self.masses = torch.as_tensor(topology.masses)
         self.c6 = torch.as_tensor(topology.c6)
         self.c12 = torch.as_tensor(topology.c12)
         self.type_index = torch.as_tensor(topology.type_index)
         self.terms = {}
-        for name, attr in BONDED.items():
-            terms = getattr(topology, attr)
-            indices, params = torch.as_tensor(terms.indices), torch.as_tensor(terms.params)
-            if not len(terms):  # a kind the topology lacks (n-octane: impropers): padded rows look up row 0,
-                indices, params = indices.new_zeros(1, indices.shape[1]), params.new_zeros(1, params.shape[1])
-            self.terms[name] = (indices, params, terms_of_steps(plan, terms.indices))  # one that no step touches
+        for name, terms in topology.bonded.items():
+            if not len(terms):
+                continue  # the forms the topology has: the prior's terms
+            self.terms[name] = (
+                torch.as_tensor(terms.indices),
+                torch.as_tensor(terms.params),
+                terms_of_steps(plan, terms.indices),
+            )
         self.excluded = {name: torch.as_tensor(_excluded_matrix(topology, name)) for name in plan.plans}
 
     def energies(self, batch: Batch, sequence: torch.Tensor, internal: bool = True) -> dict[str, torch.Tensor]:
@@ -59,7 +62,7 @@ class LocalPrior:
         x = self._coordinates(batch, sequence)
         pairs = self._lj_pairs(batch, x)
         rows = self._bonded_rows(batch, x)
-        bent = torch.stack([rows[name].amax(-1) for name in BONDED if name != "bond"]).amax(0)
+        bent = torch.stack([rows[name].amax(-1) for name in rows if FORMS[name].section != "bonds"]).amax(0)
         return sum(e.sum(-1) for e in rows.values()) + pairs.sum((1, 2)), pairs.amax((1, 2)), bent
 
     def _bonded(self, batch: Batch, x: torch.Tensor, internal: bool = True) -> dict[str, torch.Tensor]:
@@ -90,14 +93,20 @@ class LocalPrior:
         the joint to the atoms already in place comes out at its bond length.
         """
         x = self._coordinates(batch, sequence)
-        rows, where, valid = self._term_slots("bond", batch, self._positions(batch))
-        inside = where >= batch.env_atoms.shape[1]
-        joint = valid & (inside[..., 0] != inside[..., 1])
-        ends = x[torch.arange(len(x))[:, None, None], where.clamp(min=0)]  # (B, T, 2, 3)
-        d = (ends[..., 0, :] - ends[..., 1, :]) * torch.where(inside[..., 0], 1.0, -1.0)[..., None].to(x)  # env -> seq
-        r = d.norm(dim=-1, keepdim=True).clamp(min=1e-9)
-        pull = (self.terms["bond"][1][rows.clamp(min=0), 0].to(x)[..., None] - r) * d / r * joint[..., None]
-        return pull.sum(1) / joint.sum(1, keepdim=True).clamp(min=1)
+        lookup = self._positions(batch)
+        pull, joints = torch.zeros(len(x), 3, dtype=x.dtype), torch.zeros(len(x), 1, dtype=x.dtype)
+        for name in (n for n in self.terms if FORMS[n].section == "bonds"):
+            rows, where, valid = self._term_slots(name, batch, lookup)
+            inside = where >= batch.env_atoms.shape[1]
+            joint = valid & (inside[..., 0] != inside[..., 1])
+            ends = x[torch.arange(len(x))[:, None, None], where.clamp(min=0)]  # (B, T, 2, 3)
+            sign = torch.where(inside[..., 0], 1.0, -1.0)[..., None].to(x)
+            d = (ends[..., 0, :] - ends[..., 1, :]) * sign  # environment -> sequence
+            r = d.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+            b0 = self.terms[name][1][rows.clamp(min=0), 0].to(x)[..., None]
+            pull += ((b0 - r) * d / r * joint[..., None]).sum(1)
+            joints += joint.sum(1, keepdim=True)
+        return pull / joints.clamp(min=1)
 
     def _coordinates(self, batch: Batch, sequence: torch.Tensor) -> torch.Tensor:
         """(B, A + L, 3) local positions of each item's environment atoms, then its sequence."""

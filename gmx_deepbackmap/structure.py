@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-
-ANGSTROM_PER_NM = 10.0
+from .errors import InputError, read_text
+from .pbc import ANGSTROM_PER_NM, box_from_dimensions, dimensions_from_box, minimum_width
 
 
 @dataclass(frozen=True)
@@ -34,23 +33,6 @@ class Frame:
     box: np.ndarray
     time: float = 0.0
     step: int = 0
-
-
-def box_from_dimensions(dimensions) -> np.ndarray:
-    """MDAnalysis `[a, b, c, alpha, beta, gamma]` (Angstrom, degrees) to box rows in nm."""
-    from MDAnalysis.lib.mdamath import triclinic_vectors
-
-    if dimensions is None:
-        return np.zeros((3, 3))
-    return np.asarray(triclinic_vectors(dimensions), dtype=np.float64) / ANGSTROM_PER_NM
-
-
-def dimensions_from_box(box: np.ndarray) -> np.ndarray:
-    """Box rows in nm to MDAnalysis `[a, b, c, alpha, beta, gamma]`."""
-    from MDAnalysis.lib.mdamath import triclinic_box
-
-    b = np.asarray(box, dtype=np.float64) * ANGSTROM_PER_NM
-    return np.asarray(triclinic_box(b[0], b[1], b[2]), dtype=np.float64)
 
 
 def load_universe(structure: str | os.PathLike, trajectory: str | os.PathLike | None = None):
@@ -100,10 +82,7 @@ def check_gro(path: str | os.PathLike) -> None:
     that many atom lines with a residue number and three finite coordinates in the columns the
     first atom line's precision sets, and a box line of 3 or 9 finite numbers. The first problem
     is an `InputError` naming its line."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read ({_first_line(exc)})", path) from None
+    lines = read_text(path).splitlines()
     if len(lines) < 2:
         raise InputError("no atom count (a .gro has a title line, then the number of atoms)", path, len(lines) + 1)
     try:
@@ -112,13 +91,13 @@ def check_gro(path: str | os.PathLike) -> None:
         raise InputError(f"'{lines[1].strip()}': expected the number of atoms", path, 2) from None
     if n_atoms < 1:
         raise InputError(f"{n_atoms} atoms: expected at least 1", path, 2)
+    width = lines[2][25:].find(".") + 1 if len(lines) > 2 else 0  # MDAnalysis' rule: the coordinates' width
+    for lineno, line in enumerate(lines[2 : n_atoms + 2], start=3):
+        _check_atom_line(line, width, path, lineno)
     if len(lines) < n_atoms + 3:
         found = max(len(lines) - 2, 0)
         ends = f"the file ends after {found} of {n_atoms} atom lines"
         raise InputError("no box line after the atoms" if found == n_atoms else ends, path, len(lines) + 1)
-    width = lines[2][25:].find(".") + 1  # MDAnalysis' rule: the column width of the coordinates
-    for lineno, line in enumerate(lines[2 : n_atoms + 2], start=3):
-        _check_atom_line(line, width, path, lineno)
     box = _numbers(lines[n_atoms + 2].split(), path, n_atoms + 3, "box")
     if len(box) not in (3, 9):
         raise InputError(f"box line with {len(box)} numbers (expected 3 or 9)", path, n_atoms + 3)
@@ -156,6 +135,9 @@ def check_atom_count(universe, expected: int, path, what: str = "the topology") 
         raise InputError(f"{n} atoms, but {what} describes {expected}", path)
 
 
+# nm: coordinates and box entries beyond this are corrupt (the .gro format ends at 9999.999; float32
+# positions keep 0.001 nm only up to about this far); they would wrap into silently wrong places.
+MAX_COORDINATE = 1e4
 NAME_WIDTHS = {".gro": 5, ".pdb": 4}  # columns a format keeps of atom and residue names
 
 
@@ -197,12 +179,18 @@ def check_frame(frame: Frame, path: str | os.PathLike, cutoff: float | None = No
     finite, a box without volume, or (given a `cutoff` in nm) a box narrower than twice the cutoff,
     in which the pair searches would see an atom's own images."""
     where = f"frame {frame.step}: "
-    bad = np.flatnonzero(~np.isfinite(frame.positions).all(axis=1))
+    bad = np.flatnonzero(~(np.abs(frame.positions) <= MAX_COORDINATE).all(axis=1))  # NaN fails too
     if len(bad):
         x = frame.positions[bad[0]]
-        raise InputError(f"{where}atom {bad[0] + 1} has a coordinate that is not a number ({x[0]} {x[1]} {x[2]})", path)
-    if not np.isfinite(frame.box).all() or not abs(np.linalg.det(frame.box)) > 0:
-        raise InputError(f"{where}the box has no volume (box vectors {frame.box.round(5).tolist()} nm)", path)
+        raise InputError(
+            f"{where}atom {bad[0] + 1} at ({x[0]:g} {x[1]:g} {x[2]:g}) nm: expected finite coordinates within "
+            f"{MAX_COORDINATE:g} nm of the origin",
+            path,
+        )
+    if not (np.abs(frame.box) <= MAX_COORDINATE).all() or not abs(np.linalg.det(frame.box)) > 0:
+        raise InputError(
+            f"{where}the box has no volume or is not finite (box vectors {frame.box.round(5).tolist()} nm)", path
+        )
     if cutoff is not None:
         width = minimum_width(frame.box)
         if width < 2 * cutoff:
@@ -211,16 +199,6 @@ def check_frame(frame: Frame, path: str | os.PathLike, cutoff: float | None = No
                 f"(at least {2 * cutoff:g} nm needed)",
                 path,
             )
-
-
-def minimum_width(box: np.ndarray) -> float:
-    """The narrowest perpendicular width (nm) of the lattice of `box`: that of its reduced cell,
-    the cell in which the pair searches run (see `pbc.reduced_cell`)."""
-    import torch
-
-    from .pbc import box_widths, reduced_cell
-
-    return float(box_widths(torch.as_tensor(reduced_cell(box)[0])).min())
 
 
 def check_writable(output: str | os.PathLike) -> None:

@@ -48,6 +48,7 @@ import torch
 from .config import DEFAULTS, THERMAL_SELECTIONS
 from .energies import ForceField, contains_sorted
 from .environment import graph_colours
+from .forms import FORMS
 from .mapping import Mapping
 from .parallel import FAST_MATH, match_torch_threads
 from .pbc import image_shifts, minimum_image, neighbour_pairs
@@ -404,8 +405,26 @@ class _ColourEnergy:
         return torch.zeros(n_beads, 3, dtype=delta.dtype).index_add_(0, beads, weights[:, None] * delta[slot])
 
 
-# Functional form of each `ForceField.terms` entry in `_term_energy`.
-_FORMS = {"bond": 0, "angle": 1, "improper": 2, "proper": 3, "periodic_improper": 3, "pair14": 4}
+# The code of each `ForceField.terms` entry in `_term_energy`: the forms of `forms.FORMS` and 1-4 pairs.
+KERNEL_FORMS = (
+    "bond",
+    "g96_bond",
+    "pair14",
+    "angle",
+    "g96_angle",
+    "urey_bradley",
+    "proper",
+    "periodic_improper",
+    "improper",
+    "ryckaert_bellemans",
+    "fourier",
+)
+_BOND, _G96_BOND, _PAIR14, _ANGLE, _G96_ANGLE, _UREY_BRADLEY = range(6)  # KERNEL_FORMS' order
+_PROPER, _PERIODIC_IMPROPER, _IMPROPER, _RB, _FOURIER = range(6, 11)
+if set(KERNEL_FORMS) != {*FORMS, "pair14"}:  # a form added to `forms` needs its compiled copy here
+    raise ImportError(f"thermal._term_energy lacks the forms {sorted({*FORMS, 'pair14'} - set(KERNEL_FORMS))}")
+_CODES = {name: code for code, name in enumerate(KERNEL_FORMS)}
+_MAX_PARAMS = max(3, *(len(form.columns) for form in FORMS.values()))
 
 
 def _bonded_rows(
@@ -413,12 +432,12 @@ def _bonded_rows(
 ) -> tuple[np.ndarray, ...]:
     """The bonded terms a colour's moves change (`where`: each atom's move, or -1; terms inside one
     group never change), for `_bonded_changes`: atoms (T, 4) padded with -1, bond image shifts
-    (T, 3, 3), parameters (T, 3) in radians padded with 0, `_FORMS` (T,) and moves (T,)."""
+    (T, 3, 3), parameters (T, `_MAX_PARAMS`) in radians padded with 0, `_CODES` (T,) and moves (T,)."""
     parts = [
         (
             np.zeros((0, 4), np.int64),
             np.zeros((0, 3, 3)),
-            np.zeros((0, 3)),
+            np.zeros((0, _MAX_PARAMS)),
             np.zeros(0, np.int64),
             np.zeros(0, np.int64),
         )
@@ -429,11 +448,12 @@ def _bonded_rows(
         if not rows.any():
             continue
         idx, params = idx[torch.from_numpy(rows)], params[torch.from_numpy(rows)].numpy()
-        atoms, shifts, padded = np.full((len(idx), 4), -1), np.zeros((len(idx), 3, 3)), np.zeros((len(idx), 3))
+        atoms, shifts = np.full((len(idx), 4), -1), np.zeros((len(idx), 3, 3))
+        padded = np.zeros((len(idx), _MAX_PARAMS))
         atoms[:, : idx.shape[1]], padded[:, : params.shape[1]] = idx.numpy(), params
         for k in range(idx.shape[1] - 1):
             shifts[:, k] = image_shifts(x[idx[:, k + 1]] - x[idx[:, k]], box).numpy()
-        parts.append((atoms, shifts, padded, np.full(len(idx), _FORMS[name]), local[rows].max(1)))
+        parts.append((atoms, shifts, padded, np.full(len(idx), _CODES[name]), local[rows].max(1)))
     return tuple(np.concatenate(column) for column in zip(*parts))
 
 
@@ -457,24 +477,42 @@ def _vector(x, slot, moved, a, b, shift):  # pragma: no cover (compiled)
 
 @numba.njit(inline="always", fastmath=FAST_MATH)
 def _term_energy(form, b1, b2, b3, p):  # pragma: no cover (compiled)
-    """Energy of one bonded term from its bond vectors, the forms of `energies.vector_energies`
-    (and 1-4 pairs: plain Lennard-Jones and scaled Coulomb, no cut-off)."""
-    if form == 0 or form == 4:
+    """Energy of one bonded term of code `form` (`KERNEL_FORMS`) from its bond vectors: the forms of
+    `forms.FORMS` (parameters in radians), and 1-4 pairs (plain Lennard-Jones and scaled Coulomb,
+    no cut-off)."""
+    if form in (_BOND, _G96_BOND, _PAIR14):
         r2 = _dot3(b1, b1)
-        if form == 4:
+        if form == _PAIR14:
             inv6 = 1.0 / (r2 * r2 * r2)
             return (p[1] * inv6 - p[0]) * inv6 + p[2] / np.sqrt(r2)
+        if form == _G96_BOND:
+            return 0.25 * p[1] * (r2 - p[0] * p[0]) ** 2
         return 0.5 * p[1] * (np.sqrt(r2) - p[0]) ** 2
-    if form == 1:
+    if form in (_ANGLE, _G96_ANGLE, _UREY_BRADLEY):
+        if form == _G96_ANGLE:
+            cos = -_dot3(b1, b2) / np.sqrt(_dot3(b1, b1) * _dot3(b2, b2))
+            return 0.5 * p[1] * (cos - np.cos(p[0])) ** 2
         normal = _cross3(b1, b2)
-        return 0.5 * p[1] * (np.arctan2(np.sqrt(_dot3(normal, normal)), -_dot3(b1, b2)) - p[0]) ** 2
+        energy = 0.5 * p[1] * (np.arctan2(np.sqrt(_dot3(normal, normal)), -_dot3(b1, b2)) - p[0]) ** 2
+        if form == _UREY_BRADLEY:
+            r13 = (b1[0] + b2[0], b1[1] + b2[1], b1[2] + b2[2])
+            energy += 0.5 * p[3] * (np.sqrt(_dot3(r13, r13)) - p[2]) ** 2
+        return energy
     n1, n2 = _cross3(b1, b2), _cross3(b2, b3)
     phi = np.arctan2(np.sqrt(_dot3(b2, b2)) * _dot3(b1, n2), _dot3(n1, n2))
-    if form == 2:
+    if form == _IMPROPER:
         d = phi - p[0]
         d -= 2 * np.pi * np.floor((d + np.pi) / (2 * np.pi))  # into [-pi, pi)
         return 0.5 * p[1] * d * d
-    return p[1] * (1.0 + np.cos(p[2] * phi - p[0]))
+    if form in (_PROPER, _PERIODIC_IMPROPER):
+        return p[1] * (1.0 + np.cos(p[2] * phi - p[0]))
+    if form in (_RB, _FOURIER):
+        cos_psi, power, energy = -np.cos(phi), 1.0, p[0]
+        for n in range(1, 6):
+            power *= cos_psi
+            energy += p[n] * power
+        return energy
+    raise ValueError("unknown bonded form code")
 
 
 @numba.njit(cache=True, fastmath=FAST_MATH)
@@ -483,7 +521,7 @@ def _bonded_changes(x, slot, old, new, atoms, shifts, params, forms, owner, out)
     minus at `old`."""
     for t in range(len(forms)):
         a, form = atoms[t], forms[t]
-        size = 2 if form == 0 or form == 4 else (3 if form == 1 else 4)
+        size = 2 if a[2] < 0 else (3 if a[3] < 0 else 4)
         for state in range(2):
             moved = new if state == 0 else old
             b1 = _vector(x, slot, moved, a[0], a[1], shifts[t, 0])

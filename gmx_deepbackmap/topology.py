@@ -2,9 +2,13 @@
 
 `read_topology` preprocesses the `.top` (includes, `#ifdef`s, macros), checks every line of the
 sections it understands (field counts, numbers, function types, atom types, molecule names) so
-that errors name the file and line, lets ParmEd resolve parameters from the `*types` sections, and
-builds the exclusions the way grompp does: bonds up to `nrexcl` apart plus explicit
-`[ exclusions ]` (ParmEd ignores `nrexcl != 3` and its exclusion lists are not used).
+that errors name the file and line, resolves parameters from the `*types` sections by grompp's
+rules (bonded atom types; dihedral types with `X` wildcards: the first type with the most exact
+matches, and for function type 9 the lines after it with the same atom types; later
+bond/angle/pair types override earlier ones; `[ pairs ]` from `[ pairtypes ]`, else generated
+from the non-bonded parameters times fudgeLJ when gen-pairs is on) and builds the exclusions the
+way grompp does: chemical bonds up to `nrexcl` apart plus explicit `[ exclusions ]`. The bonded
+forms themselves are defined once, in `forms`.
 
 All numbers are in GROMACS units: nm, kJ/mol, degrees, e, amu. Atom indices are 0-based over the
 whole system, in topology order.
@@ -13,28 +17,31 @@ whole system, in topology order.
 from __future__ import annotations
 
 import os
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .forms import FORM_OF_FUNCT, FORMS, PARAMETER_COUNT, fourier_to_ryckaert_bellemans
 from .preprocess import SourceLine, preprocess
 
-KCAL = 4.184  # kJ per kcal: ParmEd stores AMBER units internally
-
-# Supported function types per section; anything else is rejected with file, section and line.
+# Sections read, and the function types supported in each (the bonded ones: those of `forms`);
+# anything else is rejected with file, section and line. Bonds 5 (connections) only make exclusions.
+_FORM_FUNCTS = {
+    section: {funct for (where, funct) in FORM_OF_FUNCT if where == section}
+    for section in ("bonds", "angles", "dihedrals")
+}
 SUPPORTED_FUNCTS = {
-    "bonds": {1},
-    "angles": {1},
-    "dihedrals": {1, 2, 4, 9},
+    "bonds": _FORM_FUNCTS["bonds"] | {5},
+    "angles": _FORM_FUNCTS["angles"],
+    "dihedrals": _FORM_FUNCTS["dihedrals"],
     "pairs": {1},
     "constraints": {1, 2},
-    "bondtypes": {1},
-    "angletypes": {1},
-    "dihedraltypes": {1, 2, 4, 9},
+    "settles": {1},
+    "bondtypes": _FORM_FUNCTS["bonds"],
+    "angletypes": _FORM_FUNCTS["angles"],
+    "dihedraltypes": _FORM_FUNCTS["dihedrals"],
     "pairtypes": {1},
     "constrainttypes": {1, 2},
     "position_restraints": {1},
@@ -43,20 +50,47 @@ ATOMS_PER_TERM = {
     "bonds": 2,
     "pairs": 2,
     "constraints": 2,
+    "settles": 1,
     "angles": 3,
     "dihedrals": 4,
     "bondtypes": 2,
     "pairtypes": 2,
     "constrainttypes": 2,
     "angletypes": 3,
+    "dihedraltypes": 4,
     "position_restraints": 1,
 }
+MAX_ATOMS = 10**8  # per [ molecules ] line: larger counts are typos (and would take ParmEd hours)
 IGNORED_SECTIONS = {"system", "implicit_genborn_params", "cmaptypes"}
 KNOWN_SECTIONS = (
     set(SUPPORTED_FUNCTS)
     | IGNORED_SECTIONS
     | {"defaults", "atomtypes", "nonbond_params", "moleculetype", "atoms", "exclusions", "molecules"}
 )
+# Sections grompp knows that the force field cannot evaluate, with what to do instead
+UNSUPPORTED_SECTIONS = {
+    "cmap": "CMAP correction maps are not supported (make the topology with `gmx pdb2gmx -nocmap`)",
+    "virtual_sites1": "virtual sites are not supported",
+    "virtual_sites2": "virtual sites are not supported",
+    "virtual_sites3": "virtual sites are not supported",
+    "virtual_sites4": "virtual sites are not supported",
+    "virtual_sitesn": "virtual sites are not supported",
+    "dummies2": "virtual sites are not supported",
+    "dummies3": "virtual sites are not supported",
+    "dummies4": "virtual sites are not supported",
+    "dummiesn": "virtual sites are not supported",
+    "polarization": "polarisation (shells) is not supported",
+    "water_polarization": "polarisation (shells) is not supported",
+    "thole_polarization": "polarisation (shells) is not supported",
+    "distance_restraints": "distance restraints are not supported",
+    "dihedral_restraints": "dihedral restraints are not supported",
+    "orientation_restraints": "orientation restraints are not supported",
+    "angle_restraints": "angle restraints are not supported",
+    "angle_restraints_z": "angle restraints are not supported",
+    "intermolecular_interactions": "intermolecular interactions are not supported",
+}
+CHEMICAL_BOND_FUNCTS = {"bonds": {1, 2, 5}, "constraints": {1}}  # what nrexcl counts as bonds
+WILDCARD = "X"  # dihedraltypes: matches any atom type
 
 
 @dataclass(frozen=True)
@@ -79,7 +113,7 @@ class MoleculeType:
     nrexcl: int
     atom_names: tuple[str, ...]
     atom_types: tuple[str, ...]
-    bonds: np.ndarray  # (n, 2) local indices of chemical bonds (bonds and funct-1 constraints)
+    bonds: np.ndarray  # (n, 2) local indices of chemical bonds (bonds, funct-1 constraints, settles)
     exclusions: np.ndarray  # (n, 2) local index pairs i < j, nrexcl and explicit ones together
 
     @property
@@ -108,13 +142,9 @@ class Topology:
     molecules: tuple[tuple[str, int], ...]  # (moleculetype name, first atom) per molecule
     c6: np.ndarray  # (T, T) kJ/mol nm^6, by type index; `[ nonbond_params ]` applied
     c12: np.ndarray  # (T, T) kJ/mol nm^12
-    bonds: Terms
-    angles: Terms
-    propers: Terms  # funct 1 and 9 (one row per term of a funct 9 series)
-    impropers: Terms  # funct 2, harmonic
-    periodic_impropers: Terms  # funct 4
+    bonded: dict[str, Terms]  # every form of `forms.FORMS` by name (empty where the topology has none)
     pairs: Terms  # `[ pairs ]` funct 1: c6, c12 of the pair; Coulomb scaled by fudge_qq
-    constraints: Terms  # funct 1 and 2: length
+    constraints: Terms  # `[ constraints ]` funct 1 and 2 and the distances of `[ settles ]`: length
     exclusions: np.ndarray  # (n, 2) i < j, sorted and unique
     fudge_qq: float
     comb_rule: int
@@ -123,10 +153,44 @@ class Topology:
     def n_atoms(self) -> int:
         return len(self.atom_names)
 
+    @property
+    def bonds(self) -> Terms:
+        """Every bond with an energy (harmonic and GROMOS-96): b0, kb."""
+        return _joined(self.bonded["bond"], self.bonded["g96_bond"])
+
+    @property
+    def angles(self) -> Terms:
+        """Every angle (harmonic, GROMOS-96 and Urey-Bradley): theta0, k."""
+        return _joined(self.bonded["angle"], self.bonded["g96_angle"], self.bonded["urey_bradley"])
+
+    @property
+    def propers(self) -> Terms:
+        """Periodic proper dihedrals (funct 1 and 9)."""
+        return self.bonded["proper"]
+
+    @property
+    def impropers(self) -> Terms:
+        """Harmonic impropers (funct 2)."""
+        return self.bonded["improper"]
+
+    @property
+    def periodic_impropers(self) -> Terms:
+        """Periodic impropers (funct 4)."""
+        return self.bonded["periodic_improper"]
+
     def molecule_slice(self, molecule: int) -> slice:
         """Atom range of one molecule."""
         first = self.molecules[molecule][1]
         return slice(first, first + self.molecule_types[self.molecules[molecule][0]].n_atoms)
+
+
+def _joined(*terms: Terms) -> Terms:
+    """Rows of several forms with their first two parameter columns (the geometric ones first)."""
+    return Terms(
+        np.concatenate([t.indices for t in terms]),
+        np.concatenate([t.params[:, :2] for t in terms]),
+        terms[0].columns[:2],
+    )
 
 
 def read_topology(
@@ -136,9 +200,7 @@ def read_topology(
 ) -> Topology:
     """Read a GROMACS `.top` into a `Topology` (GROMACS units, 0-based system-wide indices)."""
     lines = preprocess(path, defines, include_dirs)
-    scan = _scan(lines, Path(path))
-    structure = _parmed_structure(lines, Path(path))
-    return _build(Path(path), scan, structure)
+    return _build(Path(path), _scan(lines, Path(path)))
 
 
 def system_residue_numbers(topology: Topology) -> np.ndarray:
@@ -151,24 +213,65 @@ def system_residue_numbers(topology: Topology) -> np.ndarray:
 # --------------------------------------------------------------------------- line-level checks
 
 
+@dataclass(frozen=True)
+class _AtomType:
+    bonded: str  # the bonded type (OPLS-AA: e.g. CT for opls_135), else the name itself
+    atomic_number: int  # 0 where not given
+    mass: float
+    charge: float
+    v: float  # sigma (comb-rule 2, 3) or c6 (comb-rule 1)
+    w: float  # epsilon or c12
+
+
+@dataclass(frozen=True)
+class _Atom:
+    name: str
+    type: str
+    residue_number: int
+    residue_name: str
+    charge: float
+    mass: float
+
+
+@dataclass(frozen=True)
+class _Interaction:
+    """One line of a bonded section of a molecule: local atoms, funct, parameters as written."""
+
+    section: str
+    atoms: tuple[int, ...]
+    funct: int
+    params: tuple[float, ...]
+    line: SourceLine
+
+
 @dataclass
 class _ScannedMolecule:
     name: str
     nrexcl: int
-    atom_names: list[str] = field(default_factory=list)
-    atom_types: list[str] = field(default_factory=list)
-    bonds: list[tuple[int, int]] = field(default_factory=list)
+    atoms: list[_Atom] = field(default_factory=list)
+    interactions: list[_Interaction] = field(default_factory=list)
     exclusions: list[tuple[int, ...]] = field(default_factory=list)
-    pairs: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class _DihedralType:
+    funct: int  # 1 and 9 are one kind of dihedral type, as in grompp
+    types: tuple[str, ...]  # WILDCARD matches any type
+    rows: list[tuple[float, ...]]  # funct 9: the consecutive lines with these types
 
 
 @dataclass
 class _Scan:
     comb_rule: int = 1
+    gen_pairs: bool = False
     fudge_lj: float = 1.0
     fudge_qq: float = 1.0
-    atomtypes: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (V, W)
+    atomtypes: dict[str, _AtomType] = field(default_factory=dict)
     nonbond_params: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    # bondtypes, angletypes, constrainttypes, pairtypes: (funct, *types) -> parameters, both directions
+    types: dict[str, dict[tuple, tuple[float, ...]]] = field(default_factory=dict)
+    dihedraltypes: list[_DihedralType] = field(default_factory=list)
+    dihedral_index: dict[tuple, _DihedralType] = field(default_factory=dict)  # (funct, types) -> entry
     molecule_types: dict[str, _ScannedMolecule] = field(default_factory=dict)
     molecules: list[tuple[str, int]] = field(default_factory=list)
 
@@ -205,27 +308,20 @@ def _scan(lines: list[SourceLine], top: Path) -> _Scan:
     for line in lines:
         if line.text.startswith("["):
             section = line.text.strip("[] \t").lower()
+            if section in UNSUPPORTED_SECTIONS:
+                raise InputError(UNSUPPORTED_SECTIONS[section], line.path, line.lineno, section)
             if section not in KNOWN_SECTIONS:
                 raise InputError(f"unsupported section [ {section} ]", line.path, line.lineno)
             continue
         if section is None:
+            if line.text.startswith("*"):  # a banner of '*' lines (AMBER, CHARMM ports): grompp skips it
+                continue
             raise InputError("data before the first [ section ]", line.path, line.lineno)
         if section == "defaults":
-            words = _fields(line, section, 2, "nbfunc comb-rule")
-            scan.comb_rule = _number(words[1], int, line, section, "comb-rule")
-            if scan.comb_rule not in (1, 2, 3):
-                raise InputError(f"comb-rule {scan.comb_rule} (expected 1, 2 or 3)", line.path, line.lineno, section)
-            if len(words) >= 5:
-                scan.fudge_lj = _number(words[3], float, line, section, "fudgeLJ")
-                scan.fudge_qq = _number(words[4], float, line, section, "fudgeQQ")
+            _scan_defaults(scan, line)
         elif section == "atomtypes":
-            words = _fields(line, section, 6, "name mass charge ptype V W")
-            for word, what in zip(words[-5:-3], ("mass", "charge")):
-                _number(word, float, line, section, what)
-            scan.atomtypes[words[0]] = (
-                _number(words[-2], float, line, section, "V (sigma or c6)"),
-                _number(words[-1], float, line, section, "W (epsilon or c12)"),
-            )
+            name, atomtype = _atomtype(line)
+            scan.atomtypes[name] = atomtype
         elif section == "nonbond_params":
             words = _fields(line, section, 5, "type_i type_j funct V W")
             _check_funct(words[2], {1}, line, section)
@@ -243,17 +339,23 @@ def _scan(lines: list[SourceLine], top: Path) -> _Scan:
             words = _fields(line, section, 2, "name count")
             if words[0] not in scan.molecule_types:
                 raise InputError(f"molecule '{words[0]}' has no [ moleculetype ]", line.path, line.lineno, section)
-            scan.molecules.append((words[0], _number(words[1], int, line, section, "count")))
+            count = _number(words[1], int, line, section, "count")
+            if count < 0:
+                raise InputError(f"{count} molecules (expected 0 or more)", line.path, line.lineno, section)
+            if count > MAX_ATOMS // max(len(scan.molecule_types[words[0]].atoms), 1):
+                raise InputError(f"{count} molecules: more than {MAX_ATOMS:.0e} atoms", line.path, line.lineno, section)
+            scan.molecules.append((words[0], count))
         elif section in IGNORED_SECTIONS:
             continue
-        elif section in SUPPORTED_FUNCTS and section.endswith("types"):
-            n = ATOMS_PER_TERM.get(section, 4 if section == "dihedraltypes" else 2)
+        elif section == "dihedraltypes":
+            _scan_dihedraltype(scan, line)
+        elif section.endswith("types"):
+            n = ATOMS_PER_TERM[section]
             words = _fields(line, section, n + 1, f"{n} atom types and funct")
-            # dihedraltypes may name 2 or 4 atom types; the funct follows them
-            funct_at = n if _is_int(words[n]) or section != "dihedraltypes" else 2
-            _check_funct(words[funct_at], SUPPORTED_FUNCTS[section], line, section)
-            for word in words[funct_at + 1 :]:
-                _number(word, float, line, section, "parameter")
+            funct = _check_funct(words[n], SUPPORTED_FUNCTS[section], line, section)
+            params = tuple(_number(w, float, line, section, "parameter") for w in words[n + 1 :])
+            table = scan.types.setdefault(section, {})
+            table[(funct, *words[:n])] = table[(funct, *words[:n][::-1])] = params  # a later line overrides
         else:
             if molecule is None:
                 raise InputError(f"[ {section} ] before any [ moleculetype ]", line.path, line.lineno)
@@ -263,12 +365,72 @@ def _scan(lines: list[SourceLine], top: Path) -> _Scan:
     return scan
 
 
-def _is_int(word: str) -> bool:
-    try:
-        int(word)
-        return True
-    except ValueError:
-        return False
+def _scan_defaults(scan: _Scan, line: SourceLine) -> None:
+    section = "defaults"
+    words = _fields(line, section, 2, "nbfunc comb-rule")
+    if _number(words[0], int, line, section, "nbfunc") != 1:
+        raise InputError(f"nbfunc {words[0]}: only Lennard-Jones (1) is supported", line.path, line.lineno, section)
+    scan.comb_rule = _number(words[1], int, line, section, "comb-rule")
+    if scan.comb_rule not in (1, 2, 3):
+        raise InputError(f"comb-rule {scan.comb_rule} (expected 1, 2 or 3)", line.path, line.lineno, section)
+    if len(words) >= 3:
+        if words[2].lower() not in ("yes", "no"):
+            raise InputError(f"gen-pairs '{words[2]}' (expected yes or no)", line.path, line.lineno, section)
+        scan.gen_pairs = words[2].lower() == "yes"
+    if len(words) >= 5:
+        scan.fudge_lj = _number(words[3], float, line, section, "fudgeLJ")
+        scan.fudge_qq = _number(words[4], float, line, section, "fudgeQQ")
+
+
+def _atomtype(line: SourceLine) -> tuple[str, _AtomType]:
+    """An `[ atomtypes ]` line: name [bonded type] [atomic number] mass charge ptype V W, the
+    optional columns recognised by where the one-letter particle type stands, as grompp does."""
+    section = "atomtypes"
+    words = _fields(line, section, 6, "name mass charge ptype V W")
+    ptype = next((k for k in (3, 5, 4) if k < len(words) and len(words[k]) == 1 and words[k].isalpha()), None)
+    if ptype is None or len(words) < ptype + 3:
+        raise InputError(
+            "expected name [bonded type] [atomic number] mass charge ptype V W", line.path, line.lineno, section
+        )
+    bonded, atomic_number = words[0], 0
+    if ptype == 5 or (ptype == 4 and words[1][0].isalpha()):
+        bonded = words[1]
+    if ptype == 5 or (ptype == 4 and not words[1][0].isalpha()):
+        atomic_number = _number(words[ptype - 3], int, line, section, "atomic number")
+    mass, charge, v, w = (
+        _number(words[k], float, line, section, what)
+        for k, what in zip(
+            (ptype - 2, ptype - 1, ptype + 1, ptype + 2), ("mass", "charge", "V (sigma or c6)", "W (epsilon or c12)")
+        )
+    )
+    return words[0], _AtomType(bonded, atomic_number, mass, charge, v, w)
+
+
+def _scan_dihedraltype(scan: _Scan, line: SourceLine) -> None:
+    """A `[ dihedraltypes ]` line of 4 atom types, or of 2 (the middle ones of a proper, the outer
+    ones of an improper funct 2) when the third field is a one-digit funct, as grompp reads it."""
+    section = "dihedraltypes"
+    words = _fields(line, section, 3, "atom types and funct")
+    two = len(words[2]) == 1 and words[2].isdigit()
+    n = 2 if two else 4
+    words = _fields(line, section, n + 1, f"{n} atom types and funct")
+    funct = _check_funct(words[n], SUPPORTED_FUNCTS[section], line, section)
+    params = tuple(_number(w, float, line, section, "parameter") for w in words[n + 1 :])
+    types = tuple(words[:n])
+    if two:
+        a, b = types
+        types = (a, WILDCARD, WILDCARD, b) if funct == 2 else (WILDCARD, a, b, WILDCARD)
+    kind = 1 if funct == 9 else funct
+    previous = scan.dihedraltypes[-1] if scan.dihedraltypes else None
+    if funct == 9 and previous is not None and previous.funct == kind and previous.types == types:
+        previous.rows.append(params)  # one more term of the same multi-term dihedral type
+        return
+    earlier = scan.dihedral_index.get((kind, types)) or scan.dihedral_index.get((kind, types[::-1]))
+    if earlier is not None:
+        earlier.rows = [params]  # a later definition of the same types overrides, as in grompp
+        return
+    scan.dihedraltypes.append(_DihedralType(kind, types, [params]))
+    scan.dihedral_index[(kind, types)] = scan.dihedraltypes[-1]
 
 
 def _check_funct(word: str, supported: set[int], line: SourceLine, section: str) -> int:
@@ -285,45 +447,51 @@ def _check_funct(word: str, supported: set[int], line: SourceLine, section: str)
 
 def _scan_molecule_line(scan: _Scan, molecule: _ScannedMolecule, section: str, line: SourceLine):
     if section == "atoms":
-        words = _fields(line, section, 5, "nr type resnr residue atom")
-        nr = _number(words[0], int, line, section, "atom number")
-        if nr != len(molecule.atom_names) + 1:
-            raise InputError(
-                f"atom number {nr} out of sequence (expected {len(molecule.atom_names) + 1})",
-                line.path,
-                line.lineno,
-                section,
-            )
-        if words[1] not in scan.atomtypes:
-            raise InputError(f"unknown atom type '{words[1]}' (not in [ atomtypes ])", line.path, line.lineno, section)
-        _number(words[2], int, line, section, "residue number")
-        for word, what in zip(words[6:8], ("charge", "mass")):
-            _number(word, float, line, section, what)
-        molecule.atom_names.append(words[4])
-        molecule.atom_types.append(words[1])
+        molecule.atoms.append(_atom(scan, molecule, line))
         return
     if section == "exclusions":
         words = line.text.split()
         atoms = tuple(_atom_index(w, molecule, line, section) for w in words)
         molecule.exclusions.append(atoms)
         return
-    n = ATOMS_PER_TERM.get(section, 4)
+    n = ATOMS_PER_TERM[section]
     words = _fields(line, section, n + 1, f"{n} atom numbers and funct")
     atoms = tuple(_atom_index(w, molecule, line, section) for w in words[:n])
     funct = _check_funct(words[n], SUPPORTED_FUNCTS[section], line, section)
-    for word in words[n + 1 :]:
-        _number(word, float, line, section, "parameter")
-    if section == "bonds" or (section == "constraints" and funct == 1):
-        molecule.bonds.append(atoms)
-    elif section == "pairs":
-        molecule.pairs.append(atoms)
+    params = tuple(_number(w, float, line, section, "parameter") for w in words[n + 1 :])
+    if section == "settles" and (len(params) < 2 or atoms[0] + 2 >= len(molecule.atoms)):
+        raise InputError("expected O funct doh dhh, the hydrogens after O", line.path, line.lineno, section)
+    if section != "position_restraints":
+        molecule.interactions.append(_Interaction(section, atoms, funct, params, line))
+
+
+def _atom(scan: _Scan, molecule: _ScannedMolecule, line: SourceLine) -> _Atom:
+    """An `[ atoms ]` line: nr type resnr residue atom [cgnr [charge [mass]]], charge and mass
+    defaulting to the atom type's."""
+    section = "atoms"
+    words = _fields(line, section, 5, "nr type resnr residue atom")
+    nr = _number(words[0], int, line, section, "atom number")
+    if nr != len(molecule.atoms) + 1:
+        raise InputError(
+            f"atom number {nr} out of sequence (expected {len(molecule.atoms) + 1})",
+            line.path,
+            line.lineno,
+            section,
+        )
+    atomtype = scan.atomtypes.get(words[1])
+    if atomtype is None:
+        raise InputError(f"unknown atom type '{words[1]}' (not in [ atomtypes ])", line.path, line.lineno, section)
+    residue = _number(words[2], int, line, section, "residue number")
+    charge = _number(words[6], float, line, section, "charge") if len(words) > 6 else atomtype.charge
+    mass = _number(words[7], float, line, section, "mass") if len(words) > 7 else atomtype.mass
+    return _Atom(words[4], words[1], residue, words[3], charge, mass)
 
 
 def _atom_index(word: str, molecule: _ScannedMolecule, line: SourceLine, section: str) -> int:
     nr = _number(word, int, line, section, "atom number")
-    if not 1 <= nr <= len(molecule.atom_names):
+    if not 1 <= nr <= len(molecule.atoms):
         raise InputError(
-            f"atom {nr} does not exist in moleculetype '{molecule.name}' ({len(molecule.atom_names)} atoms)",
+            f"atom {nr} does not exist in moleculetype '{molecule.name}' ({len(molecule.atoms)} atoms)",
             line.path,
             line.lineno,
             section,
@@ -331,87 +499,241 @@ def _atom_index(word: str, molecule: _ScannedMolecule, line: SourceLine, section
     return nr - 1
 
 
-# --------------------------------------------------------------------------- parameters (ParmEd)
+# --------------------------------------------------------------------------- parameters (grompp's rules)
 
 
-def _parmed_structure(lines: list[SourceLine], top: Path):
-    """Let ParmEd resolve parameters from the already preprocessed, already checked lines."""
-    import parmed
+@dataclass
+class _Resolved:
+    """The interactions of one molecule type with their parameters, local atom indices."""
 
-    text = "\n".join(line.text for line in lines) + "\n"
-    with tempfile.TemporaryDirectory() as tmp:
-        flat = Path(tmp) / "flat.top"
-        flat.write_text(text)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return parmed.gromacs.GromacsTopologyFile(str(flat))
-        except Exception as exc:  # ParmEd raises assorted types for missing parameters
-            raise InputError(f"could not assign force-field parameters: {exc}", top) from None
+    bonded: dict[str, list[tuple]] = field(default_factory=lambda: {name: [] for name in FORMS})
+    pairs: list[tuple] = field(default_factory=list)
+    constraints: list[tuple] = field(default_factory=list)
+    chemical_bonds: list[tuple[int, int]] = field(default_factory=list)
+
+
+class _Parameters:
+    """grompp's parameter lookup for the bonded interactions of molecule types."""
+
+    def __init__(self, scan: _Scan, c6: np.ndarray, c12: np.ndarray, type_of: dict[str, int]):
+        self.scan, self.c6, self.c12, self.type_of = scan, c6, c12, type_of
+        self._dihedral_cache: dict[tuple, _DihedralType | None] = {}  # (kind, bonded types) -> best match
+
+    def bonded_type(self, atomtype: str) -> str:
+        return self.scan.atomtypes[atomtype].bonded
+
+    def resolve(self, molecule: _ScannedMolecule) -> _Resolved:
+        out = _Resolved()
+        types = [atom.type for atom in molecule.atoms]
+        for term in molecule.interactions:
+            atom_types = tuple(types[a] for a in term.atoms)
+            if term.section == "settles":
+                self._settle(term, out)
+            elif term.section == "pairs":
+                out.pairs.append((*term.atoms, *self._pair(term, atom_types)))
+            elif term.section == "constraints":
+                b0 = self._lookup(term, atom_types, 1, ("constrainttypes", "bondtypes"))[0]
+                out.constraints.append((*term.atoms, b0[0]))
+                if term.funct == 1:
+                    out.chemical_bonds.append(term.atoms)
+            else:
+                self._bonded(term, atom_types, out)
+        return out
+
+    def _settle(self, term: _Interaction, out: _Resolved) -> None:
+        o = term.atoms[0]
+        doh, dhh = term.params[:2]
+        out.constraints += [(o, o + 1, doh), (o, o + 2, doh), (o + 1, o + 2, dhh)]
+        out.chemical_bonds += [(o, o + 1), (o, o + 2)]
+
+    def _bonded(self, term: _Interaction, atom_types: tuple[str, ...], out: _Resolved) -> None:
+        if term.section == "bonds":
+            out.chemical_bonds.append(term.atoms)
+            if term.funct == 5:  # a connection: exclusions only
+                return
+        name = FORM_OF_FUNCT[(term.section, term.funct)]
+        count = PARAMETER_COUNT[(term.section, term.funct)]
+        if term.section == "dihedrals":
+            rows = self._dihedral(term, atom_types, count)
+        else:
+            rows = self._lookup(term, atom_types, count, (term.section[:-1] + "types",))
+        for params in rows:
+            if name == "fourier":
+                params = fourier_to_ryckaert_bellemans(*params)
+            out.bonded[name].append((*term.atoms, *params))
+
+    def _given(self, term: _Interaction, count: int) -> tuple[float, ...] | None:
+        """The parameters written on the line (A state), None where it names none."""
+        if not term.params:
+            return None
+        if len(term.params) < count:
+            raise InputError(
+                f"expected {count} parameters for function type {term.funct}, found {len(term.params)}",
+                term.line.path,
+                term.line.lineno,
+                term.section,
+            )
+        return term.params[:count]
+
+    def _lookup(
+        self, term: _Interaction, atom_types: tuple[str, ...], count: int, sections: tuple[str, ...]
+    ) -> list[tuple[float, ...]]:
+        """Bond, angle or constraint parameters: from the line, else the `*types` entry of the
+        same funct for the bonded types in either direction (the last one written)."""
+        given = self._given(term, count)
+        if given is not None:
+            return [given]
+        key = (term.funct, *(self.bonded_type(t) for t in atom_types))
+        for section in sections:
+            found = self.scan.types.get(section, {}).get(key)
+            if found is not None and len(found) >= count:
+                return [found[:count]]
+        raise self._missing(term, key[1:], sections[0])
+
+    def _dihedral(self, term: _Interaction, atom_types: tuple[str, ...], count: int) -> list[tuple[float, ...]]:
+        """Dihedral parameters: from the line, else the first `[ dihedraltypes ]` entry of the
+        same kind with the most non-wildcard matches in either direction (all its rows for
+        funct 9, the first for the others)."""
+        given = self._given(term, count)
+        if given is not None:
+            return [given]
+        bonded = tuple(self.bonded_type(t) for t in atom_types)
+        kind = 1 if term.funct == 9 else term.funct
+        if (kind, bonded) not in self._dihedral_cache:
+            self._dihedral_cache[(kind, bonded)] = self._best_dihedral_type(kind, bonded)
+        best = self._dihedral_cache[(kind, bonded)]
+        if best is None:
+            raise self._missing(term, bonded, "dihedraltypes")
+        rows = best.rows if term.funct == 9 else best.rows[:1]
+        if any(len(row) < count for row in rows):
+            raise self._missing(term, bonded, "dihedraltypes")
+        return [row[:count] for row in rows]
+
+    def _best_dihedral_type(self, kind: int, bonded: tuple[str, ...]) -> _DihedralType | None:
+        best, best_score = None, -1
+        for entry in self.scan.dihedraltypes:
+            if entry.funct == kind:
+                score = max(_dihedral_match(entry.types, bonded), _dihedral_match(entry.types, bonded[::-1]))
+                if score > best_score:
+                    best, best_score = entry, score
+                    if score == 4:
+                        break
+        return best
+
+    def _pair(self, term: _Interaction, atom_types: tuple[str, ...]) -> tuple[float, float]:
+        """c6, c12 of a 1-4 pair: from the line, else `[ pairtypes ]` (by atom type with
+        gen-pairs, by bonded type without), else generated from the non-bonded c6, c12 times
+        fudgeLJ (gen-pairs only)."""
+        given = self._given(term, 2)
+        if given is None:
+            names = atom_types if self.scan.gen_pairs else tuple(self.bonded_type(t) for t in atom_types)
+            given = self.scan.types.get("pairtypes", {}).get((1, *names))
+            if given is None or len(given) < 2:
+                if not self.scan.gen_pairs:
+                    raise self._missing(term, names, "pairtypes")
+                i, j = (self.type_of[t] for t in atom_types)
+                return self.scan.fudge_lj * self.c6[i, j], self.scan.fudge_lj * self.c12[i, j]
+        return _c6_c12(self.scan.comb_rule, *given[:2])
+
+    def _missing(self, term: _Interaction, types: tuple[str, ...], section: str) -> InputError:
+        return InputError(
+            f"no parameters for function type {term.funct} between atom types {' '.join(types)} "
+            f"(none on the line, no matching [ {section} ])",
+            term.line.path,
+            term.line.lineno,
+            term.section,
+        )
+
+
+def _dihedral_match(pattern: tuple[str, ...], types: tuple[str, ...]) -> int:
+    """How many atom types a dihedral type names exactly, -1 where it does not match."""
+    if any(p != WILDCARD and p != t for p, t in zip(pattern, types)):
+        return -1
+    return sum(p != WILDCARD for p in pattern)
+
+
+def _c6_c12(comb_rule: int, v: float, w: float) -> tuple[float, float]:
+    """c6, c12 of a (V, W) parameter pair: given as such (comb-rule 1) or as sigma, epsilon."""
+    return (v, w) if comb_rule == 1 else (4 * w * v**6, 4 * w * v**12)
 
 
 # --------------------------------------------------------------------------- assembly
 
 
-def _build(top: Path, scan: _Scan, structure) -> Topology:
-    molecules, molecule_index, first = [], [], 0
-    molecule_types = {name: _molecule_type(m) for name, m in scan.molecule_types.items()}
+def _build(top: Path, scan: _Scan) -> Topology:
+    type_names = tuple(scan.atomtypes)
+    type_of = {t: i for i, t in enumerate(type_names)}
+    c6, c12, sigma_t, eps_t = _lj_tables(scan, type_names)
+    parameters = _Parameters(scan, c6, c12, type_of)
+    used = {name for name, _ in scan.molecules}
+    resolved = {name: parameters.resolve(m) for name, m in scan.molecule_types.items() if name in used}
+    molecule_types = {name: _molecule_type(scan.molecule_types[name], r) for name, r in resolved.items()}
+
+    molecules, first = [], 0
     for name, count in scan.molecules:
         for _ in range(count):
             molecules.append((name, first))
-            molecule_index.append(np.full(molecule_types[name].n_atoms, len(molecules) - 1))
             first += molecule_types[name].n_atoms
-    if first != len(structure.atoms):
-        raise InputError(f"ParmEd built {len(structure.atoms)} atoms, the topology lists {first}", top)
-
-    atoms = structure.atoms
-    type_names = tuple(scan.atomtypes)
-    type_of = {t: i for i, t in enumerate(type_names)}
+    atoms = [atom for name, _ in molecules for atom in scan.molecule_types[name].atoms]
+    if not atoms:
+        raise InputError("the system has no atoms", top)
     atom_types = np.array([a.type for a in atoms])
     type_index = np.array([type_of[t] for t in atom_types], dtype=np.int64)
-    c6, c12, sigma_t, eps_t = _lj_tables(scan, type_names)
+    starts = {name: np.array([s for n, s in molecules if n == name], dtype=np.int64) for name in resolved}
 
-    exclusions = np.concatenate([molecule_types[name].exclusions + start for name, start in molecules]).astype(np.int64)
-    pair_rows = np.concatenate(
-        [
-            np.asarray(scan.molecule_types[name].pairs, dtype=np.int64).reshape(-1, 2) + start
-            for name, start in molecules
+    def tiled(rows_of, n_atoms: int, columns: tuple[str, ...]) -> Terms:
+        parts = [
+            (np.asarray(rows_of(r), dtype=np.float64).reshape(-1, n_atoms + len(columns)), starts[n])
+            for n, r in resolved.items()
         ]
-    )
+        return _terms(parts, n_atoms, columns)
+
+    bonded = {
+        name: tiled(lambda r, name=name: r.bonded[name], form.atoms, form.columns) for name, form in FORMS.items()
+    }
     return Topology(
         path=top,
         atom_names=np.array([a.name for a in atoms]),
         atom_types=atom_types,
         type_names=type_names,
         type_index=type_index,
-        elements=np.array([_element(a) for a in atoms]),
+        elements=np.array([_element(scan.atomtypes[a.type], a.mass) for a in atoms]),
         masses=np.array([a.mass for a in atoms], dtype=np.float64),
         charges=np.array([a.charge for a in atoms], dtype=np.float64),
         sigma=sigma_t[type_index],
         epsilon=eps_t[type_index],
-        residue_numbers=np.array([a.residue.number for a in atoms], dtype=np.int64),
-        residue_names=np.array([a.residue.name for a in atoms]),
-        molecule_index=np.concatenate(molecule_index),
+        residue_numbers=np.array([a.residue_number for a in atoms], dtype=np.int64),
+        residue_names=np.array([a.residue_name for a in atoms]),
+        molecule_index=np.repeat(np.arange(len(molecules)), [molecule_types[n].n_atoms for n, _ in molecules]),
         molecule_types=molecule_types,
         molecules=tuple(molecules),
         c6=c6,
         c12=c12,
-        bonds=_bonds(structure),
-        angles=_angles(structure),
-        propers=_dihedrals(structure, improper=False),
-        impropers=_impropers(structure),
-        periodic_impropers=_dihedrals(structure, improper=True),
-        pairs=_pairs(structure, pair_rows, scan, c6, c12, type_index),
-        constraints=_constraints(structure),
-        exclusions=exclusions,
+        bonded=bonded,
+        pairs=tiled(lambda r: r.pairs, 2, ("c6", "c12")),
+        constraints=tiled(lambda r: r.constraints, 2, ("b0",)),
+        exclusions=np.unique(
+            np.concatenate([molecule_types[n].exclusions + s for n, s in molecules]).reshape(-1, 2), axis=0
+        ).astype(np.int64),
         fudge_qq=scan.fudge_qq,
         comb_rule=scan.comb_rule,
     )
 
 
-def _molecule_type(m: _ScannedMolecule) -> MoleculeType:
-    n = len(m.atom_names)
-    bonds = np.asarray(m.bonds, dtype=np.int64).reshape(-1, 2)
+def _terms(parts: list[tuple[np.ndarray, np.ndarray]], n_atoms: int, columns: tuple[str, ...]) -> Terms:
+    """System-wide terms from each molecule type's local rows (atoms, then parameters) and the
+    first atoms of its molecules."""
+    indices, params = [np.zeros((0, n_atoms), np.int64)], [np.zeros((0, len(columns)))]
+    for rows, starts in parts:
+        local = rows[:, :n_atoms].astype(np.int64)
+        indices.append((local[None] + starts[:, None, None]).reshape(-1, n_atoms))
+        params.append(np.tile(rows[:, n_atoms:], (len(starts), 1)))
+    return Terms(np.concatenate(indices), np.concatenate(params), columns)
+
+
+def _molecule_type(m: _ScannedMolecule, resolved: _Resolved) -> MoleculeType:
+    n = len(m.atoms)
+    bonds = np.asarray(resolved.chemical_bonds, dtype=np.int64).reshape(-1, 2)
     neighbours: list[set[int]] = [set() for _ in range(n)]
     for i, j in bonds:
         neighbours[i].add(j)
@@ -426,12 +748,13 @@ def _molecule_type(m: _ScannedMolecule) -> MoleculeType:
     for atoms in m.exclusions:  # first atom excluded from each of the others, as grompp does
         excluded |= {(min(atoms[0], k), max(atoms[0], k)) for k in atoms[1:] if k != atoms[0]}
     exclusions = np.array(sorted(excluded), dtype=np.int64).reshape(-1, 2)
-    return MoleculeType(m.name, m.nrexcl, tuple(m.atom_names), tuple(m.atom_types), bonds, exclusions)
+    names = tuple(a.name for a in m.atoms)
+    return MoleculeType(m.name, m.nrexcl, names, tuple(a.type for a in m.atoms), bonds, exclusions)
 
 
 def _lj_tables(scan: _Scan, type_names: tuple[str, ...]):
-    v = np.array([scan.atomtypes[t][0] for t in type_names])
-    w = np.array([scan.atomtypes[t][1] for t in type_names])
+    v = np.array([scan.atomtypes[t].v for t in type_names])
+    w = np.array([scan.atomtypes[t].w for t in type_names])
     if scan.comb_rule == 1:  # V = c6, W = c12
         c6, c12 = np.sqrt(np.outer(v, v)), np.sqrt(np.outer(w, w))
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -446,83 +769,17 @@ def _lj_tables(scan: _Scan, type_names: tuple[str, ...]):
     for (a, b), (pv, pw) in scan.nonbond_params.items():
         if a in index and b in index:
             i, j = index[a], index[b]
-            pc6, pc12 = (pv, pw) if scan.comb_rule == 1 else (4 * pw * pv**6, 4 * pw * pv**12)
-            c6[i, j] = c6[j, i] = pc6
-            c12[i, j] = c12[j, i] = pc12
+            c6[i, j], c12[i, j] = c6[j, i], c12[j, i] = _c6_c12(scan.comb_rule, pv, pw)
     return c6, c12, np.asarray(sigma, dtype=np.float64), np.asarray(eps, dtype=np.float64)
 
 
-def _element(atom) -> str:
-    from parmed.periodic_table import Element
+def _element(atomtype: _AtomType, mass: float) -> str:
+    """The element of an atom: its type's atomic number, else the element nearest its mass."""
+    from parmed.periodic_table import Element, element_by_mass
 
-    return Element[atom.atomic_number] if atom.atomic_number > 0 else "X"
-
-
-def _terms(rows: list[tuple], n_atoms: int, columns: tuple[str, ...]) -> Terms:
-    if not rows:
-        return Terms(np.zeros((0, n_atoms), np.int64), np.zeros((0, len(columns))), columns)
-    indices = np.array([r[:n_atoms] for r in rows], dtype=np.int64)
-    params = np.array([r[n_atoms:] for r in rows], dtype=np.float64)
-    return Terms(indices, params, columns)
-
-
-def _bonds(structure) -> Terms:
-    rows = [
-        (b.atom1.idx, b.atom2.idx, b.type.req / 10, b.type.k * 2 * KCAL * 100) for b in structure.bonds if b.funct == 1
-    ]
-    return _terms(rows, 2, ("b0", "kb"))
-
-
-def _constraints(structure) -> Terms:
-    rows = [
-        (b.atom1.idx, b.atom2.idx, b.type.req / 10)
-        for b in structure.bonds
-        if b.funct in (-1, -2) or getattr(b, "constraint", False)
-    ]
-    return _terms(rows, 2, ("b0",))
-
-
-def _angles(structure) -> Terms:
-    rows = [(a.atom1.idx, a.atom2.idx, a.atom3.idx, a.type.theteq, a.type.k * 2 * KCAL) for a in structure.angles]
-    return _terms(rows, 3, ("theta0", "k"))
-
-
-def _dihedrals(structure, improper: bool) -> Terms:
-    rows = []
-    for d in structure.dihedrals:
-        if bool(d.improper) != improper:
-            continue
-        series = d.type if isinstance(d.type, (list, tuple)) or hasattr(d.type, "__iter__") else [d.type]
-        for term in series:
-            rows.append((d.atom1.idx, d.atom2.idx, d.atom3.idx, d.atom4.idx, term.phase, term.phi_k * KCAL, term.per))
-    return _terms(rows, 4, ("phi_s", "k", "multiplicity"))
-
-
-def _impropers(structure) -> Terms:
-    rows = [
-        (d.atom1.idx, d.atom2.idx, d.atom3.idx, d.atom4.idx, d.type.psi_eq, d.type.psi_k * 2 * KCAL)
-        for d in structure.impropers
-    ]
-    return _terms(rows, 4, ("xi0", "k"))
-
-
-def _pairs(structure, pair_rows: np.ndarray, scan: _Scan, c6, c12, type_index) -> Terms:
-    """`[ pairs ]` of the topology only (ParmEd adds zero-strength 1-4 pairs of its own)."""
-    by_atoms = {}
-    for adjust in structure.adjusts:
-        i, j = sorted((adjust.atom1.idx, adjust.atom2.idx))
-        by_atoms[(i, j)] = adjust.type
-    rows = []
-    for i, j in pair_rows:
-        t = by_atoms.get((min(i, j), max(i, j)))
-        if t is not None and t.epsilon > 0:
-            sigma = t.sigma / 10
-            eps = t.epsilon * KCAL
-            rows.append((i, j, 4 * eps * sigma**6, 4 * eps * sigma**12))
-        else:  # gen-pairs: the normal combination scaled by fudgeLJ
-            ti, tj = type_index[i], type_index[j]
-            rows.append((i, j, scan.fudge_lj * c6[ti, tj], scan.fudge_lj * c12[ti, tj]))
-    return _terms(rows, 2, ("c6", "c12"))
+    if atomtype.atomic_number > 0:
+        return Element[atomtype.atomic_number]
+    return element_by_mass(mass) if mass > 0 else "X"
 
 
 def bond_paths(bonds: np.ndarray, n_atoms: int, length: int) -> np.ndarray:

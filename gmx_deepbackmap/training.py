@@ -40,6 +40,7 @@ from .environment import (
 from .errors import InputError, TrainingDiverged, read_toml
 from .generation import environment_densities, reach, rollout, to_device
 from .mapping import read_mapping
+from .mdp import nonbonded_settings
 from .model import new_model, plain_data, save_model
 from .networks import Critic, Generator, NetworkConfig, gradient_penalty
 from .prior import LocalPrior
@@ -63,6 +64,7 @@ class TrainConfig:
     aa: list[str] = field(default_factory=list)  # AA structures: files, directories or globs
     cg: list[str] = field(default_factory=list)  # matching CG structures (paired by name); empty: map
     topology: str = ""
+    mdp: str = ""  # .mdp whose non-bonded settings the prior uses (mdp.nonbonded_settings); empty: the defaults
     mapping: list[str] = field(default_factory=list)  # empty: bundled mappings
     temperature: float | None = None  # K, of the AA frames: the sampler's default (sampling.frames_temperature)
     output: str = "model.pt"
@@ -179,7 +181,7 @@ def read_config(path: str | os.PathLike) -> TrainConfig:
     config.aa = [str(base / p) for p in config.aa]
     config.cg = [str(base / p) for p in config.cg]
     config.mapping = [str(base / p) for p in config.mapping]
-    for key in ("topology", "output", "workdir"):
+    for key in ("topology", "mdp", "output", "workdir"):
         value = getattr(config, key)
         if value:
             setattr(config, key, str(base / value))
@@ -517,6 +519,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     device = _init_distributed(config.device)
     rank = _rank()
     topology = read_topology(config.topology)
+    settings = nonbonded_settings(config.mdp or None)
     mapping = read_mapping(config.mapping or None, topology)
     plan = plan_system(topology, mapping)
     config.network = dataclasses.replace(
@@ -534,7 +537,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     trainer = Trainer(
         config=config,
         data=data,
-        prior=LocalPrior(topology, plan),
+        prior=LocalPrior(topology, plan, settings),
         generator=generator,
         critic=critic,
         opt_g=torch.optim.Adam(generator.parameters(), config.learning_rate, betas=config.betas),
@@ -576,8 +579,9 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
         return None
     weights = trainer.average if trainer.average is not None else generator
     stereo = learn_stereo(topology, [(s.positions, s.box) for s in data.snapshots])
+    recorded = {**config.to_dict(), "nonbonded": settings.as_dict()}  # mdp.model_settings reads it back
     model = new_model(
-        weights, config.network, config.grid, config.half_extent, plan, topology, mapping, config.to_dict(), stereo
+        weights, config.network, config.grid, config.half_extent, plan, topology, mapping, recorded, stereo
     )
     return save_model(model, config.output, overwrite=overwrite)
 

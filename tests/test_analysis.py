@@ -37,8 +37,9 @@ from gmx_deepbackmap.bundled import bundled_path
 from gmx_deepbackmap.cli import main
 from gmx_deepbackmap.errors import GromacsError, InputError
 from gmx_deepbackmap.gromacs import get_engine
+from gmx_deepbackmap.pbc import dimensions_from_box
 from gmx_deepbackmap.report import _density
-from gmx_deepbackmap.structure import dimensions_from_box, read_frames
+from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.topology import bond_paths, read_topology
 
 CHAINS, CENTRES_PER_CHAIN = 36, 9  # every backbone CH carbon but the last one (it carries the end H)

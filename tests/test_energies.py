@@ -154,8 +154,8 @@ def test_small_system_every_term_matches_gromacs(small, tmp_path):
     reference = rerun_energies(gro, gro, top, engine=gromacs_engine(), workdir=tmp_path / "gmx")
     frame = read_frames(gro)[0]
     energies = ForceField(read_topology(top)).energies(frame.positions, frame.box)
-    for term in TERMS:
-        gmx = reference[GMX_TERM_NAMES[term]][0]
+    for term in TERMS:  # GROMACS leaves out the terms a system has none of
+        gmx = reference.get(GMX_TERM_NAMES[term], [0.0])[0]
         assert float(energies[term]) == pytest.approx(gmx, rel=1e-5, abs=1e-3), term
 
 

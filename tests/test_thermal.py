@@ -7,18 +7,23 @@ import pytest
 import torch
 
 from gmx_deepbackmap.energies import ForceField
+from gmx_deepbackmap.forms import FORMS, form_energies
 from gmx_deepbackmap.mapping import read_mapping
 from gmx_deepbackmap.pbc import minimum_image
 from gmx_deepbackmap.stereo import MIN_VOLUME, chiral_centres, signed_volume
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.thermal import (
+    _CODES,
+    _MAX_PARAMS,
     BOLTZMANN,
     COUPLING_RANGE,
+    KERNEL_FORMS,
     KINDS,
     _ColourEnergy,
     _colours,
     _PairList,
     _propose,
+    _term_energy,
     centre_offsets,
     thermal_moves,
     thermalise,
@@ -209,3 +214,26 @@ def test_no_move_inverts_or_flattens_a_recorded_chiral_centre(chain):
     hot = thermalise(x, box, moves, 2000.0, sweeps=10, generator=torch.Generator().manual_seed(0))
     assert not np.allclose(hot[atoms[:, 0]], x[atoms[:, 0]])
     assert (volumes(hot) * torch.from_numpy(signs) >= MIN_VOLUME).all()
+
+
+@pytest.mark.parametrize("name", KERNEL_FORMS)
+def test_compiled_forms_are_the_force_fields(name):
+    """Every form of the compiled kernel gives `forms.FORMS`' torch energy (1-4 pairs: plain LJ and
+    scaled Coulomb) on random geometries and parameters, to 1e-9 relative in float64."""
+    rng = np.random.default_rng(7)
+    atoms = 2 if name == "pair14" else FORMS[name].atoms
+    vectors = rng.normal(scale=0.15, size=(200, atoms - 1, 3))
+    params = rng.uniform(0.5, 2.0, size=(200, _MAX_PARAMS))
+    params[:, 0] = rng.uniform(-np.pi, np.pi, 200) if name != "pair14" and FORMS[name].angles else params[:, 0]
+    if name in ("proper", "periodic_improper"):
+        params[:, 2] = rng.integers(1, 7, 200)
+    padded = np.concatenate([vectors, np.zeros((200, 4 - atoms, 3))], axis=1)
+    compiled = np.array([_term_energy(_CODES[name], *padded[t], params[t]) for t in range(200)])
+    v = [torch.from_numpy(vectors[:, k]) for k in range(atoms - 1)]
+    p = torch.from_numpy(params)
+    if name == "pair14":
+        r2 = v[0].square().sum(-1)
+        expected = (p[:, 1] / r2**6 - p[:, 0] / r2**3) + p[:, 2] / r2.sqrt()
+    else:
+        expected = form_energies(name, v, p[:, : len(FORMS[name].columns)])
+    np.testing.assert_allclose(compiled, expected.numpy(), rtol=1e-9, atol=1e-9 * np.abs(expected.numpy()).max())

@@ -100,12 +100,12 @@ def replace_line(text: str, old: str, new: str) -> str:
         (
             lambda t: replace_line(t, "     1       2       1\n", "     1       2       7\n"),
             179,
-            r"\[ bonds \]: unsupported function type 7 \(supported: 1\)",
+            r"\[ bonds \]: unsupported function type 7 \(supported: 1, 2, 5\)",
         ),
         (
-            lambda t: replace_line(t, "146    149    148      1 ", "146    149    148      3 "),
+            lambda t: replace_line(t, "146    149    148      1 ", "146    149    148      8 "),
             None,
-            r"\[ dihedrals \]: unsupported function type 3",
+            r"\[ dihedrals \]: unsupported function type 8",
         ),
         (
             lambda t: replace_line(t, "     1       2       1\n", "     1     999       1\n"),
@@ -155,3 +155,28 @@ def test_ifdef_and_macros(tmp_path):
 def test_missing_topology_file(tmp_path):
     with pytest.raises(InputError, match="topology file not found"):
         read_topology(tmp_path / "nope.top")
+
+
+def test_two_atom_dihedral_types_and_bonded_types(tmp_path):
+    """grompp's older [ dihedraltypes ] lines name 2 types (a proper's middle atoms, an improper's
+    outer ones); parameters are looked up by the bonded type (OPLS-AA's second column)."""
+    top = tmp_path / "two.top"
+    top.write_text(
+        "[ defaults ]\n1 3 yes 0.5 0.5\n[ atomtypes ]\nopls_1 CT 6 12.011 0.0 A 0.35 0.27\n"
+        "[ dihedraltypes ]\nCT CT 1 10.0 3.0 3\nCT CT 2 5.0 20.0\n[ moleculetype ]\nM 3\n[ atoms ]\n"
+        + "".join(f"{k} opls_1 1 M C{k} 1 0.0\n" for k in range(1, 5))
+        + "[ dihedrals ]\n1 2 3 4 1\n1 2 3 4 2\n[ system ]\ns\n[ molecules ]\nM 1\n"
+    )
+    topology = read_topology(top)
+    np.testing.assert_allclose(topology.propers.params, [[10.0, 3.0, 3.0]])
+    np.testing.assert_allclose(topology.impropers.params, [[5.0, 20.0]])
+
+
+def test_missing_parameters_name_the_line(tmp_path):
+    top = tmp_path / "missing.top"
+    top.write_text(
+        "[ defaults ]\n1 2 yes 0.5 0.5\n[ atomtypes ]\nA 12.0 0.0 A 0.3 0.2\n[ moleculetype ]\nM 3\n[ atoms ]\n"
+        "1 A 1 M A1 1 0.0\n2 A 1 M A2 1 0.0\n[ bonds ]\n1 2 1\n[ system ]\ns\n[ molecules ]\nM 1\n"
+    )
+    with pytest.raises(InputError, match=r"missing\.top:11 \[ bonds \]: no parameters for function type 1 between"):
+        read_topology(top)

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import torch
 
 from ..config import DEFAULTS, SamplerConfig
-from ..energies import DEFAULT_CUTOFF
 from ..errors import InputError
 from ..frames import FrameOutput, FrameSource, frame_seed, run_frames
 from ..mapping import read_mapping
+from ..mdp import model_settings, nonbonded_settings, topology_options
 from ..model import load_model, resolve_model
 from ..pbc import unwrap_levels
 from ..structure import Frame
@@ -36,34 +36,38 @@ def backmap(
     overwrite: bool = False,
     progress: bool = True,
     allow_renamed: bool = False,
+    mdp: str | os.PathLike | None = None,
 ) -> int:
     """Backmap CG frames (a structure, or a trajectory with it) with `model` as `config` says and
     write the atomistic frames (topology atom names and order, molecules whole, CG box kept);
     returns the number of frames. Without `config.temperature`, the frames are taken to be at the
     model's training temperature, and a line says so. `allow_renamed`: beads named otherwise than
-    in the mapping only warned about (`structure.check_names`)."""
+    in the mapping only warned about (`structure.check_names`). `mdp`: the non-bonded settings of
+    the prior and the last stage, and the topology's defines (default: those the model was trained
+    with, `mdp.model_settings`)."""
     if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {config.device}: no CUDA device available")
     uses_bfloat16(config.precision, config.device)  # checked before any file is read
-    top = read_topology(topology)
+    top = read_topology(topology, *topology_options(mdp))
     cg_map = read_mapping(mapping or None, top)
-    source = FrameSource(  # every frame checked before the model is even loaded
+    net = load_model(model, config.device)
+    settings = nonbonded_settings(mdp) if mdp is not None else model_settings(net.training)
+    source = FrameSource(  # every frame checked before the model runs
         structure,
         trajectory,
         cg_map.n_beads,
         f"the CG mapping of the topology {topology}",
         frames,
         names=(cg_map.bead_names, cg_map.bead_residue_names),
-        cutoff=DEFAULT_CUTOFF + NEIGHBOUR_SKIN,  # the widest pair search: the last stage's
+        cutoff=settings.cutoff + NEIGHBOUR_SKIN,  # the widest pair search: the last stage's
         allow_renamed=allow_renamed,
     )
-    net = load_model(model, config.device)
     path = resolve_model(model)
     net.check_system(top, cg_map, path)
     if config.scale_noise:
         noise_scale_for(net, config.temperature, path)  # the model must record its temperature
     kelvin = frames_temperature(net, config.temperature, config.thermal, path)
-    system = prepare_system(net, top, cg_map, config.constrain, config.thermal)
+    system = prepare_system(net, top, cg_map, config.constrain, config.thermal, settings)
     pipeline = build_pipeline(config)
     out = FrameOutput(
         output, top.atom_names, top.residue_names, system_residue_numbers(top), unwrap_levels(top), overwrite

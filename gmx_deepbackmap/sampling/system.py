@@ -13,6 +13,7 @@ from ..energies import ForceField
 from ..environment import SystemPlan, plan_system
 from ..errors import InputError
 from ..mapping import Mapping
+from ..mdp import NonbondedSettings, model_settings
 from ..model import DeepBackmapModel
 from ..prior import LocalPrior
 from ..stereo import StereoCheck, system_stereo
@@ -33,10 +34,17 @@ class SystemParts:
 
 
 def prepare_system(
-    model: DeepBackmapModel, topology: Topology, mapping: Mapping, constrain: bool = True, thermal: str = "groups"
+    model: DeepBackmapModel,
+    topology: Topology,
+    mapping: Mapping,
+    constrain: bool = True,
+    thermal: str = "groups",
+    settings: NonbondedSettings | None = None,
 ) -> SystemParts:
     """The `SystemParts` of a system for `model`: with `constrain`, bond constraints; `thermal`
-    (`config.THERMAL`) selects what the last stage moves."""
+    (`config.THERMAL`) selects what the last stage moves; `settings`: the non-bonded settings of
+    the prior and the last stage (default: those the model was trained with, `mdp.model_settings`)."""
+    settings = settings or model_settings(model.training)
     if thermal not in THERMAL:
         raise InputError(f"thermal '{thermal}': expected one of {', '.join(THERMAL)}")
     plan = plan_system(topology, mapping, model.layout)
@@ -46,7 +54,7 @@ def prepare_system(
     )
     return SystemParts(
         plan,
-        LocalPrior(topology, plan),
+        LocalPrior(topology, plan, settings),
         StereoCheck(plan, centres, signs, hydrogens),
         bond_constraints(topology) if constrain else None,
         moves,
