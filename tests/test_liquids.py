@@ -1,8 +1,7 @@
 """Small-molecule liquids, the DeepBackmap authors' cumene and n-octane at 350 K: what was built on
 one polymer (sPS) must hold for many small molecules with single-atom beads, CG files not wrapped
 into the box, bead bond counts that tie, and methyls. Their topologies use GROMOS-96 bonds and
-angles (funct 2), which the topology reader of branch `forms` reads: until it is merged, every test
-here fails on reading them."""
+angles (funct 2), read since the topology reader resolves every GROMACS form (`forms`)."""
 
 from __future__ import annotations
 
@@ -105,13 +104,14 @@ def test_environments_do_not_depend_on_where_beads_are_wrapped(liquid):
 
 
 def test_the_prior_scores_a_topology_that_lacks_a_kind_of_term(liquid):
-    """n-octane has no improper dihedrals: every step still gets finite energies, its improper energy 0."""
+    """The prior holds the kinds of bonded term the topology has (n-octane: no improper dihedrals,
+    GROMOS-96 bonds and angles only), and every step gets finite energies."""
     folder, topology, _, plan = liquid
     aa, cg = frame_pairs(folder)[0]
     batch = every_step(plan, read_frames(aa)[0], read_frames(cg)[0].positions)
     energies = LocalPrior(topology, plan).energies(batch, batch.target)
+    assert set(energies) == {name for name, terms in topology.bonded.items() if len(terms)} | {"lj"}
     assert all(bool(e.isfinite().all()) for e in energies.values())
-    assert bool((energies["improper"] == 0).all()) == (len(topology.impropers) == 0)
 
 
 def test_cumenes_isopropyl_ch_is_no_chiral_centre(liquid):
