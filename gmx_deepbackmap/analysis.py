@@ -26,8 +26,9 @@ vectors for the bonded ones. Frames are analysed in parallel worker processes. T
 - `Clashes`: non-excluded pairs closer than 0.1 nm, counted per frame.
 - `RingPlanarity`: per 6-membered cycle of the bond graph and frame, the largest distance of its
   atoms from their least-squares plane.
-- `Chirality`: carbons with four bonds, three to heavy atoms and one to H (sPS: the backbone CH
-  carbons but the last of each chain, which carries the end H); per frame the sign of the signed
+- `Chirality`: carbons with four bonds, three to heavy atoms and one to H, no two heading
+  equivalent branches (`stereo.chiral_centres`; sPS: the backbone CH carbons but the last of each
+  chain, which carries the end H; cumene's isopropyl CH is none); per frame the sign of the signed
   volume (a-c).((b-c)x(d-c)) of the heavy neighbours a < b < d (atom index order).
 - `BondedEnergyByType`: per frame, the energy of each bonded term kind (bonds, angles, proper and
   improper dihedrals) summed over the terms of each atom-type tuple (minimum image), as % of the

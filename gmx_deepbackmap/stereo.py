@@ -125,15 +125,17 @@ def learn_stereo(topology: Topology, frames: Iterable[tuple[torch.Tensor, torch.
 
 
 def system_stereo(topology: Topology, stereo: dict[str, dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The recorded centres of every molecule of the system: atoms (C, 4) [centre, a, b, d],
-    signs (C,) and the centres' hydrogens (C,)."""
+    """The recorded centres of every molecule of the system that are centres (`chiral_centres`: a
+    model file made before centres needed distinct branches may record cumene's CH): atoms (C, 4)
+    [centre, a, b, d], signs (C,) and the centres' hydrogens (C,)."""
     atoms, signs = [np.zeros((0, 4), dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for name, start in topology.molecules:
         if name in stereo:
             atoms.append(np.asarray(stereo[name]["atoms"], dtype=np.int64) + start)
             signs.append(np.asarray(stereo[name]["signs"], dtype=np.int64))
-    atoms = np.concatenate(atoms)
-    return atoms, np.concatenate(signs), centre_hydrogens(topology, atoms[:, 0])
+    atoms, signs = np.concatenate(atoms), np.concatenate(signs)
+    keep = np.isin(atoms[:, 0], chiral_centres(topology)[0])
+    return atoms[keep], signs[keep], centre_hydrogens(topology, atoms[keep, 0])
 
 
 class StereoCheck:

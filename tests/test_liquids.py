@@ -1,8 +1,7 @@
 """Small-molecule liquids, the DeepBackmap authors' cumene and n-octane at 350 K: what was built on
 one polymer (sPS) must hold for many small molecules with single-atom beads, CG files not wrapped
 into the box, bead bond counts that tie, and methyls. Their topologies use GROMOS-96 bonds and
-angles (funct 2), which the topology reader of branch `forms` reads: until it is merged, every test
-here fails on reading them."""
+angles (funct 2), read since the topology reader resolves every GROMACS form (`forms`)."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from gmx_deepbackmap.generation import reach
 from gmx_deepbackmap.mapping import put_in_box, read_mapping
 from gmx_deepbackmap.pbc import minimum_image
 from gmx_deepbackmap.prior import LocalPrior
-from gmx_deepbackmap.stereo import chiral_centres, learn_stereo
+from gmx_deepbackmap.stereo import chiral_centres, learn_stereo, system_stereo
 from gmx_deepbackmap.structure import read_frames
 from gmx_deepbackmap.thermal import KINDS, thermal_moves
 from gmx_deepbackmap.topology import read_topology
@@ -105,13 +104,14 @@ def test_environments_do_not_depend_on_where_beads_are_wrapped(liquid):
 
 
 def test_the_prior_scores_a_topology_that_lacks_a_kind_of_term(liquid):
-    """n-octane has no improper dihedrals: every step still gets finite energies, its improper energy 0."""
+    """The prior holds the kinds of bonded term the topology has (n-octane: no improper dihedrals,
+    GROMOS-96 bonds and angles only), and every step gets finite energies."""
     folder, topology, _, plan = liquid
     aa, cg = frame_pairs(folder)[0]
     batch = every_step(plan, read_frames(aa)[0], read_frames(cg)[0].positions)
     energies = LocalPrior(topology, plan).energies(batch, batch.target)
+    assert set(energies) == {name for name, terms in topology.bonded.items() if len(terms)} | {"lj"}
     assert all(bool(e.isfinite().all()) for e in energies.values())
-    assert bool((energies["improper"] == 0).all()) == (len(topology.impropers) == 0)
 
 
 def test_cumenes_isopropyl_ch_is_no_chiral_centre(liquid):
@@ -121,6 +121,8 @@ def test_cumenes_isopropyl_ch_is_no_chiral_centre(liquid):
     assert len(centres) == 0
     frames = [read_frames(aa)[0] for aa, _ in frame_pairs(folder)[:2]]
     assert learn_stereo(topology, [(torch.from_numpy(f.positions), torch.from_numpy(f.box)) for f in frames]) == {}
+    recorded = {"G065": {"atoms": [[11, 6, 13, 17]], "signs": [-1]}}  # a model file made before the fix
+    assert all(len(a) == 0 for a in system_stereo(topology, recorded))
 
 
 def test_methyls_turn_as_rotors(liquid):
