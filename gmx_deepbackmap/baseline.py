@@ -381,15 +381,7 @@ def baseline(
     top = read_topology(topology, *topology_options(mdp))
     cg_map = read_mapping(mapping or None, top)
     system = BaselineSystem.from_topology(top, cg_map)
-    source = FrameSource(
-        structure,
-        trajectory,
-        cg_map.n_beads,
-        f"the CG mapping of the topology {topology}",
-        frames,
-        names=(cg_map.bead_names, cg_map.bead_residue_names),
-        allow_renamed=allow_renamed,
-    )
+    source = FrameSource.of_mapping(cg_map, top, structure, trajectory, frames, allow_renamed=allow_renamed)
     out = FrameOutput(output, top.atom_names, top.residue_names, system_residue_numbers(top), system.levels, overwrite)
     gmx = gromacs.get_engine(engine) if minimise else None  # fails early when GROMACS is missing
     times = []

@@ -402,16 +402,8 @@ def frame_energies(
         raise InputError(f"--device {device}: CUDA is not available")
     top = topology if isinstance(topology, Topology) else read_topology(topology)
     force_field = ForceField(top, settings, device=device)
-    source = FrameSource(
-        structure,
-        trajectory,
-        top.n_atoms,
-        f"topology {top.path}",
-        frames,
-        names=(top.atom_names, top.residue_names),
-        cutoff=force_field.cutoff + _NEIGHBOUR_SKIN,
-        allow_renamed=allow_renamed,
-    )
+    checks = dict(cutoff=force_field.cutoff + _NEIGHBOUR_SKIN, allow_renamed=allow_renamed)
+    source = FrameSource.of_topology(top, structure, trajectory, frames, **checks)
 
     def row(frame) -> dict[str, float]:
         energies = force_field.energies(frame.positions, frame.box)

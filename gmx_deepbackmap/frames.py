@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ from .structure import (
     load_universe,
     write_frames,
 )
+
+if TYPE_CHECKING:
+    from .mapping import Mapping
+    from .topology import Topology
 
 Result = TypeVar("Result")
 
@@ -70,6 +74,36 @@ class FrameSource:
             raise InputError(f"no frames selected ({frames.start}:{frames.stop}:{frames.step})", self.path)
         for _ in self:  # a bad frame stops the command before its first frame is processed
             pass
+
+    @classmethod
+    def of_topology(
+        cls,
+        topology: Topology,
+        structure: str | os.PathLike,
+        trajectory: str | os.PathLike | None,
+        frames: slice = slice(None),
+        **checks,
+    ) -> FrameSource:
+        """Atomistic frames of `topology`: its atom count and its atom and residue names."""
+        names = (topology.atom_names, topology.residue_names)
+        return cls(
+            structure, trajectory, topology.n_atoms, f"the topology {topology.path}", frames, names=names, **checks
+        )
+
+    @classmethod
+    def of_mapping(
+        cls,
+        mapping: Mapping,
+        topology: Topology,
+        structure: str | os.PathLike,
+        trajectory: str | os.PathLike | None,
+        frames: slice = slice(None),
+        **checks,
+    ) -> FrameSource:
+        """CG frames of `mapping` (of `topology`'s molecules): its bead count and bead and residue names."""
+        names = (mapping.bead_names, mapping.bead_residue_names)
+        what = f"the CG mapping of the topology {topology.path}"
+        return cls(structure, trajectory, mapping.n_beads, what, frames, names=names, **checks)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -469,10 +469,7 @@ def map_to_cg(
     Atoms named otherwise than in the topology are refused (`check_names`) unless `allow_renamed`."""
     top = read_topology(topology)
     cg = read_mapping(mapping, top)
-    names = (top.atom_names, top.residue_names)
-    source = FrameSource(
-        structure, trajectory, top.n_atoms, f"the topology {topology}", frames, names=names, allow_renamed=allow_renamed
-    )
+    source = FrameSource.of_topology(top, structure, trajectory, frames, allow_renamed=allow_renamed)
     atoms = source.universe.atoms[cg.bead_atom]
     out = FrameOutput(output, cg.bead_names, atoms.resnames, atoms.resids, overwrite=overwrite)
     return len(

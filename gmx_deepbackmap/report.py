@@ -349,14 +349,7 @@ def compare(
     results = {}
     try:
         for label, trajectory in tqdm(trajectories.items(), desc="sets", unit="set", disable=not progress):
-            source = FrameSource(
-                structure,
-                trajectory,
-                top.n_atoms,
-                f"topology {top.path}",
-                frames,
-                names=(top.atom_names, top.residue_names),
-            )
+            source = FrameSource.of_topology(top, structure, trajectory, frames)
             selected = tqdm(source, total=len(source), desc=label, unit="frame", leave=False, disable=not progress)
             values = analysis.run(selected, executor, window=2 * workers)
             results[label] = SetResult(label, str(trajectory), len(source), values)

@@ -124,9 +124,7 @@ def failure_reason(message: str) -> str:
 
 
 def _frames(structure, path, frames: slice, top: Topology):
-    source = FrameSource(
-        structure, path, top.n_atoms, "the topology", frames, names=(top.atom_names, top.residue_names)
-    )
+    source = FrameSource.of_topology(top, structure, path, frames)
     return zip(source.indices, source)
 
 

@@ -52,15 +52,9 @@ def backmap(
     cg_map = read_mapping(mapping or None, top)
     net = load_model(model, config.device)
     settings = nonbonded_settings(mdp) if mdp is not None else model_settings(net.training)
-    source = FrameSource(  # every frame checked before the model runs
-        structure,
-        trajectory,
-        cg_map.n_beads,
-        f"the CG mapping of the topology {topology}",
-        frames,
-        names=(cg_map.bead_names, cg_map.bead_residue_names),
-        cutoff=settings.cutoff + NEIGHBOUR_SKIN,  # the widest pair search: the last stage's
-        allow_renamed=allow_renamed,
+    cutoff = settings.cutoff + NEIGHBOUR_SKIN  # the widest pair search: the last stage's
+    source = FrameSource.of_mapping(
+        cg_map, top, structure, trajectory, frames, cutoff=cutoff, allow_renamed=allow_renamed
     )
     path = resolve_model(model)
     net.check_system(top, cg_map, path)
