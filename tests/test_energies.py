@@ -338,5 +338,5 @@ def test_energy_command_rejects_atom_count_mismatch(small, sps_data, tmp_path):
         main, ["energy", "-s", str(sps_data / "aa.gro"), "-p", str(top), "-o", str(tmp_path / "e.csv")]
     )
     assert result.exit_code == 1
-    assert "5832 atoms, but topology" in result.output and "describes 20" in result.output
+    assert "5832 atoms, but the topology" in result.output and "describes 20" in result.output
     assert not (tmp_path / "e.csv").exists()
