@@ -25,7 +25,7 @@ def package_imports() -> dict[str, set[str]]:
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         graph[name] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 target = f"{base}.{node.module}" if node.module else base
@@ -33,6 +33,15 @@ def package_imports() -> dict[str, set[str]]:
             elif isinstance(node, ast.Import):
                 graph[name] |= {a.name for a in node.names if a.name.startswith("gmx_deepbackmap")}
     return {name: {t for t in targets if t in graph and t != name} for name, targets in graph.items()}
+
+
+def runtime_nodes(tree: ast.AST):
+    """Every node of `tree` but those under `if TYPE_CHECKING:` (imports for type hints never run)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from runtime_nodes(node)
 
 
 def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
