@@ -1,13 +1,16 @@
-"""The package's shape: no import cycle, sampling independent of training, and the command line
-built from the library's one config object."""
+"""The package's shape: no import cycle, sampling independent of training, the command line
+built from the library's one config object, and ruff-clean formatted code."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 import gmx_deepbackmap
@@ -86,3 +89,14 @@ def test_config_is_checked_and_round_trips():
             assert list(bad)[0] in str(exc)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+def test_the_tree_is_ruff_clean_and_formatted():
+    """`ruff check` and `ruff format` (adopted in one formatting-only commit) stay clean."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff not installed (the test extra installs it)")
+    root = PACKAGE.parent
+    for command in ([ruff, "check", "."], [ruff, "format", "--check", "."]):
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(command[1:])}:\n{done.stdout}{done.stderr}"
