@@ -19,7 +19,6 @@ from ..thermal import NEIGHBOUR_SKIN
 from ..topology import read_topology, system_residue_numbers
 from .frame import backmap_frame
 from .pipeline import build_pipeline
-from .state import uses_bfloat16
 from .system import frames_temperature, noise_scale_for, prepare_system
 
 
@@ -47,7 +46,6 @@ def backmap(
     with, `mdp.model_settings`)."""
     if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {config.device}: no CUDA device available")
-    uses_bfloat16(config.precision, config.device)  # checked before any file is read
     top = read_topology(topology, *topology_options(mdp))
     cg_map = read_mapping(mapping or None, top)
     net = load_model(model, config.device)
