@@ -1,12 +1,11 @@
 """Stage: one Gibbs sweep. Every step is re-placed seeing all other atoms, heavy atoms then
-hydrogens, one colour of non-neighbouring beads per batch (`schedules.gibbs_schedule`)."""
+hydrogens, one colour of non-neighbouring beads per batch (`FrameState.sweep_schedule`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ..environment import GIBBS
-from .schedules import gibbs_schedule
 from .state import FrameState, place_schedule
 
 
@@ -20,4 +19,4 @@ class GibbsSweep:
         object.__setattr__(self, "name", f"sweep {self.number}")
 
     def __call__(self, state: FrameState) -> None:
-        place_schedule(state, gibbs_schedule(state.plan, state.hood.beads), GIBBS, self.orientations)
+        place_schedule(state, state.sweep_schedule, GIBBS, self.orientations)

@@ -5,6 +5,7 @@ step, the turn with the lowest local energy among those that keep the recorded c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from ..environment import FORWARD, GIBBS, Batch, Neighbourhood, gather
 from ..errors import InputError
 from ..generation import environment_densities, rollout, to_device
 from ..model import DeepBackmapModel
+from .schedules import gibbs_schedule
 from .system import SystemParts
 
 MAX_ITEMS = 512  # items (orientations included) per network call: bounds memory, not results
@@ -47,6 +49,11 @@ class FrameState:
     @property
     def plan(self):
         return self.system.plan
+
+    @functools.cached_property
+    def sweep_schedule(self) -> list[np.ndarray]:
+        """The batches of one Gibbs sweep (`schedules.gibbs_schedule`): the same for every sweep of the frame."""
+        return gibbs_schedule(self.plan, self.hood.beads)
 
     def record(self, name: str) -> None:
         """Hand a copy of the positions after stage `name` to the trace, if one listens."""
