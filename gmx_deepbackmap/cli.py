@@ -110,12 +110,18 @@ cg_structure_option = click.option(
 cg_trajectory_option = click.option(
     "-f", "trajectory", type=click.Path(dir_okay=False), help="CG trajectory (.xtc, .trr)."
 )
-system_topology_option = click.option(
-    "-p",
-    "topology",
-    type=click.Path(dir_okay=False),
-    help="Atomistic topology (.top) of the system to build. Default: the bundled sPS one (36 PS1).",
-)
+
+
+def system_topology_option(default: str):
+    """`-p`, the atomistic topology of the system to build; `default` says what is used without it."""
+    return click.option(
+        "-p",
+        "topology",
+        type=click.Path(dir_okay=False),
+        help=f"Atomistic topology (.top) of the system to build. Default: {default}.",
+    )
+
+
 aa_output_option = click.option(
     "-o",
     "output",
@@ -246,7 +252,7 @@ def _option_type(hint, meta: dict):
 @main.command("backmap")
 @cg_structure_option
 @cg_trajectory_option
-@system_topology_option
+@system_topology_option("the bundled topology the model was trained on")
 @mapping_option
 @click.option(
     "--model",
@@ -311,7 +317,7 @@ def backmap_command(
     frames' temperature on the CG frame; no energy minimisation. Output atoms follow the
     topology (names, residues, order); molecules are whole and the CG box is kept.
     """
-    from .bundled import bundled_path
+    from .model import default_topology
     from .structure import check_writable, parse_frames
 
     if output is None and workdir is None:
@@ -327,7 +333,7 @@ def backmap_command(
         allow_renamed=allow_renamed,
         mdp=mdp,
     )
-    top = topology or bundled_path("sps/topol.top")
+    top = topology or default_topology(model)
     if workdir is None:
         from .sampling import backmap
 
@@ -592,7 +598,7 @@ def parse_labels(labels) -> dict[str, str]:
 @main.command("baseline")
 @cg_structure_option
 @cg_trajectory_option
-@system_topology_option
+@system_topology_option("the bundled sPS one (36 PS1)")
 @mapping_option
 @aa_output_option
 @frames_option

@@ -261,9 +261,14 @@ class Batch:
 def local_frames(
     cg: torch.Tensor, box: torch.Tensor, beads: torch.Tensor, reference: torch.Tensor, angle: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre and rotation of each bead's frame: z from its reference bead to it, then a turn about z."""
+    """Centre and rotation of each bead's frame: z from its reference bead to it, then a turn about z.
+
+    A bead with no reference (-1, `-` in the mapping: a molecule of one bead) takes the box's z
+    axis, so its frame is defined by the turn `angle` alone."""
     centre = cg[beads]
-    z = minimum_image(centre - cg[reference], box)
+    has_reference = (reference >= 0)[:, None]
+    z = minimum_image(centre - cg[reference.clamp(min=0)], box)
+    z = torch.where(has_reference, z, torch.tensor([0, 0, 1.0]).to(z))
     z = z / z.norm(dim=-1, keepdim=True)
     helper = torch.where((z[:, :1].abs() < 0.9), torch.tensor([1.0, 0, 0]).to(z), torch.tensor([0, 1.0, 0]).to(z))
     x = helper - (helper * z).sum(-1, keepdim=True) * z

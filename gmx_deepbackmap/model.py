@@ -180,3 +180,23 @@ def plain_data(value):
     if isinstance(value, (list, tuple)):
         return [plain_data(v) for v in value]
     return value
+
+
+def default_topology(name_or_path: str | os.PathLike) -> Path:
+    """The topology `gmx-dbm backmap` uses without `-p`: the bundled one the model was trained on
+    (its recorded training topology lies in a bundled `topologies/<system>/` folder). A model
+    trained on any other topology needs `-p`, which is an `InputError` naming the one it used."""
+    from .bundled import bundled_root
+
+    model = load_model(name_or_path)
+    recorded = Path(model.training.get("topology", ""))
+    parts = recorded.parts
+    if "topologies" in parts:
+        bundled = bundled_root().joinpath(*parts[len(parts) - parts[::-1].index("topologies") :])
+        if bundled.is_file():
+            return bundled
+    raise InputError(
+        f"no -p given, and the model was trained on '{recorded}', not on a bundled topology: "
+        "give the system's topology with -p",
+        resolve_model(name_or_path),
+    )

@@ -510,7 +510,8 @@ def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: floa
 
 def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path | None:
     """Train (or resume from `workdir/checkpoint.pt`) and write the model file; returns its path
-    (None when stopped early, or in processes other than the first).
+    (None when stopped early, or in processes other than the first). With `config.steps` at or
+    below the checkpoint's step nothing is trained: the model of the checkpoint is written.
 
     Under `torchrun` every process trains on its own batches and gradients are averaged (gloo
     on CPU, NCCL on CUDA); process 0 writes checkpoints, the log and the model. SIGTERM (as sent
@@ -579,7 +580,12 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
         return None
     weights = trainer.average if trainer.average is not None else generator
     stereo = learn_stereo(topology, [(s.positions, s.box) for s in data.snapshots])
-    recorded = {**config.to_dict(), "nonbonded": settings.as_dict()}  # mdp.model_settings reads it back
+    # steps: those trained, more than asked when --steps is below the checkpoint's (the model of an unfinished run)
+    recorded = {
+        **config.to_dict(),
+        "steps": trainer.step,
+        "nonbonded": settings.as_dict(),
+    }  # nonbonded: mdp.model_settings
     model = new_model(
         weights, config.network, config.grid, config.half_extent, plan, topology, mapping, recorded, stereo
     )

@@ -549,3 +549,15 @@ def test_restoring_only_some_atoms_leaves_the_others_where_they_stand(distorted_
     held = np.setdiff1d(np.arange(len(x)), moving)
     assert torch.equal(restored[held], start[held])
     assert bond_rms(start, box, constraints) > 0.005 and bond_rms(restored, box, constraints) < 2e-6
+
+
+def test_without_p_the_models_bundled_topology_is_used(system):
+    """`backmap` without -p builds the system the model was trained on; a model trained on a
+    topology that is not bundled needs -p, said in one line."""
+    from gmx_deepbackmap.model import default_topology
+
+    assert default_topology("sps-568") == bundled_path("sps/topol.top")
+    result = CliRunner().invoke(
+        main, ["backmap", "-s", str(system["gro"]), "--model", str(system["model"]), "-o", "x.gro", *FAST]
+    )
+    assert_one_line_error(result, "give the system's topology with -p", "tiny.pt")

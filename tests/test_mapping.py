@@ -207,3 +207,19 @@ def test_atom_count_mismatch_is_a_clear_error(tmp_path, sps_data):
         result.output.strip() == f"Error: {gro}: 5831 atoms, but the topology "
         f"{bundled_path('sps/topol.top')} describes 5832"
     )
+
+
+def test_a_bead_without_frame_reference_is_oriented_by_the_box_z_axis():
+    """`-` in the mapping (a one-bead molecule): the frame's z axis is the box's, not the
+    direction to whichever bead comes last in the system."""
+    from gmx_deepbackmap.environment import local_frames
+
+    cg = torch.tensor([[1.0, 1.0, 1.0], [2.0, 1.5, 1.0], [0.5, 0.5, 0.5]])
+    box = torch.eye(3) * 4.0
+    beads, reference = torch.tensor([0, 1]), torch.tensor([-1, 0])
+    centre, rotation = local_frames(cg, box, beads, reference, torch.zeros(2))
+    assert torch.allclose(centre, cg[:2])
+    assert torch.allclose(rotation[0, 2], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(rotation[1, 2], torch.tensor([2.0, 1.0, 0.0]) / 5**0.5)
+    for r in rotation:
+        assert torch.allclose(r @ r.T, torch.eye(3), atol=1e-6)

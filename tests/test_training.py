@@ -389,6 +389,12 @@ def test_tiny_training_writes_reloads_and_continues(tmp_path):
     assert float(log[-1]["density_mass"]) > 0 and 0 < float(log[-1]["position_error"]) < 1.0
     continued = torch.load(tmp_path / "model.pt", weights_only=True)["generator"]
     assert any(not torch.equal(continued[k], v) for k, v in data["generator"].items())
+    config.steps, config.output = 1, str(tmp_path / "of-the-checkpoint.pt")  # below the checkpoint's step
+    train(config, progress=False)
+    assert len(read_log(tmp_path / "run" / "log.csv")) == 3  # nothing trained
+    written = torch.load(config.output, weights_only=True)
+    assert written["training"]["steps"] == 3
+    assert all(torch.equal(written["generator"][k], v) for k, v in continued.items())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
