@@ -21,7 +21,7 @@ Moves keep every bond length (bonds are constrained in the reference ensemble, a
   make without bending the H-A-H angles.
 
 A group is at most `MAX_GROUP` atoms. Each CG bead's centre is held near its CG position by a
-harmonic restraint whose thermal spread is `CENTRE_SPREAD`, so the stage keeps the structure on its
+harmonic restraint whose thermal spread is `centre_spread` (`SamplerConfig`), so the stage keeps the structure on its
 CG frame (without it, 20 sweeps took the sPS bead centres from 0.020 to 0.049 nm RMS off theirs).
 The restraint is looser than the exact one (the reference maps onto its CG frames to 0.0005 nm)
 because the generated atoms are not on their CG frame either (0.020 nm RMS at 568 K, 0.015 at
@@ -68,11 +68,6 @@ INITIAL_STEP = {
 }  # radians, tuned during the first half
 TARGET_ACCEPTANCE = 0.4
 MAX_GROUP = 16  # atoms moved by one move at most (an sPS methine with its phenyl: 13)
-# nm: thermal spread of a bead centre about its CG position under the restraint. sPS at 568 K, 20
-# sweeps: 0.002 strained the backbone (one frame: angle energy 140 % of the reference); on 4 frames,
-# 0.01 kept the centres 0.018 nm RMS off (the generator's: 0.020), proper dihedral energy 114 %;
-# 0.02: 0.026 nm, 111 %; 0.015 with 30 sweeps: 0.023 nm, 111 %, angle energy 102 %.
-CENTRE_SPREAD = 0.015
 COUPLING_RANGE = 0.4  # nm: groups with atoms closer than this are never moved together
 NEIGHBOUR_SKIN = 0.1  # nm beyond the cut-off kept in the pair list (made once per frame; a pair that comes in
 # from further away is missed, where the shifted Lennard-Jones and the reaction-field Coulomb are near zero)
@@ -603,7 +598,7 @@ def centre_offsets(centres: CentreMembers, x: torch.Tensor, box: torch.Tensor, c
     return torch.zeros_like(cg).index_add_(0, beads, torch.from_numpy(centres.weights)[:, None] * d)
 
 
-def _turn(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+def turn(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """`vectors` (n, 3) turned by rotation vectors (n, 3) (axis times angle in radians)."""
     angle = rotation.norm(dim=-1, keepdim=True)
     axis = rotation / angle.clamp(min=1e-12)
@@ -633,7 +628,7 @@ def _propose(
     rotation = _rotations(energy, x, steps, generator)
     old = x[energy.members]
     arm = old - x[energy.member_pivots] + energy.arm_shifts
-    return old, old + _turn(arm, rotation[energy.owner]) - arm
+    return old, old + turn(arm, rotation[energy.owner]) - arm
 
 
 def thermalise(
@@ -644,7 +639,7 @@ def thermalise(
     sweeps: int = DEFAULTS.thermal_sweeps,
     generator: torch.Generator | None = None,
     cg: np.ndarray | None = None,
-    centre_spread: float = CENTRE_SPREAD,
+    centre_spread: float = DEFAULTS.centre_spread,
 ) -> np.ndarray:
     """Positions (N, 3) nm after `sweeps` Metropolis sweeps of `moves` at `temperature` (K). With
     `cg` (M, 3) nm and moves that know the mapping, bead centres are restrained to it with a

@@ -144,3 +144,51 @@ def test_the_training_configs_name_the_bundled_topology_and_the_data(name):
     assert Path(config.topology).resolve() == repository / "topologies" / name / "topol.top"
     assert all(Path(p).is_dir() for p in config.aa + config.cg) and config.temperature == 350.0
     assert Path(config.output).name == f"{name}-350.pt"
+
+
+def test_molecules_moved_rigidly_are_fitted_back_onto_their_beads(liquid):
+    """`sampling.fit`: every molecule of a reference frame turned (up to ~10 degrees) and shifted
+    (0.05 nm) comes back onto its CG beads as the reference maps onto them, each molecule's
+    shape unchanged, every atom in the image of its owner bead."""
+    from gmx_deepbackmap.pbc import make_whole, unwrap_levels
+    from gmx_deepbackmap.sampling.fit import fit_molecules
+    from gmx_deepbackmap.thermal import turn
+
+    folder, topology, mapping, _ = liquid
+    aa_path, cg_path = frame_pairs(folder)[0]
+    aa, cg = read_frames(aa_path)[0], read_frames(cg_path)[0]
+    box, beads = torch.as_tensor(aa.box, dtype=torch.float64), torch.as_tensor(cg.positions, dtype=torch.float64)
+    levels = unwrap_levels(topology)
+    whole = make_whole(torch.as_tensor(aa.positions, dtype=torch.float64), box, levels)
+    gen = torch.Generator().manual_seed(0)
+    molecule = torch.from_numpy(mapping.bead_molecule[mapping.atom_owner])
+    n = int(molecule.max()) + 1
+    centre = torch.zeros(n, 3, dtype=torch.float64).index_add_(0, molecule, whole)
+    centre /= torch.bincount(molecule, minlength=n)[:, None]
+    rotation = torch.randn(n, 3, generator=gen, dtype=torch.float64) * 0.1
+    shift = torch.randn(n, 3, generator=gen, dtype=torch.float64) * 0.05
+    moved = centre[molecule] + shift[molecule] + turn(whole - centre[molecule], rotation[molecule])
+
+    def cg_rms(x: torch.Tensor) -> float:
+        return minimum_image(mapping.cg_positions(x, box) - beads, box).norm(dim=-1).square().mean().sqrt().item()
+
+    fitted = fit_molecules(moved, box, beads, mapping, levels)
+    assert cg_rms(moved) > 0.05 and cg_rms(fitted) < cg_rms(whole) + 1e-4 < 0.002
+    owner = torch.from_numpy(mapping.atom_owner)
+    assert minimum_image(fitted - beads[owner], box).sub(fitted - beads[owner]).abs().max() < 1e-9
+    refitted = make_whole(fitted, box, levels)
+    for start, n_atoms in [(s, topology.molecule_types[name].n_atoms) for name, s in topology.molecules[:5]]:
+        own, fit = whole[start : start + n_atoms], refitted[start : start + n_atoms]
+        torch.testing.assert_close(torch.cdist(fit, fit), torch.cdist(own, own))  # the same shape
+
+
+def test_the_fit_leaves_the_turns_beads_do_not_fix_alone():
+    """One bead: no turn at all; beads on a line: no turn about the line (Kabsch's is arbitrary there)."""
+    from gmx_deepbackmap.sampling.fit import fit_rotations
+
+    line = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    target = torch.tensor([[0.0, 0, 0], [0.0, 0.1, 0], [0.0, 0.2, 0], [1.1, 1.0, 1.0]], dtype=torch.float64)
+    matrices = fit_rotations(line, target, torch.tensor([0, 0, 0, 1]), 2)
+    expected = torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.float64)  # a quarter turn about z
+    torch.testing.assert_close(matrices[0], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(matrices[1], torch.eye(3, dtype=torch.float64))

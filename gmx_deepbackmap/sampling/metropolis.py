@@ -30,5 +30,6 @@ class Thermalise:
                 self.sweeps,
                 generator=state.angles,
                 cg=state.cg.numpy(),
+                centre_spread=state.config.centre_spread,
             )
         )

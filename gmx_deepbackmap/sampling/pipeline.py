@@ -10,6 +10,7 @@ from typing import Protocol
 
 from ..config import SamplerConfig
 from .bonds import RestoreBonds
+from .fit import FitMolecules
 from .forward import ForwardPass
 from .gibbs import GibbsSweep
 from .metropolis import Thermalise
@@ -45,8 +46,9 @@ class Pipeline:
 def build_pipeline(config: SamplerConfig) -> Pipeline:
     """The stages `config` asks for: the forward pass, `gibbs_sweeps` Gibbs sweeps, the repair
     rounds and the choice of the least strained frame they passed (if any rounds), bond
-    restoration (if `constrain`), the mirroring of inverted chiral centres, and the Metropolis
-    sweeps of the last stage (unless `thermal` is "none")."""
+    restoration (if `constrain`), the mirroring of inverted chiral centres, the rigid fit of each
+    molecule onto its CG beads (if `fit`), and the Metropolis sweeps of the last stage (unless
+    `thermal` is "none")."""
     stages: list[Stage] = [ForwardPass(config.orientations)]
     stages += [GibbsSweep(k + 1, config.orientations) for k in range(config.gibbs_sweeps)]
     if config.repair_rounds:
@@ -54,6 +56,8 @@ def build_pipeline(config: SamplerConfig) -> Pipeline:
     if config.constrain:
         stages.append(RestoreBonds())
     stages.append(MirrorCentres(config.orientations))
+    if config.fit:
+        stages.append(FitMolecules())
     if config.thermal != "none":
         stages.append(Thermalise(config.thermal_sweeps))
     return Pipeline(tuple(stages))

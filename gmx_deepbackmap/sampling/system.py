@@ -7,6 +7,8 @@ import math
 import os
 from dataclasses import dataclass
 
+import torch
+
 from ..config import THERMAL
 from ..constraints import Constraints, bond_constraints
 from ..energies import ForceField
@@ -15,6 +17,7 @@ from ..errors import InputError
 from ..mapping import Mapping
 from ..mdp import NonbondedSettings, model_settings
 from ..model import DeepBackmapModel
+from ..pbc import unwrap_levels
 from ..prior import LocalPrior
 from ..stereo import StereoCheck, system_stereo
 from ..thermal import ThermalMoves, thermal_moves
@@ -23,14 +26,17 @@ from ..topology import Topology
 
 @dataclass(frozen=True)
 class SystemParts:
-    """The plan, energy prior, chiral-centre check, bond constraints (None: bonds left as generated)
-    and the moves of the last stage (None: no last stage) of one system."""
+    """The plan, energy prior, chiral-centre check, bond constraints (None: bonds left as generated),
+    the moves of the last stage (None: no last stage), the mapping, and the breadth-first levels that
+    make molecules whole (`pbc.unwrap_levels`) of one system."""
 
     plan: SystemPlan
     prior: LocalPrior
     stereo: StereoCheck
     constraints: Constraints | None
     thermal: ThermalMoves | None
+    mapping: Mapping
+    levels: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def prepare_system(
@@ -58,6 +64,8 @@ def prepare_system(
         StereoCheck(plan, centres, signs, hydrogens),
         bond_constraints(topology) if constrain else None,
         moves,
+        mapping,
+        unwrap_levels(topology),
     )
 
 
