@@ -18,7 +18,11 @@ Moves keep every bond length (bonds are constrained in the reference ensemble, a
 - "pivot": a side group (what hangs off a heavy atom through one bond) turns about that atom;
 - "rotor": the terminal hydrogens of a heavy atom A bonded to one heavy atom X (X-AH_n, n >= 2: a
   methyl, an amine) turn together about the X-A axis, the rotation single hydrogen turns cannot
-  make without bending the H-A-H angles.
+  make without bending the H-A-H angles;
+- "torsion": what hangs off a heavy atom A away from a heavy neighbour X (more than terminal
+  atoms) turns about the X-A axis (a bond in no ring): the move that changes a dihedral and no bond or
+  angle (n-octane's C-C-C-C torsions: crankshafts and pivots change them only by bending stiff
+  angles).
 
 A group is at most `MAX_GROUP` atoms. Each CG bead's centre is held near its CG position by a
 harmonic restraint whose thermal spread is `centre_spread` (`SamplerConfig`), so the stage keeps the structure on its
@@ -59,12 +63,13 @@ BOLTZMANN = 0.0083144626  # kJ/mol/K
 # What the stage moves (`config.THERMAL_SELECTIONS`): "groups" (every kind of move), "hydrogens"
 # (hydrogens only), "planar-hydrogens" (the hydrogens held in a plane by an improper dihedral: sp2 C-H)
 SELECTIONS = THERMAL_SELECTIONS
-KINDS = ("hydrogen", "crankshaft", "pivot", "rotor")
+KINDS = ("hydrogen", "crankshaft", "pivot", "rotor", "torsion")
 INITIAL_STEP = {
     "hydrogen": 0.1,
     "crankshaft": 0.06,
     "pivot": 0.03,
     "rotor": 0.3,
+    "torsion": 0.1,
 }  # radians, tuned during the first half
 TARGET_ACCEPTANCE = 0.4
 MAX_GROUP = 16  # atoms moved by one move at most (an sPS methine with its phenyl: 13)
@@ -129,6 +134,10 @@ def thermal_moves(
             if group is not None:
                 found.setdefault((group, (p, -1)), KINDS.index("pivot"))
         axis_atoms = [p for p in neighbours[a] if heavy[p]]
+        for p in axis_atoms:
+            group = _beyond(neighbours, a, p)
+            if group:
+                found.setdefault((group, (a, p)), KINDS.index("torsion"))
         rotor = _terminal_hydrogens(neighbours, heavy, a)
         if len(axis_atoms) == 1 and len(rotor) >= 2:
             found[(rotor, (a, axis_atoms[0]))] = KINDS.index("rotor")
@@ -193,6 +202,18 @@ def _hanging(neighbours: list[list[int]], start: int, held: tuple[int, ...]) -> 
     if len(held) > 1 and any(sum(b in seen for b in neighbours[h]) != 1 for h in held):
         return None
     return frozenset(seen)
+
+
+def _beyond(neighbours: list[list[int]], a: int, p: int) -> frozenset | None:
+    """What hangs off `a` away from its neighbour `p` (without `a`), if the bond p-a is in no ring
+    and the group has an atom with bonds of its own and at most `MAX_GROUP` atoms: turned about the
+    p-a axis it changes the dihedrals about that bond and no bond or angle. Groups of terminal atoms
+    only (a methyl's hydrogens) are left to the rotor moves."""
+    group = _hanging(neighbours, a, (p,))
+    if group is None or any(b in group for b in neighbours[p] if b != a):
+        return None
+    group = group - {a}
+    return group if any(len(neighbours[b]) > 1 for b in group) else None
 
 
 def _csr(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -192,3 +192,24 @@ def test_the_fit_leaves_the_turns_beads_do_not_fix_alone():
     expected = torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.float64)  # a quarter turn about z
     torch.testing.assert_close(matrices[0], expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(matrices[1], torch.eye(3, dtype=torch.float64))
+
+
+def test_torsion_moves_change_dihedrals_and_no_bond_or_angle(liquid):
+    """`torsion` moves turn what hangs off a bond in no ring about that bond: on a reference frame,
+    every bond and angle energy stays to 1e-9 kJ/mol, the dihedral energies change."""
+    from gmx_deepbackmap.thermal import _ColourEnergy, _PairList, _propose
+
+    folder, topology, _, _ = liquid
+    force_field = ForceField(topology)
+    moves = thermal_moves(topology, force_field, "groups")
+    torsions = np.flatnonzero(moves.kinds == KINDS.index("torsion"))
+    assert len(torsions) >= len(topology.molecules)
+    frame = read_frames(frame_pairs(folder)[0][0])[0]
+    x, box = torch.as_tensor(frame.positions, dtype=torch.float64), torch.as_tensor(frame.box, dtype=torch.float64)
+    first = torsions[:1]
+    energy = _ColourEnergy(moves, first, x, box, _PairList.build(x.numpy(), frame.box, moves), stiffness=0.0)
+    _, new = _propose(energy, x, torch.full((len(KINDS),), 0.5, dtype=torch.float64), torch.Generator().manual_seed(1))
+    before, after = force_field.energies(x, box), force_field.energies(x.index_put((energy.members,), new), box)
+    for term in ("g96_bond", "g96_angle"):
+        assert float(after[term]) == pytest.approx(float(before[term]), abs=1e-9)
+    assert abs(float(after["proper"] - before["proper"])) > 1e-3
