@@ -213,3 +213,14 @@ def test_torsion_moves_change_dihedrals_and_no_bond_or_angle(liquid):
     for term in ("g96_bond", "g96_angle"):
         assert float(after[term]) == pytest.approx(float(before[term]), abs=1e-9)
     assert abs(float(after["proper"] - before["proper"])) > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(MOLECULE))
+def test_the_shipped_liquid_models_build_their_bundled_topology(name):
+    """`gmx-dbm backmap --model <liquid>-350` without -p builds the bundled liquid, at 350 K."""
+    from gmx_deepbackmap.bundled import bundled_path
+    from gmx_deepbackmap.model import default_topology, load_model
+
+    assert default_topology(f"{name}-350") == bundled_path(f"{name}/topol.top")
+    model = load_model(f"{name}-350")
+    assert model.training["temperature"] == 350.0 and list(model.molecules) == [MOLECULE[name]]
