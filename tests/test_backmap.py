@@ -261,15 +261,24 @@ def test_temperature_sets_the_last_stage_and_scales_the_noise_on_request(backmap
 def test_stages_report_each_pass_and_the_thermal_sweeps_last(system):
     config = SamplerConfig(gibbs_sweeps=2, orientations=2, repair_rounds=0)
     x, seen = sample_stages(system, config)
-    assert list(seen) == ["forward", "sweep 1", "sweep 2", "bonds restored", "centres mirrored", "thermalised"]
+    assert list(seen) == [
+        "forward",
+        "sweep 1",
+        "sweep 2",
+        "bonds restored",
+        "centres mirrored",
+        "molecules fitted",
+        "thermalised",
+    ]
     assert list(seen) == build_pipeline(config).names  # the trace is the pipeline's
     assert np.array_equal(seen["thermalised"], x)
     assert not np.array_equal(seen["sweep 1"], seen["sweep 2"])  # copies, not views of the frame
 
 
 def test_stages_follow_the_config(system):
-    """Turning a stage off is a setting: no repair rounds, no bond restoration, no last stage."""
-    names = build_pipeline(SamplerConfig(gibbs_sweeps=1, repair_rounds=2, constrain=False, thermal="none")).names
+    """Turning a stage off is a setting: no repair rounds, no bond restoration, no fit, no last stage."""
+    config = SamplerConfig(gibbs_sweeps=1, repair_rounds=2, constrain=False, fit=False, thermal="none")
+    names = build_pipeline(config).names
     assert names == ["forward", "sweep 1", "repair 1", "repair 2", "least strained", "centres mirrored"]
 
 
@@ -289,11 +298,12 @@ def test_precision_picks_bfloat16_where_the_cpu_has_it_and_is_checked(system):
 
 def test_every_recorded_centre_ends_in_its_handedness_with_bonds_at_b0(system):
     """The random tiny model inverts and flattens centres; they are mirrored and lifted at the end,
-    their hydrogens re-placed and put on their bonds, and nothing moves them afterwards."""
+    their hydrogens re-placed and put on their bonds, and only the rigid fit of each molecule onto
+    its beads moves them afterwards (which keeps every handedness and bond)."""
     config = SamplerConfig(gibbs_sweeps=1, orientations=2, repair_rounds=0, thermal="none")
     topology, model, parts, cg = sampling_inputs(system, config)
     x, seen = sample_stages(system, config)
-    assert list(seen)[-1] == "centres mirrored"
+    assert list(seen)[-2:] == ["centres mirrored", "molecules fitted"]
     atoms, signs, _ = system_stereo(topology, model.stereo)
     box = torch.as_tensor(cg.box)
     assert handedness(torch.as_tensor(x), box, atoms[:, 0], atoms[:, 1:]).tolist() == signs.tolist()

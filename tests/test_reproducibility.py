@@ -5,8 +5,9 @@ says so here; a refactor must leave them.
 
 History: `pre-refactor` holds the digests of commit 79da744 (`sampler.py`, before the sampler
 became a pipeline of stages); commit fb7153e (the pipeline) gave the same four digests to the last
-bit. The methyl rotor moves of the last stage (issue 34) then changed sPS's chain-start CH3s: the
-`current` digests were made after them."""
+bit. The methyl rotor moves of the last stage (issue 34) then changed sPS's chain-start CH3s, and
+the rigid fit of each molecule onto its CG beads and the torsion moves (issue 34, found on the
+liquids) changed every frame: the `current` digests were made after them."""
 
 from __future__ import annotations
 
