@@ -184,11 +184,16 @@ def test_molecules_moved_rigidly_are_fitted_back_onto_their_beads(liquid):
 
 def test_the_fit_leaves_the_turns_beads_do_not_fix_alone():
     """One bead: no turn at all; beads on a line: no turn about the line (Kabsch's is arbitrary there)."""
-    from gmx_deepbackmap.sampling.fit import fit_rotations
+    from gmx_deepbackmap.sampling.fit import fit_rotations, group_means
 
     line = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [1.0, 1.0, 1.0]], dtype=torch.float64)
     target = torch.tensor([[0.0, 0, 0], [0.0, 0.1, 0], [0.0, 0.2, 0], [1.1, 1.0, 1.0]], dtype=torch.float64)
-    matrices = fit_rotations(line, target, torch.tensor([0, 0, 0, 1]), 2)
+    group = torch.tensor([0, 0, 0, 1])
+
+    def centred(points: torch.Tensor) -> torch.Tensor:
+        return points - group_means(points, group, 2)[group]
+
+    matrices = fit_rotations(centred(line), centred(target), group, 2)
     expected = torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.float64)  # a quarter turn about z
     torch.testing.assert_close(matrices[0], expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(matrices[1], torch.eye(3, dtype=torch.float64))

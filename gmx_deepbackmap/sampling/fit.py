@@ -40,24 +40,24 @@ def _matrices(rotation: torch.Tensor) -> torch.Tensor:
     return columns.reshape(3, -1, 3).permute(1, 2, 0)
 
 
+def group_means(points: torch.Tensor, group: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, 3) the mean of each group's `points` (m, 3); `group` (m,) numbers them 0 to n - 1."""
+    total = torch.zeros(n, 3, dtype=points.dtype).index_add_(0, group, points)
+    count = torch.zeros(n, dtype=points.dtype).index_add_(0, group, torch.ones_like(points[:, 0]))
+    return total / count[:, None]
+
+
 def fit_rotations(moving: torch.Tensor, target: torch.Tensor, group: torch.Tensor, n: int) -> torch.Tensor:
-    """(n, 3, 3) rotation matrices that turn each group's `moving` points (centred on the group's
-    mean) closest to its `target` points (centred likewise), in the least-squares sense."""
-
-    def centred(points: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(n, 3, dtype=points.dtype).index_add_(0, group, points)
-        count = torch.zeros(n, dtype=points.dtype).index_add_(0, group, torch.ones_like(points[:, 0]))
-        return points - (total / count[:, None])[group]
-
-    r, t = centred(moving), centred(target)
-    matrices = torch.eye(3, dtype=r.dtype).repeat(n, 1, 1)
-    ridge = RIDGE * torch.eye(3, dtype=r.dtype)
+    """(n, 3, 3) rotation matrices that turn each group's `moving` points closest to its `target`
+    points, in the least-squares sense; both (m, 3) are centred on their group's mean."""
+    matrices = torch.eye(3, dtype=moving.dtype).repeat(n, 1, 1)
+    ridge = RIDGE * torch.eye(3, dtype=moving.dtype)
     for _ in range(ITERATIONS):
-        turned = (matrices[group] @ r[:, :, None])[:, :, 0]
+        turned = (matrices[group] @ moving[:, :, None])[:, :, 0]
         jacobian = -_skew(turned)  # change of the turned points per small extra turn (rotation vector)
-        normal = torch.zeros(n, 3, 3, dtype=r.dtype).index_add_(0, group, jacobian.transpose(1, 2) @ jacobian)
-        rhs = torch.zeros(n, 3, 1, dtype=r.dtype).index_add_(
-            0, group, jacobian.transpose(1, 2) @ (t - turned)[:, :, None]
+        normal = torch.zeros(n, 3, 3, dtype=moving.dtype).index_add_(0, group, jacobian.transpose(1, 2) @ jacobian)
+        rhs = torch.zeros(n, 3, 1, dtype=moving.dtype).index_add_(
+            0, group, jacobian.transpose(1, 2) @ (target - turned)[:, :, None]
         )
         matrices = _matrices(torch.linalg.solve(normal + ridge, rhs)[:, :, 0]) @ matrices
     return matrices
@@ -78,10 +78,8 @@ def fit_molecules(
     target = mapped - minimum_image(mapped - cg, box)  # the CG beads in the image of the whole molecule
     molecule = torch.from_numpy(mapping.bead_molecule)
     n = int(molecule.max()) + 1
-    count = torch.zeros(n, dtype=cg.dtype).index_add_(0, molecule, torch.ones_like(cg[:, 0]))[:, None]
-    centre = torch.zeros(n, 3, dtype=cg.dtype).index_add_(0, molecule, mapped) / count
-    goal = torch.zeros(n, 3, dtype=cg.dtype).index_add_(0, molecule, target) / count
-    rotation = fit_rotations(mapped, target, molecule, n)
+    centre, goal = group_means(mapped, molecule, n), group_means(target, molecule, n)
+    rotation = fit_rotations(mapped - centre[molecule], target - goal[molecule], molecule, n)
     owner = torch.from_numpy(mapping.atom_owner)
     of_atom = molecule[owner]
     moved = goal[of_atom] + (rotation[of_atom] @ (whole - centre[of_atom])[:, :, None])[:, :, 0]

@@ -13,7 +13,6 @@ from ..frames import FrameOutput, FrameSource, frame_seed, run_frames
 from ..mapping import read_mapping
 from ..mdp import model_settings, nonbonded_settings, topology_options
 from ..model import load_model, resolve_model
-from ..pbc import unwrap_levels
 from ..structure import Frame
 from ..thermal import NEIGHBOUR_SKIN
 from ..topology import read_topology, system_residue_numbers
@@ -61,9 +60,7 @@ def backmap(
     kelvin = frames_temperature(net, config.temperature, config.thermal, path)
     system = prepare_system(net, top, cg_map, config.constrain, config.thermal, settings)
     pipeline = build_pipeline(config)
-    out = FrameOutput(
-        output, top.atom_names, top.residue_names, system_residue_numbers(top), unwrap_levels(top), overwrite
-    )
+    out = FrameOutput(output, top.atom_names, top.residue_names, system_residue_numbers(top), system.levels, overwrite)
     per_frame = int(system.plan.step_length.sum()) * (1 + config.gibbs_sweeps)
 
     def sample(cg: Frame):
